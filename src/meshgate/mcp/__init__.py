@@ -1,0 +1,1 @@
+"""MCP on the upstream side: framing, stdio connections, protocol eras, supervisor."""

@@ -1,0 +1,103 @@
+"""An instance: one verified process of an MCP server, as the router and the API see it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from meshgate.balancer import Ewma
+from meshgate.config import ServerPolicy
+from meshgate.mcp.connection import StdioConnection
+from meshgate.mcp.protocol import Era, ServerIdentity
+from meshgate.registry.base import InstanceRecord, InstanceState
+from meshgate.resilience import BreakerPolicy, BreakerState, CircuitBreaker
+
+
+def breaker_policy(policy: ServerPolicy) -> BreakerPolicy:
+    b = policy.breaker
+    return BreakerPolicy(
+        failure_threshold=b.failure_threshold,
+        failure_rate=b.failure_rate,
+        window_s=b.window_s,
+        minimum_calls=b.minimum_calls,
+        recovery_s=b.recovery_s,
+        half_open_successes=b.half_open_successes,
+        half_open_max_calls=b.half_open_max_calls,
+    )
+
+
+class Instance:
+    """One process incarnation. A restart makes a new Instance in the same slot and id."""
+
+    def __init__(
+        self,
+        server: str,
+        slot: int,
+        node: str,
+        conn: StdioConnection,
+        breaker: CircuitBreaker,
+        restarts: int,
+    ) -> None:
+        self.id = f"{server}-{slot}"
+        self.server = server
+        self.slot = slot
+        self.node = node
+        self.conn = conn
+        self.breaker = breaker
+        self.restarts = restarts
+        self.state = InstanceState.STARTING
+        self.identity: ServerIdentity | None = None
+        self.in_flight = 0
+        self.weight = 1
+        self.started_at = time.monotonic()
+        self.last_health: dict[str, Any] | None = None
+        self._latency = Ewma(alpha=0.2)
+
+    @property
+    def latency_ewma(self) -> float:
+        return self._latency.value
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latency.update(seconds)
+
+    @property
+    def pid(self) -> int | None:
+        return self.conn.pid
+
+    @property
+    def era(self) -> Era | None:
+        return self.identity.era if self.identity else None
+
+    @property
+    def routable(self) -> bool:
+        return self.state is InstanceState.HEALTHY and self.conn.alive
+
+    def record(self) -> InstanceRecord:
+        return InstanceRecord(
+            id=self.id,
+            service=self.server,
+            kind="mcp",
+            node=self.node,
+            state=self.state,
+            pid=self.pid,
+            metadata={"era": self.era.value if self.era else None},
+        )
+
+    def view(self) -> dict[str, Any]:
+        """The instance as `/api/v1/mcp/servers` shows it."""
+        breaker = self.breaker.state
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "pid": self.pid,
+            "node": self.node,
+            "breaker": breaker.value if isinstance(breaker, BreakerState) else str(breaker),
+            "in_flight": self.in_flight,
+            "restarts": self.restarts,
+            "era": self.era.value if self.era else None,
+            "protocol_version": self.identity.protocol_version if self.identity else None,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "latency_ewma_ms": round(self.latency_ewma * 1000, 3),
+            "garbage_lines": self.conn.garbage_lines,
+            "last_health": self.last_health,
+        }

@@ -1,0 +1,81 @@
+"""JSON-RPC 2.0 framing for newline-delimited MCP stdio streams."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+JSON = dict[str, Any]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+class JsonRpcError(Exception):
+    """An error response from the peer: it answered, with an error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def encode(message: JSON) -> bytes:
+    """One message as a single line of UTF-8 JSON, newline-terminated."""
+    return (_dumps(message) + "\n").encode()
+
+
+def decode(line: bytes) -> JSON | None:
+    """Parse one line; None when it is not a JSON-RPC 2.0 message."""
+    try:
+        msg = _loads(line)
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        return None
+    return msg
+
+
+def request(id_: int | str, method: str, params: JSON | None = None) -> JSON:
+    msg: JSON = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: JSON | None = None) -> JSON:
+    msg: JSON = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def result(id_: int | str | None, value: JSON) -> JSON:
+    return {"jsonrpc": "2.0", "id": id_, "result": value}
+
+
+def error(id_: int | str | None, code: int, message: str, data: Any = None) -> JSON:
+    err: JSON = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": id_, "error": err}
+
+
+_ID_PATTERN = re.compile(rb'"id"\s*:\s*(-?\d+|"[^"]{0,128}")')
+
+
+def sniff_id(fragment: bytes) -> int | str | None:
+    """Find a message id in a fragment of an over-long line (its head or its tail)."""
+    m = _ID_PATTERN.search(fragment)
+    if m is None:
+        return None
+    raw = m.group(1)
+    return raw[1:-1].decode(errors="replace") if raw.startswith(b'"') else int(raw)

@@ -1,0 +1,397 @@
+"""The supervisor: pools of stdio MCP server instances, started, verified, watched, restarted.
+
+Each pool has `instances` slots. A slot runs one process at a time: spawn, discover or
+handshake, `tools/list`, and only then register it as healthy. Health probes run on an
+interval; an exit deregisters the instance at once and the slot restarts it with exponential
+backoff and full jitter. A slot that keeps failing before it becomes stable ends `failed`, with
+its last stderr lines kept for the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from meshgate.balancer import Balancer, make_balancer
+from meshgate.config import ServerSpec
+from meshgate.mcp import process, protocol
+from meshgate.mcp.connection import ConnectionLost, StdioConnection
+from meshgate.mcp.instance import Instance, breaker_policy
+from meshgate.mcp.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.registry.base import InstanceState, Registry
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, backoff_delay
+
+log = logging.getLogger("meshgate.supervisor")
+
+STOP_GRACE_S = 5.0
+
+
+class Slot:
+    """One position in a pool; its process comes and goes, its id stays."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.instance: Instance | None = None
+        self.state = InstanceState.STARTING
+        self.restarts = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_stderr: list[str] = []
+        self.settled = asyncio.Event()  # set once the first start succeeded or gave up
+
+
+class ServerPool:
+    """All instances of one MCP server, plus what the router needs to pick among them."""
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        *,
+        node: str,
+        registry: Registry,
+        reaper: process.Reaper | None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.policy = spec.policy
+        self.node = node
+        self.registry = registry
+        self.reaper = reaper
+        self.rng = rng or random.Random()
+        self.balancer: Balancer = make_balancer(self.policy.strategy, rng=self.rng)
+        r = self.policy.retry
+        self.retry_backoff = BackoffPolicy(r.backoff_base_s, r.backoff_cap_s)
+        self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
+        self.slots = [Slot(i + 1) for i in range(self.policy.instances)]
+        self.tools: dict[str, JSON] = {}
+        self.tools_version = 0
+        self.waiters = 0
+        self.era_hint: protocol.Era | None = None
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- what the router reads ----------------------------------------------------------------
+
+    def routable(self) -> list[Instance]:
+        return [s.instance for s in self.slots if s.instance is not None and s.instance.routable]
+
+    def recoverable(self) -> bool:
+        """Whether an instance may yet become healthy (some slot is not failed)."""
+        return not self._stopping and any(s.state is not InstanceState.FAILED for s in self.slots)
+
+    def notify(self) -> None:
+        """Wake every waiter: an instance changed state or freed an in-flight slot."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+
+    @property
+    def state(self) -> InstanceState:
+        states = {s.state for s in self.slots}
+        for candidate in (InstanceState.HEALTHY, InstanceState.STARTING, InstanceState.UNHEALTHY):
+            if candidate in states:
+                return candidate
+        return InstanceState.FAILED if InstanceState.FAILED in states else InstanceState.STOPPED
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "mcp",
+            "mode": self.policy.mode,
+            "strategy": self.policy.strategy,
+            "state": self.state.value,
+            "instances": [self._slot_view(s) for s in self.slots],
+            "tools": sorted(self.tools),
+        }
+
+    def _slot_view(self, slot: Slot) -> dict[str, Any]:
+        if slot.instance is not None and slot.state is not InstanceState.FAILED:
+            view = slot.instance.view()
+            view["state"] = slot.state.value
+        else:
+            view = {
+                "id": f"{self.name}-{slot.index}",
+                "state": slot.state.value,
+                "pid": None,
+                "node": self.node,
+                "breaker": "closed",
+                "in_flight": 0,
+                "restarts": slot.restarts,
+            }
+        if slot.last_error:
+            view["last_error"] = slot.last_error
+        if slot.state is InstanceState.FAILED:
+            view["last_stderr"] = slot.last_stderr
+        return view
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run_slot(s), name=f"slot {self.name}-{s.index}")
+            for s in self.slots
+        ]
+
+    async def wait_settled(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(s.settled.wait() for s in self.slots))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(self._end(s.instance) for s in self.slots if s.instance is not None),
+            return_exceptions=True,
+        )
+        for s in self.slots:
+            s.state = InstanceState.STOPPED
+        self.notify()
+
+    async def _end(self, inst: Instance) -> None:
+        """Make sure the process group is gone, gently if it is still running."""
+        pid = inst.pid
+        inst.conn.close_stdin()
+        if pid is not None:
+            await process.terminate_group(pid, inst.conn.exited, STOP_GRACE_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await asyncio.shield(inst.conn.exited)
+            if self.reaper is not None:
+                self.reaper.unwatch(pid)
+        self._set_state(inst, InstanceState.STOPPED)
+
+    def _set_state(self, inst: Instance, state: InstanceState) -> None:
+        slot = self.slots[inst.slot - 1]
+        if slot.instance is inst:
+            slot.state = state
+        if inst.state is state:
+            return
+        previous, inst.state = inst.state, state
+        if state is InstanceState.STOPPED:
+            self.registry.deregister(inst.id)
+        elif previous is InstanceState.STARTING or self.registry.get(inst.id) is None:
+            self.registry.register(inst.record())
+        else:
+            self.registry.update(inst.record())
+        self.notify()
+
+    async def _run_slot(self, slot: Slot) -> None:
+        restart = self.policy.restart
+        backoff = BackoffPolicy(restart.backoff_base_s, restart.backoff_cap_s)
+        while not self._stopping:
+            slot.state = InstanceState.STARTING
+            inst = await self._start_instance(slot)
+            slot.settled.set()
+            if inst is not None:
+                await self._watch(inst)
+                ran = time.monotonic() - inst.started_at
+                slot.failures = 0 if ran >= restart.stable_after_s else slot.failures + 1
+                if self._stopping:
+                    return
+                code = inst.conn.exit_code
+                slot.last_error = f"exited with code {code} after {ran:.1f}s"
+                slot.last_stderr = list(inst.conn.stderr)[-20:]
+                log.warning("%s %s; restarting", inst.id, slot.last_error)
+            else:
+                slot.failures += 1
+            if slot.failures >= restart.max_failures:
+                slot.state = InstanceState.FAILED
+                log.error(
+                    "%s-%d failed %d times in a row; giving up: %s",
+                    self.name,
+                    slot.index,
+                    slot.failures,
+                    slot.last_error,
+                )
+                self.notify()
+                return
+            slot.restarts += 1
+            await asyncio.sleep(backoff_delay(max(1, slot.failures), backoff, self.rng))
+
+    async def _start_instance(self, slot: Slot) -> Instance | None:
+        """Spawn and verify one process; None (with slot.last_error set) when that fails."""
+        spec, policy = self.spec, self.policy
+        label = f"{self.name}-{slot.index}"
+
+        def make_conn() -> StdioConnection:
+            return StdioConnection(
+                label=label,
+                max_line_bytes=policy.max_line_bytes,
+                stderr_lines=policy.stderr_lines,
+                on_notification=self._on_notification,
+                on_request=self._on_server_request,
+            )
+
+        try:
+            _, proto = await process.spawn(spec.command, spec.args, spec.env, spec.cwd, make_conn)
+        except OSError as e:
+            slot.last_error = f"cannot start {spec.command!r}: {e.strerror or e}"
+            log.error("%s: %s", label, slot.last_error)
+            return None
+        assert isinstance(proto, StdioConnection)
+        conn = proto
+        inst = Instance(
+            self.name,
+            slot.index,
+            self.node,
+            conn,
+            CircuitBreaker(breaker_policy(policy)),
+            slot.restarts,
+        )
+        slot.instance = inst
+        if self.reaper is not None and conn.pid is not None:
+            self.reaper.watch(conn.pid)
+        try:
+            async with asyncio.timeout(policy.startup_timeout_s):
+                inst.identity = await protocol.establish(
+                    conn, timeout=policy.startup_timeout_s, era_hint=self.era_hint
+                )
+                tools = await protocol.list_tools(conn, timeout=policy.startup_timeout_s)
+        except (TimeoutError, ConnectionLost, JsonRpcError, OSError) as e:
+            if isinstance(e, ConnectionLost) and inst.identity is None and self.era_hint is None:
+                # Some handshake-era servers exit on a request before `initialize`.
+                self.era_hint = protocol.Era.HANDSHAKE
+            slot.last_error = _describe_start_failure(e, policy.startup_timeout_s)
+            await self._end(inst)
+            slot.last_stderr = list(conn.stderr)[-20:]
+            log.error("%s did not start: %s", label, slot.last_error)
+            return None
+        if self.era_hint is None:
+            self.era_hint = inst.identity.era
+        self._set_catalog(tools)
+        slot.last_error = None
+        self._set_state(inst, InstanceState.HEALTHY)
+        log.info(
+            "%s healthy: pid %s, %s era (%s), %d tools",
+            label,
+            conn.pid,
+            inst.identity.era.value,
+            inst.identity.protocol_version,
+            len(tools),
+        )
+        return inst
+
+    async def _watch(self, inst: Instance) -> None:
+        """Probe health until the process stops talking; then deregister and reap it."""
+        health = asyncio.create_task(self._health_loop(inst), name=f"health {inst.id}")
+        try:
+            await asyncio.shield(inst.conn.closed)
+        finally:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+            if inst.conn.closed.done():
+                self._set_state(inst, InstanceState.STOPPED)
+                # Grandchildren, or a process that only closed its stdout, go with the group.
+                await self._end(inst)
+
+    async def _health_loop(self, inst: Instance) -> None:
+        h = self.policy.health
+        ok_streak = fail_streak = 0
+        assert inst.era is not None
+        while True:
+            await asyncio.sleep(h.interval_s * self.rng.uniform(0.9, 1.1))
+            started = time.monotonic()
+            error: str | None = None
+            try:
+                await protocol.probe(inst.conn, inst.era, timeout=h.timeout_s)
+            except TimeoutError:
+                error = f"no answer within {h.timeout_s}s"
+            except (ConnectionLost, JsonRpcError) as e:
+                error = str(e)
+            inst.last_health = {
+                "ok": error is None,
+                "error": error,
+                "latency_ms": round((time.monotonic() - started) * 1000, 3),
+                "at": time.time(),
+            }
+            if error is None:
+                ok_streak, fail_streak = ok_streak + 1, 0
+                if inst.state is InstanceState.UNHEALTHY and ok_streak >= h.healthy_after:
+                    self._set_state(inst, InstanceState.HEALTHY)
+            else:
+                ok_streak, fail_streak = 0, fail_streak + 1
+                log.warning("%s health check failed (%d): %s", inst.id, fail_streak, error)
+                if inst.state is InstanceState.HEALTHY and fail_streak >= h.unhealthy_after:
+                    self._set_state(inst, InstanceState.UNHEALTHY)
+
+    # -- messages from servers ----------------------------------------------------------------
+
+    def _on_notification(self, method: str, params: JSON) -> None:
+        if method == "notifications/tools/list_changed":
+            self._tasks.append(asyncio.create_task(self._refresh_tools(), name="refresh tools"))
+        elif method == "notifications/message":
+            log.info("%s log: %s", self.name, params.get("data"))
+
+    async def _refresh_tools(self) -> None:
+        for inst in self.routable():
+            try:
+                self._set_catalog(
+                    await protocol.list_tools(inst.conn, timeout=self.policy.call_timeout_s)
+                )
+                return
+            except (TimeoutError, ConnectionLost, JsonRpcError) as e:
+                log.warning("%s: refreshing tools failed: %s", inst.id, e)
+
+    def _set_catalog(self, tools: Iterable[JSON]) -> None:
+        catalog = {t["name"]: t for t in tools}
+        if catalog != self.tools:
+            self.tools = catalog
+            self.tools_version += 1
+
+    async def _on_server_request(self, method: str, params: JSON) -> JSON:
+        if method == "ping":
+            return {}
+        if method == "roots/list":
+            return {"roots": []}
+        raise JsonRpcError(
+            METHOD_NOT_FOUND,
+            f"meshgate does not forward server-to-client request {method!r} in shared mode: "
+            "there is no single client session to ask",
+        )
+
+
+def _describe_start_failure(e: BaseException, timeout: float) -> str:
+    if isinstance(e, TimeoutError):
+        return f"no answer to discovery/handshake or tools/list within {timeout}s"
+    if isinstance(e, ConnectionLost):
+        return f"exited during startup ({e})"
+    if isinstance(e, JsonRpcError):
+        return f"startup request failed: {e}"
+    return str(e)
+
+
+class Supervisor:
+    """Every pool of the gateway; owns the reaper that guards against a gateway crash."""
+
+    def __init__(self, specs: Iterable[ServerSpec], *, node: str, registry: Registry) -> None:
+        self.reaper = process.Reaper()
+        self.pools = {
+            s.name: ServerPool(s, node=node, registry=registry, reaper=self.reaper) for s in specs
+        }
+
+    async def start(self, *, wait: bool = True) -> None:
+        self.reaper.start()
+        for pool in self.pools.values():
+            pool.start()
+        if wait:
+            timeout = max((p.policy.startup_timeout_s for p in self.pools.values()), default=0)
+            await asyncio.gather(*(p.wait_settled(timeout + 1) for p in self.pools.values()))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pools.values()))
+        self.reaper.stop()
