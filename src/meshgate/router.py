@@ -1,0 +1,238 @@
+"""The one call path: service -> healthy instances -> breaker -> balancer -> transport.
+
+Every caller (REST, MCP front ends, task workers) goes through `Router.call`. It records each
+outcome on the instance's circuit breaker and latency average, waits in a bounded queue when
+every instance is at its in-flight limit, and retries on another instance only when that is
+safe (DESIGN.md, "Retry safety"): the request never reached the failed instance, or the tool
+is declared read-only or idempotent, or the configuration says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from meshgate.errors import (
+    CircuitOpen,
+    InvalidArguments,
+    NoHealthyInstance,
+    Overloaded,
+    ShuttingDown,
+    UnknownService,
+    UnknownTool,
+    UpstreamCrashed,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
+from meshgate.mcp.instance import Instance
+from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.mcp.supervisor import ServerPool, Supervisor
+from meshgate.resilience import Deadline, backoff_delay
+
+log = logging.getLogger("meshgate.router")
+
+ProgressHandler = Callable[[str, JSON], None]
+
+
+def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
+    """A tool may be re-sent after a mid-call failure: declared or configured idempotent."""
+    if tool in pool.policy.idempotent_tools:
+        return True
+    annotations = pool.tools.get(tool, {}).get("annotations") or {}
+    return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
+
+
+class Router:
+    """Routes MCP requests to instances of the supervisor's pools."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.in_flight = 0
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def pool(self, service: str) -> ServerPool:
+        pool = self.supervisor.pools.get(service)
+        if pool is None:
+            raise UnknownService(f"no MCP server named {service!r}")
+        return pool
+
+    async def call_tool(
+        self,
+        service: str,
+        tool: str,
+        arguments: JSON,
+        *,
+        timeout_s: float | None = None,
+        key: str | None = None,
+        on_progress: ProgressHandler | None = None,
+    ) -> JSON:
+        """Call one tool; returns the MCP `tools/call` result."""
+        pool = self.pool(service)
+        if tool not in pool.tools:
+            if not pool.tools and not pool.routable():
+                raise NoHealthyInstance(f"{service} has no healthy instance to list its tools")
+            raise UnknownTool(f"{service} has no tool named {tool!r}")
+        return await self.call(
+            service,
+            "tools/call",
+            {"name": tool, "arguments": arguments},
+            timeout_s=timeout_s,
+            key=key,
+            retry_safe=tool_is_retry_safe(pool, tool),
+            on_progress=on_progress,
+        )
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        params: JSON,
+        *,
+        timeout_s: float | None = None,
+        key: str | None = None,
+        retry_safe: bool = False,
+        on_progress: ProgressHandler | None = None,
+    ) -> JSON:
+        """Send one request to a healthy instance of `service`, retrying only when safe."""
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down")
+        pool = self.pool(service)
+        policy = pool.policy
+        deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
+        pool.budget.record_request()
+        self._enter()
+        tried: set[int] = set()
+        try:
+            for attempt in range(1, policy.retry.max_attempts + 1):
+                inst = await self._acquire(pool, deadline, tried, key)
+                started = time.monotonic()
+                try:
+                    result = await inst.conn.request(
+                        method, params, timeout=deadline.remaining(), on_progress=on_progress
+                    )
+                except JsonRpcError as e:
+                    # The instance answered: it is working, whatever it thinks of the request.
+                    inst.breaker.on_success(time.monotonic() - started)
+                    raise _map_rpc_error(service, method, e) from None
+                except TimeoutError:
+                    inst.breaker.on_failure()
+                    raise UpstreamTimeout(
+                        f"{inst.id} did not answer {method} within the deadline"
+                    ) from None
+                except ResponseTooLarge as e:
+                    inst.breaker.on_failure()
+                    raise UpstreamError(f"{inst.id}: {e}") from None
+                except ConnectionLost as e:
+                    inst.breaker.on_failure()
+                    tried.add(id(inst))
+                    safe = retry_safe or not e.sent
+                    if not safe:
+                        raise UpstreamCrashed(
+                            f"{inst.id} exited while {method} was in flight; not retried because "
+                            "the tool is not marked read-only or idempotent"
+                        ) from None
+                    if attempt >= policy.retry.max_attempts or not pool.budget.try_spend():
+                        raise UpstreamError(
+                            f"{inst.id} exited while {method} was in flight and retries are "
+                            "exhausted"
+                        ) from None
+                    log.info("retrying %s on %s after %s", method, service, e)
+                    delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
+                    await asyncio.sleep(min(delay, deadline.remaining()))
+                    continue
+                except asyncio.CancelledError:
+                    inst.breaker.on_abandon()
+                    raise
+                else:
+                    elapsed = time.monotonic() - started
+                    inst.breaker.on_success(elapsed)
+                    inst.observe_latency(elapsed)
+                    return result
+                finally:
+                    inst.in_flight -= 1
+                    pool.notify()
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._leave()
+
+    async def _acquire(
+        self, pool: ServerPool, deadline: Deadline, tried: set[int], key: str | None
+    ) -> Instance:
+        """Reserve an in-flight slot on an instance, waiting in the bounded queue if needed."""
+        queued = False
+        try:
+            while True:
+                routable = pool.routable()
+                candidates = [i for i in routable if id(i) not in tried] or routable
+                if candidates:
+                    open_ = [i for i in candidates if i.breaker.available()]
+                    if not open_:
+                        raise CircuitOpen(
+                            f"every instance of {pool.name} has an open circuit breaker",
+                            retry_after=pool.policy.breaker.recovery_s,
+                        )
+                    free = [i for i in open_ if i.in_flight < pool.policy.max_in_flight]
+                    if free:
+                        inst = pool.balancer.pick(free, key)
+                        if inst.breaker.acquire():
+                            inst.in_flight += 1
+                            return inst
+                        continue
+                elif not pool.recoverable():
+                    raise NoHealthyInstance(f"{pool.name} has no healthy instance")
+                # Every instance is busy or (re)starting: wait, within the queue bound.
+                if not queued:
+                    if pool.waiters >= pool.policy.queue_size:
+                        raise Overloaded(
+                            f"{pool.name}: every instance is busy and the queue is full"
+                        )
+                    pool.waiters += 1
+                    queued = True
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    if candidates:
+                        raise Overloaded(f"{pool.name}: no instance freed up before the deadline")
+                    raise NoHealthyInstance(
+                        f"{pool.name} has no healthy instance (waited for a restart)"
+                    )
+                await pool.wait_changed(remaining)
+        finally:
+            if queued:
+                pool.waiters -= 1
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop accepting calls and wait for those in flight; False if the grace ran out."""
+        self.accepting = False
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d calls still in flight after %.1fs of draining", self.in_flight, grace_s)
+            return False
+        return True
+
+
+def _map_rpc_error(service: str, method: str, e: JsonRpcError) -> Exception:
+    extra: dict[str, Any] = {"upstream_code": e.code, "upstream_message": e.message}
+    if e.data is not None:
+        extra["upstream_data"] = e.data
+    if e.code == INVALID_PARAMS:
+        return InvalidArguments(f"{service} rejected the arguments: {e.message}", extra=extra)
+    if e.code == METHOD_NOT_FOUND:
+        return UpstreamError(f"{service} does not support {method}: {e.message}", extra=extra)
+    return UpstreamError(f"{service} answered {method} with an error: {e.message}", extra=extra)
