@@ -1,0 +1,1 @@
+"""The HTTP surface: mesh REST, MCP REST, problem details."""

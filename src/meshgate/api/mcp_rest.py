@@ -1,0 +1,120 @@
+"""MCP over REST: list servers and tools, call a tool through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from meshgate.api.problems import read_json_object
+from meshgate.errors import InvalidArguments, UnknownService
+from meshgate.mcp.supervisor import ServerPool
+from meshgate.router import Router
+
+_CALL_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "arguments": {"type": "object", "description": "the tool's arguments"},
+                        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value), status_code=status, media_type="application/json")
+
+
+def build(router: Router, *, max_body_bytes: int) -> APIRouter:
+    api = APIRouter(prefix="/api/v1/mcp", tags=["mcp"])
+
+    def pool(name: str) -> ServerPool:
+        p = router.supervisor.pools.get(name)
+        if p is None:
+            raise UnknownService(f"no MCP server named {name!r}")
+        return p
+
+    @api.get("/servers", summary="Every MCP server with its instances")
+    async def list_servers() -> Response:
+        items = [p.view() for p in router.supervisor.pools.values()]
+        return _json({"items": items, "next_cursor": None})
+
+    @api.get("/servers/{name}", summary="One MCP server with its instances")
+    async def get_server(name: str) -> Response:
+        return _json(pool(name).view())
+
+    @api.get("/servers/{name}/tools", summary="The tools of one MCP server")
+    async def list_tools(name: str) -> Response:
+        p = pool(name)
+        return _json({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
+
+    @api.post(
+        "/servers/{name}/tools/{tool}",
+        summary="Call a tool; returns the MCP tools/call result",
+        openapi_extra=_CALL_BODY,
+    )
+    async def call_tool(name: str, tool: str, request: Request) -> Response:
+        body = await read_json_object(request, max_body_bytes)
+        unknown = set(body) - {"arguments", "timeout_s"}
+        if unknown:
+            raise InvalidArguments(f"unknown field(s) in the body: {', '.join(sorted(unknown))}")
+        arguments = body.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise InvalidArguments("'arguments' must be a JSON object")
+        timeout_s = body.get("timeout_s")
+        if timeout_s is not None and (
+            not isinstance(timeout_s, int | float)
+            or isinstance(timeout_s, bool)
+            or not math.isfinite(timeout_s)
+            or timeout_s <= 0
+        ):
+            raise InvalidArguments("'timeout_s' must be a positive number")
+        p = pool(name)
+        call = router.call_tool(
+            name, tool, arguments, timeout_s=timeout_s, key=_hash_key(p, request, arguments)
+        )
+        return _json(await _unless_disconnected(request, call))
+
+    return api
+
+
+def _hash_key(pool: ServerPool, request: Request, arguments: dict[str, Any]) -> str | None:
+    if pool.policy.strategy not in ("consistent_hash", "ip_hash"):
+        return None
+    source = pool.policy.hash_key
+    if source == "session":
+        return request.headers.get("mcp-session-id") or request.headers.get("x-meshgate-session")
+    if source.startswith("arg:"):
+        value = arguments.get(source[4:])
+        return None if value is None else json.dumps(value, sort_keys=True)
+    return request.client.host if request.client else None
+
+
+async def _unless_disconnected(request: Request, call: Any) -> Any:
+    """Run the call; if the client goes away first, cancel it (which cancels upstream too)."""
+    task = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and watch.done() and watch.result().get("type") == "http.disconnect":
+            task.cancel()
+        return await task
+    finally:
+        for fut in (task, watch):
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fut

@@ -1,0 +1,94 @@
+"""RFC 9457 problem details: the one place where errors become HTTP responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from meshgate.errors import InvalidArguments, InvalidInput, MeshgateError, NotFound, PayloadTooLarge
+
+log = logging.getLogger("meshgate.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(err: MeshgateError, instance: str | None = None) -> Response:
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    return Response(
+        json.dumps(err.to_problem(instance)),
+        status_code=err.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+async def _meshgate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MeshgateError)
+    if exc.status >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.detail)
+    return problem_response(exc, request.url.path)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    err: MeshgateError
+    if exc.status_code == 404:
+        err = NotFound(f"no route {request.url.path}")
+    else:
+        err = MeshgateError(str(exc.detail))
+        err.status, err.type, err.title = (
+            exc.status_code,
+            f"http-{exc.status_code}",
+            str(exc.detail),
+        )
+    return problem_response(err, request.url.path)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors: list[dict[str, Any]] = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
+    ]
+    return problem_response(
+        InvalidArguments("request validation failed", extra={"errors": errors}),
+        request.url.path,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(MeshgateError, _meshgate_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, with a size limit and clear errors."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return value

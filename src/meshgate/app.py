@@ -1,0 +1,58 @@
+"""Composition root: builds every part from Settings and owns the start and stop order.
+
+Start: config -> registry -> supervisor (spawn + verify) -> router -> listeners.
+Stop runs it backwards: stop accepting, drain in-flight calls up to the grace period,
+terminate every child process group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from meshgate import __version__
+from meshgate.api import mcp_rest, mesh, problems
+from meshgate.config import Settings
+from meshgate.mcp.supervisor import Supervisor
+from meshgate.registry import open_registry
+from meshgate.router import Router
+
+log = logging.getLogger("meshgate")
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The ASGI application for these settings; processes start in its lifespan."""
+    registry = open_registry(settings.mesh.registry)
+    supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
+    router = Router(supervisor)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("starting %d MCP servers", len(supervisor.pools))
+        await supervisor.start()
+        for pool in supervisor.pools.values():
+            log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining %d calls in flight", router.in_flight)
+            await router.drain(settings.mesh.shutdown_grace_s)
+            await supervisor.stop()
+            registry.close()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="meshgate",
+        version=__version__,
+        description="A service mesh for MCP servers and the HTTP services around them.",
+        lifespan=lifespan,
+    )
+    app.state.router = router
+    app.state.settings = settings
+    problems.install(app)
+    app.include_router(mesh.build(router, registry, node=settings.node_id))
+    app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
+    return app

@@ -1,0 +1,248 @@
+"""The `meshgate` command: serve, services, call, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8800"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshgate", description="A service mesh for MCP servers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="a .mcp.json file (default: ./.mcp.json if present)")
+    s.add_argument("--policy", help="a meshgate.toml file (default: ./meshgate.toml if present)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--data-dir")
+    s.add_argument("--registry", help="registry backend URL (embedded)")
+    s.add_argument("--queue", help="queue backend URL (embedded)")
+    s.add_argument("--node-id")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument(
+            "--url",
+            default=_env("MESHGATE_URL") or DEFAULT_URL,
+            help=f"gateway URL (default {DEFAULT_URL}, or MESHGATE_URL)",
+        )
+        c.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return c
+
+    client("services", "list MCP servers and their instances")
+    c = client("call", "call a tool of an MCP server")
+    c.add_argument("server")
+    c.add_argument("tool")
+    c.add_argument("--args", default="{}", help="the tool's arguments as a JSON object")
+    c.add_argument("--timeout", type=float, help="deadline in seconds")
+
+    k = sub.add_parser("check-config", help="validate a .mcp.json or meshgate.toml")
+    k.add_argument("files", nargs="+", metavar="FILE")
+    k.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "serve": _serve,
+        "services": _services,
+        "call": _call,
+        "check-config": _check_config,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from meshgate.app import build_app
+    from meshgate.config import ConfigProblems, load
+    from meshgate.observability.logging import configure
+
+    config = (
+        args.config
+        or _env("MESHGATE_CONFIG")
+        or (".mcp.json" if Path(".mcp.json").is_file() else None)
+    )
+    policy = (
+        args.policy
+        or _env("MESHGATE_POLICY")
+        or ("meshgate.toml" if Path("meshgate.toml").is_file() else None)
+    )
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "registry": args.registry,
+        "queue": args.queue,
+        "node_id": args.node_id,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load(config, policy, overrides=overrides)
+    except ConfigProblems as e:
+        for p in e.problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        return 2
+    configure(settings.mesh.log_level)
+    try:
+        sock = _bind(settings.mesh.host, settings.mesh.port)
+    except OSError as e:
+        print(
+            f"error: cannot listen on {settings.mesh.host}:{settings.mesh.port}: {e.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("meshgate").info(
+        "meshgate listening on http://%s:%d", f"[{host}]" if ":" in host else host, port
+    )
+    app = build_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.mesh.shutdown_grace_s) or None,
+            access_log=settings.mesh.log_level == "debug",
+        )
+    )
+    # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before start-up so that `--port 0` can report the port the OS chose."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
+
+
+def _request(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 60.0
+) -> tuple[int, Any]:
+    import httpx
+
+    try:
+        r = httpx.request(method, args.url.rstrip("/") + path, json=body, timeout=timeout)
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach the gateway at {args.url}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, {"detail": r.text}
+
+
+def _fail(status: int, body: Any) -> int:
+    if isinstance(body, dict):
+        print(f"error {status}: {body.get('title', '')}: {body.get('detail', '')}", file=sys.stderr)
+    else:
+        print(f"error {status}: {body}", file=sys.stderr)
+    return 1
+
+
+def _services(args: argparse.Namespace) -> int:
+    status, body = _request(args, "GET", "/api/v1/mcp/servers")
+    if status != 200:
+        return _fail(status, body)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = [("SERVER", "STATE", "INSTANCES", "TOOLS")]
+    for s in body["items"]:
+        healthy = sum(1 for i in s["instances"] if i["state"] == "healthy")
+        rows.append(
+            (
+                s["name"],
+                s["state"],
+                f"{healthy}/{len(s['instances'])} healthy",
+                str(len(s["tools"])),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for s in body["items"]:
+        for i in s["instances"]:
+            extra = f"  ({i['last_error']})" if i.get("last_error") else ""
+            print(
+                f"  {i['id']:<24} {i['state']:<10} pid={i['pid']} breaker={i['breaker']} "
+                f"in_flight={i['in_flight']} restarts={i['restarts']}{extra}"
+            )
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    try:
+        arguments = json.loads(args.args)
+    except ValueError as e:
+        print(f"error: --args is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(arguments, dict):
+        print("error: --args must be a JSON object", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"arguments": arguments}
+    if args.timeout:
+        body["timeout_s"] = args.timeout
+    status, result = _request(
+        args,
+        "POST",
+        f"/api/v1/mcp/servers/{args.server}/tools/{args.tool}",
+        body,
+        timeout=(args.timeout or 60.0) + 5,
+    )
+    if status != 200:
+        return _fail(status, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for item in result.get("content", []):
+            print(item.get("text") if item.get("type") == "text" else json.dumps(item))
+        if "structuredContent" in result and not result.get("content"):
+            print(json.dumps(result["structuredContent"], indent=2))
+    return 1 if result.get("isError") else 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from meshgate.config import check_file
+
+    problems = [p for f in args.files for p in check_file(f)]
+    errors = [p for p in problems if p.severity == "error"]
+    if args.json:
+        print(json.dumps({"ok": not errors, "problems": [p.__dict__ for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            print(f"{p.severity}: {p}")
+        print(
+            f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s) "
+            f"in {len(args.files)} file(s)"
+        )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
