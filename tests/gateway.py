@@ -1,0 +1,223 @@
+"""Run a real gateway process for tests, and check that it leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_BIN = REPO / "node_modules" / ".bin"
+FAULT_SERVER = [sys.executable, "-m", "meshgate.testing.fault_server"]
+
+_LISTENING = re.compile(r"meshgate listening on (http://[^\s\"]+)")
+
+
+def fault_server(*flags: str) -> dict[str, Any]:
+    """A `.mcp.json` entry for our fault-injecting server."""
+    return {"command": FAULT_SERVER[0], "args": [*FAULT_SERVER[1:], *flags]}
+
+
+def npm_server(package_bin: str, *args: str) -> dict[str, Any]:
+    """A `.mcp.json` entry for an npm MCP server installed in node_modules by make."""
+    path = NODE_BIN / package_bin
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `make setup` (npm ci) first")
+    return {"command": str(path), "args": list(args)}
+
+
+def npx_server(package: str, *args: str) -> dict[str, Any]:
+    """A Claude Desktop style `npx -y PACKAGE` entry, resolved from the repo's node_modules."""
+    return {"command": "npx", "args": ["-y", package, *args], "cwd": str(REPO)}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait until none of `pids` is alive; return the survivors."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        survivors = {p for p in pids if alive(p)}
+        if not survivors:
+            return set()
+        time.sleep(0.05)
+    return {p for p in pids if alive(p)}
+
+
+class Gateway:
+    """A `meshgate serve` subprocess on a port the OS chose."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, log: list[str]) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.get(path, **kw)
+
+    def call(
+        self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, **body: Any
+    ) -> httpx.Response:
+        return self.http.post(
+            f"/api/v1/mcp/servers/{server}/tools/{tool}",
+            json={"arguments": dict(arguments or {}), **body},
+        )
+
+    def server(self, name: str) -> dict[str, Any]:
+        r = self.get(f"/api/v1/mcp/servers/{name}")
+        r.raise_for_status()
+        body: dict[str, Any] = r.json()
+        return body
+
+    def instances(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.server(name)["instances"]
+        return items
+
+    def wait_for(self, name: str, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll a server's view until `predicate(view)` holds."""
+        end = time.monotonic() + timeout
+        view = self.server(name)
+        while not predicate(view):
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out waiting on {name}: {json.dumps(view)}")
+            time.sleep(0.05)
+            view = self.server(name)
+        return view
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@contextmanager
+def run_gateway(
+    tmp_path: Path,
+    servers: Mapping[str, Mapping[str, Any]],
+    policy: str = "",
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 90.0,
+) -> Iterator[Gateway]:
+    """Start a gateway on these servers; on exit stop it and assert nothing is left behind."""
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": servers}))
+    toml = tmp_path / "meshgate.toml"
+    toml.write_text(policy)
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    full_env.pop("MESHGATE_PORT", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshgate.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--policy",
+            str(toml),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--node-id",
+            "test",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=full_env,
+    )
+    log: list[str] = []
+    found = threading.Event()
+    url: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line.rstrip())
+            m = _LISTENING.search(line.rstrip())
+            if m and not url:
+                url.append(m.group(1))
+                found.set()
+        found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    gw: Gateway | None = None
+    kids: set[int] = set()
+    try:
+        if not found.wait(30) or not url:
+            raise AssertionError("gateway did not start:\n" + "\n".join(log[-40:]))
+        gw = Gateway(proc, url[0], log)
+        end = time.monotonic() + ready_timeout
+        while True:
+            try:
+                if gw.get("/api/v1/mesh/v2/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError("gateway not ready:\n" + "\n".join(log[-40:]))
+            time.sleep(0.05)
+        kids = descendants(proc.pid)
+        yield gw
+    finally:
+        kids |= descendants(proc.pid)
+        if gw is not None:
+            gw.http.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        survivors = wait_gone(kids)
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        assert not survivors, f"processes left behind after shutdown: {sorted(survivors)}"

@@ -1,0 +1,83 @@
+"""The `meshgate` command line against real files and a real gateway."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.gateway import REPO, fault_server, run_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def meshgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshgate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_check_config_accepts_the_example_files() -> None:
+    # The example uses commands from the venv and node_modules; check the shape, not PATH.
+    r = meshgate("check-config", str(REPO / "examples" / "meshgate.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 error(s)" in r.stdout
+
+
+def test_check_config_reports_every_problem_and_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mcp.json"
+    bad.write_text(json.dumps({"mcpServers": {"a": {"args": []}, "b": {"command": "x-none"}}}))
+    r = meshgate("check-config", str(bad))
+    assert r.returncode == 1
+    assert f"{bad}: mcpServers.a.command: missing" in r.stdout
+    assert f"{bad}: mcpServers.b.command: 'x-none' is not found on PATH" in r.stdout
+    r = meshgate("check-config", "--json", str(bad))
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert {p["key"] for p in report["problems"]} == {
+        "mcpServers.a.command",
+        "mcpServers.b.command",
+    }
+
+
+def test_serve_refuses_broken_config_with_clear_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults]\nstrategy = 'nope'\n")
+    r = meshgate("serve", "--policy", str(bad), "--port", "0")
+    assert r.returncode == 2
+    assert "defaults.strategy: unknown strategy 'nope'" in r.stderr
+
+
+def test_services_and_call_talk_to_a_running_gateway(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        r = meshgate("services", "--url", gw.url)
+        assert r.returncode == 0, r.stderr
+        assert "f-1" in r.stdout and "healthy" in r.stdout
+        r = meshgate("services", "--url", gw.url, "--json")
+        assert json.loads(r.stdout)["items"][0]["name"] == "f"
+
+        r = meshgate("call", "f", "echo", "--args", '{"text": "from the cli"}', "--url", gw.url)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "from the cli"
+        r = meshgate("call", "f", "echo", "--args", '{"text": "j"}', "--url", gw.url, "--json")
+        assert json.loads(r.stdout)["content"][0]["text"] == "j"
+
+        r = meshgate("call", "f", "missing", "--url", gw.url)
+        assert r.returncode == 1
+        assert "404" in r.stderr and "missing" in r.stderr
+        r = meshgate("call", "f", "echo", "--args", "{oops", "--url", gw.url)
+        assert r.returncode == 2 and "not valid JSON" in r.stderr
+
+
+def test_client_commands_explain_an_unreachable_gateway() -> None:
+    r = meshgate("services", "--url", "http://127.0.0.1:9")
+    assert r.returncode == 2
+    assert "cannot reach the gateway" in r.stderr
