@@ -175,7 +175,7 @@ class Router:
                     if not open_:
                         raise CircuitOpen(
                             f"every instance of {pool.name} has an open circuit breaker",
-                            retry_after=pool.policy.breaker.recovery_s,
+                            retry_after=min(i.breaker.retry_after() for i in candidates),
                         )
                     free = [i for i in open_ if i.in_flight < pool.policy.max_in_flight]
                     if free:

@@ -75,6 +75,8 @@ class ServerPool:
         self.era_hint: protocol.Era | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._refresh: asyncio.Task[None] | None = None
+        self._catalog_stale = False
         self._stopping = False
 
     # -- what the router reads ----------------------------------------------------------------
@@ -118,7 +120,8 @@ class ServerPool:
     def _slot_view(self, slot: Slot) -> dict[str, Any]:
         if slot.instance is not None and slot.state is not InstanceState.FAILED:
             view = slot.instance.view()
-            view["state"] = slot.state.value
+            if view["state"] != InstanceState.STOPPED.value:
+                view["state"] = slot.state.value
         else:
             view = {
                 "id": f"{self.name}-{slot.index}",
@@ -150,9 +153,10 @@ class ServerPool:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._refresh] if self._refresh else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
             *(self._end(s.instance) for s in self.slots if s.instance is not None),
             return_exceptions=True,
@@ -333,19 +337,24 @@ class ServerPool:
 
     def _on_notification(self, method: str, params: JSON) -> None:
         if method == "notifications/tools/list_changed":
-            self._tasks.append(asyncio.create_task(self._refresh_tools(), name="refresh tools"))
+            # One refresh at a time; a burst of notifications needs only one more listing.
+            self._catalog_stale = True
+            if self._refresh is None or self._refresh.done():
+                self._refresh = asyncio.create_task(self._refresh_tools(), name="refresh tools")
         elif method == "notifications/message":
             log.info("%s log: %s", self.name, params.get("data"))
 
     async def _refresh_tools(self) -> None:
-        for inst in self.routable():
-            try:
-                self._set_catalog(
-                    await protocol.list_tools(inst.conn, timeout=self.policy.call_timeout_s)
-                )
-                return
-            except (TimeoutError, ConnectionLost, JsonRpcError) as e:
-                log.warning("%s: refreshing tools failed: %s", inst.id, e)
+        while self._catalog_stale:
+            self._catalog_stale = False
+            for inst in self.routable():
+                try:
+                    tools = await protocol.list_tools(inst.conn, timeout=self.policy.call_timeout_s)
+                except (TimeoutError, ConnectionLost, JsonRpcError) as e:
+                    log.warning("%s: refreshing tools failed: %s", inst.id, e)
+                    continue
+                self._set_catalog(tools)
+                break
 
     def _set_catalog(self, tools: Iterable[JSON]) -> None:
         catalog = {t["name"]: t for t in tools}
