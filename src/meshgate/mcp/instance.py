@@ -8,6 +8,7 @@ from typing import Any
 from meshgate.balancer import Ewma
 from meshgate.config import ServerPolicy
 from meshgate.mcp.connection import StdioConnection
+from meshgate.mcp.process import is_running
 from meshgate.mcp.protocol import Era, ServerIdentity
 from meshgate.registry.base import InstanceRecord, InstanceState
 from meshgate.resilience import BreakerPolicy, BreakerState, CircuitBreaker
@@ -86,9 +87,16 @@ class Instance:
     def view(self) -> dict[str, Any]:
         """The instance as `/api/v1/mcp/servers` shows it."""
         breaker = self.breaker.state
+        state = self.state
+        # The exit may be seen a moment after the process died; a view is never behind it.
+        pid = self.pid
+        if state is not InstanceState.STOPPED and (
+            not self.conn.alive or (pid is not None and not is_running(pid))
+        ):
+            state = InstanceState.STOPPED
         return {
             "id": self.id,
-            "state": self.state.value,
+            "state": state.value,
             "pid": self.pid,
             "node": self.node,
             "breaker": breaker.value if isinstance(breaker, BreakerState) else str(breaker),

@@ -121,6 +121,24 @@ async def spawn(
     )
 
 
+def is_running(pid: int) -> bool:
+    """Whether `pid` is a running process; a zombie (dead, not yet reaped) is not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no procfs: fall back to a signal-0 probe, which counts zombies as alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
 def signal_group(pid: int, sig: signal.Signals) -> bool:
     """Signal the process group led by `pid`; False when it is already gone."""
     try:
