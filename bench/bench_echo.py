@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from meshgate.testing.gateway import GatewayProcess, start_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS: dict[str, tuple[list[str], str, dict[str, Any]]] = {
@@ -150,53 +151,14 @@ async def bench_direct(server: str, calls: int, levels: list[int]) -> dict[int, 
         client.reader.cancel()
 
 
-def start_gateway(server: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
+def start(server: str, workdir: Path) -> GatewayProcess:
     cmd, _, _ = SERVERS[server]
-    (workdir / "mcp.json").write_text(
-        json.dumps({"mcpServers": {"s": {"command": cmd[0], "args": cmd[1:]}}})
+    return start_gateway(
+        workdir,
+        {"s": {"command": cmd[0], "args": cmd[1:]}},
+        '[mesh]\nlog_level = "warning"\n[servers.s]\nmax_in_flight = 64\n',
+        args=["--log-level", "info"],
     )
-    (workdir / "meshgate.toml").write_text(
-        '[mesh]\nlog_level = "warning"\n[servers.s]\nmax_in_flight = 64\n'
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshgate.cli",
-            "serve",
-            "--config",
-            str(workdir / "mcp.json"),
-            "--policy",
-            str(workdir / "meshgate.toml"),
-            "--port",
-            "0",
-            "--log-level",
-            "info",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stderr:
-        m = re.search(r"listening on (http://[^\s\"]+)", line)
-        if m:
-            url = m.group(1)
-            break
-        if time.monotonic() > deadline:
-            break
-    else:
-        raise RuntimeError("gateway did not start")
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/v1/mesh/v2/health", timeout=2).json()["status"] == "ok":
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("gateway not healthy")
 
 
 WRK_SCRIPT = """
@@ -308,7 +270,8 @@ def main() -> int:
     args = p.parse_args()
     direct = asyncio.run(bench_direct(args.server, args.calls, args.concurrency))
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_gateway(args.server, Path(tmp))
+        gw = start(args.server, Path(tmp))
+        url = gw.url
         try:
             if shutil.which("wrk"):
                 gateway = bench_gateway_wrk(url, args.server, args.duration, args.concurrency)
@@ -322,8 +285,7 @@ def main() -> int:
                     bench_gateway_httpx(url, args.server, args.calls, args.concurrency)
                 )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            gw.stop()
     print(report(direct, gateway, args))
     return 0
 

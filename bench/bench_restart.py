@@ -11,13 +11,10 @@ is healthy, and the errors the client saw.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from meshgate.testing.gateway import start_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,42 +47,6 @@ def servers() -> dict[str, tuple[dict[str, Any], str, dict[str, Any]]]:
     return out
 
 
-def start(
-    workdir: Path, name: str, entry: dict[str, Any], instances: int
-) -> tuple[subprocess.Popen[str], str]:
-    (workdir / "mcp.json").write_text(json.dumps({"mcpServers": {name: entry}}))
-    (workdir / "meshgate.toml").write_text(
-        f"[servers.{name}]\ninstances = {instances}\n[servers.{name}.restart]\nmax_failures = 100\n"
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshgate.cli",
-            "serve",
-            "--config",
-            str(workdir / "mcp.json"),
-            "--policy",
-            str(workdir / "meshgate.toml"),
-            "--port",
-            "0",
-            "--log-level",
-            "info",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        m = re.search(r"listening on (http://[^\s\"]+)", line)
-        if m:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
-            return proc, m.group(1)
-    raise RuntimeError("gateway did not start")
-
-
 def instances(client: httpx.Client, name: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = client.get(f"/api/v1/mcp/servers/{name}").json()["instances"]
     return items
@@ -93,7 +56,11 @@ def run(
     name: str, entry: dict[str, Any], tool: str, args: dict[str, Any], kills: int, n: int
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start(Path(tmp), name, entry, n)
+        policy = (
+            f"[servers.{name}]\ninstances = {n}\n[servers.{name}.restart]\nmax_failures = 100\n"
+        )
+        gw = start_gateway(Path(tmp), {name: entry}, policy)
+        url = gw.url
         client = httpx.Client(base_url=url, timeout=30)
         stop = threading.Event()
         outcome = {"ok": 0, "errors": 0}
@@ -106,12 +73,7 @@ def run(
 
         try:
             deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if all(i["state"] == "healthy" for i in instances(client, name)):
-                        break
-                except httpx.TransportError:
-                    pass  # still starting: the socket accepts once the servers are up
+            while not all(i["state"] == "healthy" for i in instances(client, name)):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not become healthy")
                 time.sleep(0.05)
@@ -136,8 +98,7 @@ def run(
         finally:
             stop.set()
             client.close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            gw.stop()
     return {
         "median_s": statistics.median(times),
         "max_s": max(times),

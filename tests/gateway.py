@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,11 +14,11 @@ from typing import Any
 
 import httpx
 
+from meshgate.testing.gateway import GatewayProcess, start_gateway
+
 REPO = Path(__file__).resolve().parent.parent
 NODE_BIN = REPO / "node_modules" / ".bin"
 FAULT_SERVER = [sys.executable, "-m", "meshgate.testing.fault_server"]
-
-_LISTENING = re.compile(r"meshgate listening on (http://[^\s\"]+)")
 
 
 def fault_server(*flags: str) -> dict[str, Any]:
@@ -86,13 +83,14 @@ def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
 
 
 class Gateway:
-    """A `meshgate serve` subprocess on a port the OS chose."""
+    """A client's view of a gateway process started by `run_gateway`."""
 
-    def __init__(self, proc: subprocess.Popen[str], url: str, log: list[str]) -> None:
-        self.proc = proc
-        self.url = url
-        self.log = log
-        self.http = httpx.Client(base_url=url, timeout=60)
+    def __init__(self, process: GatewayProcess) -> None:
+        self.process = process
+        self.proc = process.proc
+        self.url = process.url
+        self.log = process.log
+        self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return self.http.get(path, **kw)
@@ -126,12 +124,6 @@ class Gateway:
             view = self.server(name)
         return view
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
-        self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
 
 @contextmanager
 def run_gateway(
@@ -140,83 +132,17 @@ def run_gateway(
     policy: str = "",
     *,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 90.0,
 ) -> Iterator[Gateway]:
     """Start a gateway on these servers; on exit stop it and assert nothing is left behind."""
-    config = tmp_path / "mcp.json"
-    config.write_text(json.dumps({"mcpServers": servers}))
-    toml = tmp_path / "meshgate.toml"
-    toml.write_text(policy)
-    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
-    full_env.pop("MESHGATE_PORT", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshgate.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--policy",
-            str(toml),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--node-id",
-            "test",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=full_env,
-    )
-    log: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line.rstrip())
-            m = _LISTENING.search(line.rstrip())
-            if m and not url:
-                url.append(m.group(1))
-                found.set()
-        found.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    gw: Gateway | None = None
-    kids: set[int] = set()
+    process = start_gateway(tmp_path, servers, policy, env=env, args=["--node-id", "test"])
+    gw = Gateway(process)
+    kids = descendants(process.proc.pid)
     try:
-        if not found.wait(30) or not url:
-            raise AssertionError("gateway did not start:\n" + "\n".join(log[-40:]))
-        gw = Gateway(proc, url[0], log)
-        end = time.monotonic() + ready_timeout
-        while True:
-            try:
-                if gw.get("/api/v1/mesh/v2/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError("gateway not ready:\n" + "\n".join(log[-40:]))
-            time.sleep(0.05)
-        kids = descendants(proc.pid)
         yield gw
     finally:
-        kids |= descendants(proc.pid)
-        if gw is not None:
-            gw.http.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        kids |= descendants(process.proc.pid)
+        gw.http.close()
+        process.stop()
         survivors = wait_gone(kids)
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)
