@@ -71,6 +71,25 @@ def test_instance_era_is_discovered(tmp_path: Path, era: str, expected: str) -> 
         gw.wait_for("f", lambda v: (v["instances"][0].get("last_health") or {}).get("ok"))
 
 
+def test_server_that_dies_on_discover_is_restarted_as_handshake_era(tmp_path: Path) -> None:
+    servers = {"old": fault_server("--era", "handshake", "--exit-before-initialize")}
+    with run_gateway(tmp_path, servers, "[defaults.restart]\nbackoff_base_s = 0.01\n") as gw:
+        view = gw.wait_for("old", lambda v: v["instances"][0]["state"] == "healthy")
+        [inst] = view["instances"]
+        assert inst["era"] == "handshake"
+        assert inst["restarts"] == 1
+        assert gw.call("old", "echo", {"text": "hi"}).status_code == 200
+
+
+def test_openapi_describes_the_api(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        spec = gw.get("/openapi.json").json()
+        paths = spec["paths"]
+        assert "/api/v1/mcp/servers/{name}/tools/{tool}" in paths
+        assert "/api/v1/mesh/v2/health" in paths
+        assert gw.get("/docs").status_code == 200
+
+
 def test_unknown_server_and_tool_are_404_problems(tmp_path: Path) -> None:
     with run_gateway(tmp_path, {"f": fault_server()}) as gw:
         r = gw.call("nope", "echo")

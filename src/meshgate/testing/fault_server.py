@@ -90,6 +90,7 @@ class FaultServer:
         self.running: dict[Any, asyncio.Task[None]] = {}
         self.asked: dict[str, asyncio.Future[JSON]] = {}
         self.next_ask = 0
+        self.initialized = False
 
     # -- output -------------------------------------------------------------------------------
 
@@ -163,6 +164,12 @@ class FaultServer:
         if method in ("server/discover", "initialize") and self.args.exit_during_handshake:
             self.log("exiting during handshake")
             os._exit(3)
+        if method == "initialize":
+            self.initialized = True
+        elif not self.initialized and self.args.exit_before_initialize:
+            # Like some older servers: any request before `initialize` kills the process.
+            self.log(f"received {method} before initialize; exiting")
+            os._exit(4)
         if method == "server/discover" and era != "handshake":
             self.discovers += 1
             if self.faults["hang_health"]:
@@ -360,6 +367,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", default="meshgate-fault-server")
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--exit-during-handshake", action="store_true")
+    p.add_argument(
+        "--exit-before-initialize",
+        action="store_true",
+        help="exit on any request that comes before initialize",
+    )
     p.add_argument("--exit-immediately", type=int, metavar="CODE")
     p.add_argument("--crash-after", type=int, metavar="N")
     p.add_argument("--garbage-on-start", action="store_true")
