@@ -251,7 +251,8 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         assert gw.proc.wait(15) == 0
 
 
-def test_gateway_sigkill_leaves_no_process_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_gateway_stop_leaves_no_process_behind(tmp_path: Path, sig: signal.Signals) -> None:
     # npx starts the server as a grandchild: the reaper must get it too.
     servers = {
         "f": fault_server(),
@@ -261,7 +262,7 @@ def test_gateway_sigkill_leaves_no_process_behind(tmp_path: Path) -> None:
         kids = descendants(gw.proc.pid)
         pids = {i["pid"] for s in ("f", "everything") for i in gw.instances(s)}
         assert pids <= kids and len(pids) == 3
-        gw.proc.send_signal(signal.SIGKILL)
-        gw.proc.wait(10)
+        gw.proc.send_signal(sig)
+        gw.proc.wait(20)
         survivors = wait_gone(kids, 10)
         assert not survivors, [(p, alive(p)) for p in survivors]
