@@ -67,7 +67,7 @@ class ServerPolicy(_Model):
     """Per-server policy; `[defaults]` in meshgate.toml sets it for every server."""
 
     instances: int = Field(1, ge=1, le=64)
-    mode: Literal["shared"] = "shared"
+    mode: str = "shared"
     strategy: str = "least_connections"
     call_timeout_s: float = Field(30.0, gt=0)
     startup_timeout_s: float = Field(30.0, gt=0)
@@ -90,6 +90,18 @@ class ServerPolicy(_Model):
             raise ValueError(f"unknown strategy {value!r}; expected one of {', '.join(STRATEGIES)}")
         return value
 
+    @field_validator("mode")
+    @classmethod
+    def _available_mode(cls, value: str) -> str:
+        if value in ("sticky", "dedicated"):
+            raise ValueError(
+                f"mode {value!r} needs MCP client sessions, which come with the Streamable HTTP "
+                "front end; only 'shared' is available"
+            )
+        if value != "shared":
+            raise ValueError(f"unknown mode {value!r}; expected shared, sticky or dedicated")
+        return value
+
     @field_validator("hash_key")
     @classmethod
     def _known_hash_key(cls, value: str) -> str:
@@ -110,6 +122,13 @@ class MeshSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
+
+    @field_validator("registry", "queue")
+    @classmethod
+    def _available_backend(cls, value: str) -> str:
+        if value != "embedded":
+            raise ValueError(f"backend {value!r} is not available yet; use 'embedded'")
+        return value
 
 
 @dataclass(frozen=True)

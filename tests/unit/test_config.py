@@ -168,3 +168,20 @@ def test_missing_mcp_servers_and_wrong_shape(tmp_path: Path) -> None:
     assert "missing" in check_file(write(tmp_path / "a.json", {"servers": {}}))[0].reason
     assert "expected" in check_file(write(tmp_path / "b.json", [1]))[0].reason
     assert "cannot read" in check_file(tmp_path / "absent.json")[0].reason
+
+
+def test_unavailable_modes_and_backends_are_refused_clearly(tmp_path: Path) -> None:
+    pol = write(
+        tmp_path / "meshgate.toml",
+        """
+[mesh]
+registry = "redis://127.0.0.1:6379/0"
+[defaults]
+mode = "sticky"
+""",
+    )
+    text = "\n".join(str(p) for p in check_file(pol))
+    assert "mesh.registry: backend 'redis://127.0.0.1:6379/0' is not available yet" in text
+    assert "defaults.mode: mode 'sticky' needs MCP client sessions" in text
+    _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "redis://x"})
+    assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]

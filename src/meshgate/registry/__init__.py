@@ -10,6 +10,6 @@ def open_registry(url: str) -> Registry:
     """The registry backend named by a URL (`embedded` for now)."""
     from meshgate.errors import ConfigError
 
-    if url in ("embedded", "memory"):
+    if url == "embedded":
         return EmbeddedRegistry()
-    raise ConfigError(f"registry backend {url!r} is not supported; use 'embedded'")
+    raise ConfigError(f"registry backend {url!r} is not available yet; use 'embedded'")
