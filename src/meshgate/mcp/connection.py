@@ -179,7 +179,14 @@ class StdioConnection(asyncio.SubprocessProtocol):
         msg = jsonrpc.decode(line)
         if msg is None:
             self.garbage_lines += 1
-            log.warning("%s: ignored a stdout line that is not JSON-RPC: %.200r", self.label, line)
+            n = self.garbage_lines
+            if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
+                log.warning(
+                    "%s: ignored a stdout line that is not JSON-RPC (%d so far): %.200r",
+                    self.label,
+                    n,
+                    line,
+                )
             return
         method = msg.get("method")
         if method is None:
