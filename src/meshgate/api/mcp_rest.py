@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
+from meshgate.api.routing import DirectRoute
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.mcp.supervisor import ServerPool
 from meshgate.router import Router
@@ -61,12 +62,7 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         p = pool(name)
         return _json({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
 
-    @api.post(
-        "/servers/{name}/tools/{tool}",
-        summary="Call a tool; returns the MCP tools/call result",
-        openapi_extra=_CALL_BODY,
-    )
-    async def call_tool(name: str, tool: str, request: Request) -> Response:
+    async def call_tool(request: Request, name: str, tool: str) -> Response:
         body = await read_json_object(request, max_body_bytes)
         unknown = set(body) - {"arguments", "timeout_s"}
         if unknown:
@@ -88,6 +84,14 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         )
         return _json(await _unless_disconnected(request, call))
 
+    api.add_api_route(
+        "/servers/{name}/tools/{tool}",
+        call_tool,
+        methods=["POST"],
+        summary="Call a tool; returns the MCP tools/call result",
+        openapi_extra=_CALL_BODY,
+        route_class_override=DirectRoute,
+    )
     return api
 
 
