@@ -122,7 +122,7 @@ class Unavailable(MeshgateError):
 class NoHealthyInstance(Unavailable):
     type = "no-healthy-instance"
     title = "No healthy instance"
-    jsonrpc_code = -32002
+    jsonrpc_code = -32006  # not -32002: handshake-era MCP uses it for "resource not found"
     reason = "no_healthy_instance"
 
 
