@@ -10,6 +10,7 @@ is declared read-only or idempotent, or the configuration says so.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,21 @@ def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
         return True
     annotations = pool.tools.get(tool, {}).get("annotations") or {}
     return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
+
+
+def hash_key(
+    pool: ServerPool, *, session: str | None, client: str | None, arguments: JSON
+) -> str | None:
+    """The consistent-hash key of a call, by the pool's `hash_key` setting; None otherwise."""
+    if pool.policy.strategy not in ("consistent_hash", "ip_hash"):
+        return None
+    source = pool.policy.hash_key
+    if source == "session":
+        return session
+    if source.startswith("arg:"):
+        value = arguments.get(source[4:])
+        return None if value is None else json.dumps(value, sort_keys=True)
+    return client
 
 
 class Router:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
 from typing import Any
@@ -12,10 +10,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
-from meshgate.api.routing import DirectRoute
+from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.mcp.supervisor import ServerPool
-from meshgate.router import Router
+from meshgate.router import Router, hash_key
 
 _CALL_BODY = {
     "requestBody": {
@@ -79,10 +77,14 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         ):
             raise InvalidArguments("'timeout_s' must be a positive number")
         p = pool(name)
-        call = router.call_tool(
-            name, tool, arguments, timeout_s=timeout_s, key=_hash_key(p, request, arguments)
+        key = hash_key(
+            p,
+            session=request.headers.get("x-meshgate-session"),
+            client=request.client.host if request.client else None,
+            arguments=arguments,
         )
-        return _json(await _unless_disconnected(request, call))
+        call = router.call_tool(name, tool, arguments, timeout_s=timeout_s, key=key)
+        return _json(await unless_disconnected(request, call))
 
     api.add_api_route(
         "/servers/{name}/tools/{tool}",
@@ -93,32 +95,3 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         route_class_override=DirectRoute,
     )
     return api
-
-
-def _hash_key(pool: ServerPool, request: Request, arguments: dict[str, Any]) -> str | None:
-    if pool.policy.strategy not in ("consistent_hash", "ip_hash"):
-        return None
-    source = pool.policy.hash_key
-    if source == "session":
-        return request.headers.get("mcp-session-id") or request.headers.get("x-meshgate-session")
-    if source.startswith("arg:"):
-        value = arguments.get(source[4:])
-        return None if value is None else json.dumps(value, sort_keys=True)
-    return request.client.host if request.client else None
-
-
-async def _unless_disconnected(request: Request, call: Any) -> Any:
-    """Run the call; if the client goes away first, cancel it (which cancels upstream too)."""
-    task = asyncio.ensure_future(call)
-    watch = asyncio.ensure_future(request.receive())
-    try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and watch.done() and watch.result().get("type") == "http.disconnect":
-            task.cancel()
-        return await task
-    finally:
-        for fut in (task, watch):
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await fut

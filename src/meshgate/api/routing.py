@@ -11,8 +11,10 @@ Endpoints using it must take `request` plus path parameters, nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -28,3 +30,23 @@ class DirectRoute(APIRoute):
             return response
 
         return handle
+
+
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, call: Awaitable[T]) -> T:
+    """Run the call; if the client goes away first, cancel it (which cancels upstream too)."""
+    task = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and watch.done() and watch.result().get("type") == "http.disconnect":
+            task.cancel()
+        return await task
+    finally:
+        for fut in (task, watch):
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fut
