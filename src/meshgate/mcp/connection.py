@@ -69,6 +69,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self._stdin: asyncio.WriteTransport | None = None
         self._pending: dict[int, asyncio.Future[JSON]] = {}
         self._progress: dict[int, NotificationHandler] = {}
+        self._internal: set[int] = set()  # the gateway's own requests (health probes)
         self._next_id = 0
         self._buf = bytearray()
         self._overflow_head: bytes | None = None
@@ -226,6 +227,13 @@ class StdioConnection(asyncio.SubprocessProtocol):
             if handler is not None:
                 handler(method, params)
             return
+        if method == "notifications/message":
+            # stdio log messages name no request; with one request in flight (the gateway's
+            # own health probes aside) they are its own. Otherwise no client gets them.
+            calls = [i for i in self._pending if i not in self._internal]
+            handler = self._progress.get(calls[0]) if len(calls) == 1 else None
+            if handler is not None:
+                handler(method, params)
         if self.on_notification is not None:
             self.on_notification(method, params)
 
@@ -288,6 +296,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         *,
         timeout: float,
         on_progress: NotificationHandler | None = None,
+        internal: bool = False,
     ) -> JSON:
         """Send a request and wait for its result.
 
@@ -312,6 +321,8 @@ class StdioConnection(asyncio.SubprocessProtocol):
             params["_meta"] = meta
         fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self._pending[id_] = fut
+        if internal:
+            self._internal.add(id_)
         if not self._write(jsonrpc.request(id_, method, params)):
             self._pending.pop(id_, None)
             raise ConnectionLost(f"{self.label} is not running", sent=False)
@@ -325,6 +336,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
             raise
         finally:
             self._progress.pop(id_, None)
+            self._internal.discard(id_)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

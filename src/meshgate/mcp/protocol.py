@@ -118,9 +118,9 @@ async def establish(
 async def probe(conn: StdioConnection, era: Era, *, timeout: float) -> None:
     """A health check: `server/discover` for stateless servers, `ping` for handshake ones."""
     if era is Era.STATELESS:
-        await conn.request("server/discover", {}, timeout=timeout)
+        await conn.request("server/discover", {}, timeout=timeout, internal=True)
     else:
-        await conn.request("ping", None, timeout=timeout)
+        await conn.request("ping", None, timeout=timeout, internal=True)
 
 
 async def list_tools(conn: StdioConnection, *, timeout: float) -> list[JSON]:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from meshgate.balancer import Balancer, make_balancer
@@ -27,6 +27,17 @@ from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, backoff_delay
 
 log = logging.getLogger("meshgate.supervisor")
+
+# Notifications a pool passes on to the client sessions that watch it.
+FORWARDED_NOTIFICATIONS = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/resources/updated",
+    }
+)
+Subscriber = Callable[[str, str, JSON], None]  # (server, method, params)
 
 STOP_GRACE_S = 5.0
 
@@ -73,6 +84,8 @@ class ServerPool:
         self.tools_version = 0
         self.waiters = 0
         self.era_hint: protocol.Era | None = None
+        self.identity: protocol.ServerIdentity | None = None  # of the newest verified instance
+        self.subscribers: set[Subscriber] = set()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: asyncio.Task[None] | None = None
@@ -276,6 +289,7 @@ class ServerPool:
             return None
         if self.era_hint is None:
             self.era_hint = inst.identity.era
+        self.identity = inst.identity
         self._set_catalog(tools)
         slot.last_error = None
         self._set_state(inst, InstanceState.HEALTHY)
@@ -338,11 +352,21 @@ class ServerPool:
     def _on_notification(self, method: str, params: JSON) -> None:
         if method == "notifications/tools/list_changed":
             # One refresh at a time; a burst of notifications needs only one more listing.
+            # Watchers hear of it once the new catalog is in place (`_set_catalog`).
             self._catalog_stale = True
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.create_task(self._refresh_tools(), name="refresh tools")
+        elif method in FORWARDED_NOTIFICATIONS:
+            self._publish(method, params)
         elif method == "notifications/message":
             log.info("%s log: %s", self.name, params.get("data"))
+
+    def _publish(self, method: str, params: JSON) -> None:
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber(self.name, method, params)
+            except Exception:  # a broken watcher must not break the pool
+                log.exception("%s: subscriber failed on %s", self.name, method)
 
     async def _refresh_tools(self) -> None:
         while self._catalog_stale:
@@ -358,9 +382,12 @@ class ServerPool:
 
     def _set_catalog(self, tools: Iterable[JSON]) -> None:
         catalog = {t["name"]: t for t in tools}
-        if catalog != self.tools:
+        if self.tools_version == 0:  # the first listing
+            self.tools, self.tools_version = catalog, 1
+        elif catalog != self.tools:
             self.tools = catalog
             self.tools_version += 1
+            self._publish("notifications/tools/list_changed", {})
 
     async def _on_server_request(self, method: str, params: JSON) -> JSON:
         if method == "ping":
