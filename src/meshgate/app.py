@@ -12,10 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, problems
+from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
+from meshgate.mcp.frontend import McpFront
+from meshgate.mcp.sessions import SessionStore
 from meshgate.mcp.supervisor import Supervisor
 from meshgate.registry import open_registry
 from meshgate.router import Router
@@ -28,6 +32,17 @@ def build_app(settings: Settings) -> FastAPI:
     registry = open_registry(settings.mesh.registry)
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
     router = Router(supervisor)
+    mesh_settings = settings.mesh
+    mcp_http = McpHttp(
+        McpFront(router, separator=mesh_settings.namespace_separator),
+        SessionStore(
+            max_sessions=mesh_settings.max_sessions,
+            idle_timeout_s=mesh_settings.session_idle_timeout_s,
+        ),
+        max_body_bytes=mesh_settings.max_body_bytes,
+        allowed_origins=mesh_settings.allowed_origins,
+    )
+    mcp_http.attach(supervisor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,6 +55,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down: draining %d calls in flight", router.in_flight)
             await router.drain(settings.mesh.shutdown_grace_s)
+            await mcp_http.close()
             await supervisor.stop()
             registry.close()
             log.info("stopped")
@@ -52,7 +68,14 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.router = router
     app.state.settings = settings
+    # Called when the server stops accepting, before it waits for open responses: streams that
+    # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
+    app.state.before_shutdown = mcp_http.end_standing_streams
     problems.install(app)
     app.include_router(mesh.build(router, registry, node=settings.node_id))
     app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
+    app.router.routes += [
+        Route("/mcp", mcp_http, methods=None, include_in_schema=False),
+        Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
+    ]
     return app

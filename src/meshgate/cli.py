@@ -117,7 +117,13 @@ def _serve(args: argparse.Namespace) -> int:
         "meshgate listening on http://%s:%d", f"[{host}]" if ":" in host else host, port
     )
     app = build_app(settings)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.before_shutdown()
+            await super().shutdown(sockets)
+
+    server = Server(
         uvicorn.Config(
             app,
             log_config=None,

@@ -76,6 +76,9 @@ class ServerPolicy(_Model):
     idempotent_tools: tuple[str, ...] = ()
     hash_key: str = "client_ip"
     """consistent_hash key: `client_ip`, `session` or `arg:NAME` (a tool argument)."""
+    namespace: str | None = None
+    """The prefix of this server's tool and prompt names in `/mcp` (default: the server's
+    name; "" for none)."""
     max_line_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     stderr_lines: int = Field(200, ge=1)
     breaker: BreakerSettings = BreakerSettings()
@@ -88,6 +91,13 @@ class ServerPolicy(_Model):
     def _known_strategy(cls, value: str) -> str:
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; expected one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", value):
+            raise ValueError("must be at most 64 of the characters MCP tool names allow")
         return value
 
     @field_validator("mode")
@@ -122,6 +132,20 @@ class MeshSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    # MCP Streamable HTTP front end
+    namespace_separator: str = "__"
+    max_sessions: int = Field(1000, ge=1)
+    session_idle_timeout_s: float = Field(1800.0, gt=0)
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("namespace_separator")
+    @classmethod
+    def _separator(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,8}", value):
+            raise ValueError(
+                "must be 1 to 8 of the characters MCP tool names allow (A-Z a-z 0-9 _ - .)"
+            )
+        return value
 
     @field_validator("registry", "queue")
     @classmethod
@@ -374,6 +398,9 @@ _ENV_FIELDS = {
     "queue": "MESHGATE_QUEUE",
     "log_level": "MESHGATE_LOG_LEVEL",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
+    "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
+    "max_sessions": "MESHGATE_MAX_SESSIONS",
+    "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",
     "shutdown_grace_s": "MESHGATE_SHUTDOWN_GRACE_S",
 }
 

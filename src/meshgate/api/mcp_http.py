@@ -1,0 +1,801 @@
+"""MCP Streamable HTTP: `/mcp` (every server) and `/mcp/{name}` (one server), both eras.
+
+- Handshake era (2024-11-05 .. 2025-11-25): `initialize` opens a session (`Mcp-Session-Id`);
+  POST carries requests, notifications and responses (batches in 2025-03-26); GET opens the
+  session's standing stream; DELETE ends the session; streams resume with `Last-Event-ID`.
+- Stateless era (2026-07-28): one request per POST with the protocol envelope in
+  `params._meta`, checked against the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name`
+  headers; results carry `resultType` and, for lists, cache hints; `subscriptions/listen`
+  streams notifications.
+
+A request is answered with JSON, or with Server-Sent Events when the client accepts them and
+asked for progress (or accepts nothing else). Requests with an Origin header are refused
+unless the origin is loopback or configured (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from meshgate.api.problems import read_body
+from meshgate.api.routing import unless_disconnected
+from meshgate.errors import MeshgateError, PayloadTooLarge, UnknownService
+from meshgate.mcp import jsonrpc
+from meshgate.mcp.frontend import (
+    LATEST_HANDSHAKE,
+    LOG_LEVELS,
+    SUPPORTED_VERSIONS,
+    Emit,
+    McpFront,
+    RequestContext,
+    json_rpc_error,
+)
+from meshgate.mcp.jsonrpc import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSON,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+)
+from meshgate.mcp.protocol import (
+    HANDSHAKE_VERSIONS,
+    META_CAPABILITIES,
+    META_SERVER_INFO,
+    META_VERSION,
+    STATELESS_VERSION,
+)
+from meshgate.mcp.sessions import ClientSession, EventStream, SessionStore
+from meshgate.mcp.supervisor import Supervisor
+from meshgate.router import hash_key
+
+log = logging.getLogger("meshgate.mcp_http")
+
+REQUEST_CANCELLED = -32800
+LEGACY_RESOURCE_NOT_FOUND = -32002
+HEADER_MISMATCH = -32020
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+METHOD_HEADER = "mcp-method"
+NAME_HEADER = "mcp-name"
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+DEFAULT_VERSION = "2025-03-26"  # assumed when a session's request has no version header
+HEARTBEAT_S = 15.0
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+CACHEABLE = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    }
+)
+# The HTTP status of a stateless-era JSON-RPC error; others are answered with 200.
+ERROR_STATUS = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+SUBSCRIPTION_KEYS = {
+    "notifications/tools/list_changed": "toolsListChanged",
+    "notifications/prompts/list_changed": "promptsListChanged",
+    "notifications/resources/list_changed": "resourcesListChanged",
+}
+
+
+class _Reject(Exception):
+    """Answer at once with this HTTP status and a JSON-RPC error body."""
+
+    def __init__(
+        self, status: int, code: int, message: str, id_: Any = None, data: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.id, self.data = status, code, message, id_, data
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        return _json(
+            jsonrpc.error(self.id, self.code, self.message, self.data), self.status, headers
+        )
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _sse(event_id: str | None, data: str) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: message\ndata: {data}\n\n"
+
+
+def _accepts(request: Request) -> tuple[bool, bool]:
+    """(JSON, SSE) acceptance, with wildcards; no Accept header accepts both."""
+    header = request.headers.get("accept")
+    if not header:
+        return True, True
+    types = {t.split(";")[0].strip().lower() for t in header.split(",")}
+    wild = "*/*" in types
+    return (
+        wild or bool(types & {"application/json", "application/*"}),
+        wild or bool(types & {"text/event-stream", "text/*"}),
+    )
+
+
+def _kind(msg: Any) -> str:
+    """'request', 'notification', 'response' or 'invalid'."""
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        return "invalid"
+    if isinstance(msg.get("method"), str):
+        if "id" not in msg:
+            return "notification"
+        id_ = msg["id"]
+        ok_id = isinstance(id_, str | int) and not isinstance(id_, bool)
+        params = msg.get("params")
+        return "request" if ok_id and (params is None or isinstance(params, dict)) else "invalid"
+    if "id" in msg and ("result" in msg or "error" in msg):
+        return "response"
+    return "invalid"
+
+
+def _decode_header(value: str | None) -> str | None:
+    """An `Mcp-Name` value, base64 sentinel `=?base64?...?=` decoded."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+class McpHttp:
+    """The ASGI app behind `/mcp` and `/mcp/{name}`."""
+
+    def __init__(
+        self,
+        front: McpFront,
+        sessions: SessionStore,
+        *,
+        max_body_bytes: int,
+        allowed_origins: list[str],
+    ) -> None:
+        self.front = front
+        self.sessions = sessions
+        self.max_body_bytes = max_body_bytes
+        self.allowed_origins = set(allowed_origins)
+        self.listeners: set[_Listener] = set()
+        self.resource_subscriptions: dict[str, set[str]] = {}  # session id -> uris
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def attach(self, supervisor: Supervisor) -> None:
+        for pool in supervisor.pools.values():
+            pool.subscribers.add(self._on_server_notification)
+
+    def end_standing_streams(self) -> None:
+        """End every stream that would otherwise stay open: GET streams and subscriptions."""
+        for listener in list(self.listeners):
+            listener.stream.close()
+        for session in self.sessions.sessions.values():
+            session.standing.close()
+
+    async def close(self) -> None:
+        self.end_standing_streams()
+        await self.sessions.close()
+
+    def _on_server_notification(self, server: str, method: str, params: JSON) -> None:
+        message = json.dumps(jsonrpc.notification(method, params or None), separators=(",", ":"))
+        uri = params.get("uri") if method == "notifications/resources/updated" else None
+        for session in list(self.sessions.sessions.values()):
+            if session.target not in (None, server):
+                continue
+            if uri is not None and uri not in self.resource_subscriptions.get(session.id, ()):
+                continue
+            session.standing.push(message)
+        for listener in list(self.listeners):
+            if listener.target in (None, server) and listener.wants(method, uri):
+                listener.push(method, params)
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        target: str | None = scope.get("path_params", {}).get("name")
+        try:
+            self._check_origin(request)
+            try:
+                self.front.check_target(target)
+            except UnknownService as e:
+                raise _Reject(404, METHOD_NOT_FOUND, e.detail) from None
+            if request.method == "POST":
+                response = await self._post(request, target)
+            elif request.method == "GET":
+                response = await self._get(request, target)
+            elif request.method == "DELETE":
+                response = self._delete(request, target)
+            else:
+                response = Response(status_code=405, headers={"Allow": "GET, POST, DELETE"})
+        except _Reject as r:
+            response = r.response()
+        await response(scope, receive, send)
+
+    def _check_origin(self, request: Request) -> None:
+        origin = request.headers.get("origin")
+        if origin is None or origin in self.allowed_origins or "*" in self.allowed_origins:
+            return
+        host = urlsplit(origin).hostname
+        if host is None or host.lower() not in LOOPBACK_HOSTS:
+            raise _Reject(
+                403,
+                INVALID_REQUEST,
+                f"origin {origin!r} is not allowed; add it to mesh.allowed_origins to permit it",
+            )
+
+    # -- POST ----------------------------------------------------------------------------------
+
+    async def _post(self, request: Request, target: str | None) -> Response:
+        wants_json, wants_sse = _accepts(request)
+        if not (wants_json or wants_sse):
+            return Response(
+                "Accept must include application/json or text/event-stream", status_code=406
+            )
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if ctype.lower() != "application/json":
+            raise _Reject(415, INVALID_REQUEST, "Content-Type must be application/json")
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+        except PayloadTooLarge as e:
+            raise _Reject(413, INVALID_REQUEST, e.detail) from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise _Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+
+        first = body[0] if isinstance(body, list) and body else body
+        is_init = isinstance(first, dict) and first.get("method") == "initialize"
+        session_id = request.headers.get(SESSION_HEADER)
+        modern = request.headers.get(VERSION_HEADER, "").strip() == STATELESS_VERSION
+        if is_init and not isinstance(body, list) and not modern:
+            return self._initialize(request, target, body)
+        if session_id is not None:
+            session = self._session(session_id, target)
+            return await self._post_session(request, session, body, wants_json, wants_sse)
+        if isinstance(body, dict) and self._is_stateless(request, body):
+            return await self._post_stateless(request, target, body, wants_json, wants_sse)
+        raise _Reject(
+            400,
+            INVALID_REQUEST,
+            "no Mcp-Session-Id header: send initialize first (protocol 2024-11-05 to 2025-11-25), "
+            f"or send {STATELESS_VERSION} requests with the protocol envelope in params._meta",
+            body.get("id") if isinstance(body, dict) else None,
+        )
+
+    # -- handshake era -------------------------------------------------------------------------
+
+    def _initialize(self, request: Request, target: str | None, msg: Any) -> Response:
+        if _kind(msg) != "request":
+            raise _Reject(400, INVALID_REQUEST, "initialize must be a JSON-RPC request")
+        params = msg.get("params") or {}
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise _Reject(400, INVALID_PARAMS, "initialize needs params.protocolVersion", msg["id"])
+        version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+        caps = _obj(params.get("capabilities"))
+        info = _obj(params.get("clientInfo"))
+        try:
+            session = self.sessions.create(target, version, caps, info)
+        except MeshgateError as e:
+            code, message, data = json_rpc_error(e)
+            headers = {"Retry-After": str(int(e.retry_after or 1))}
+            return _json(jsonrpc.error(msg["id"], code, message, data), e.status, headers)
+        result = {"protocolVersion": version, **self.front.describe(target)}
+        log.info(
+            "MCP session %s… for %s: %s (%s)",
+            session.id[:8],
+            target or "/mcp",
+            info.get("name", "?"),
+            version,
+        )
+        return _json(jsonrpc.result(msg["id"], result), headers={"Mcp-Session-Id": session.id})
+
+    def _session(self, session_id: str, target: str | None) -> ClientSession:
+        session = self.sessions.get(session_id)
+        if session is None or session.target != target:
+            raise _Reject(404, INVALID_REQUEST, "session not found or ended; initialize again")
+        return session
+
+    def _check_session_version(self, request: Request, session: ClientSession, id_: Any) -> None:
+        header = request.headers.get(VERSION_HEADER)
+        if header is not None and header != session.protocol_version:
+            raise _Reject(
+                400,
+                INVALID_REQUEST,
+                f"MCP-Protocol-Version {header!r} does not match the session's "
+                f"{session.protocol_version!r}",
+                id_,
+            )
+
+    async def _post_session(
+        self,
+        request: Request,
+        session: ClientSession,
+        body: Any,
+        wants_json: bool,
+        wants_sse: bool,
+    ) -> Response:
+        messages = body if isinstance(body, list) else [body]
+        self._check_session_version(request, session, None)
+        if isinstance(body, list):
+            if session.protocol_version != "2025-03-26":
+                raise _Reject(
+                    400,
+                    INVALID_REQUEST,
+                    f"batches are not part of protocol {session.protocol_version} "
+                    "(only 2025-03-26 has them)",
+                )
+            if not body:
+                raise _Reject(400, INVALID_REQUEST, "an empty batch")
+        kinds = [_kind(m) for m in messages]
+        requests = [m for m, k in zip(messages, kinds, strict=True) if k == "request"]
+        invalid = [m for m, k in zip(messages, kinds, strict=True) if k == "invalid"]
+        if invalid and not isinstance(body, list):
+            raise _Reject(
+                400, INVALID_REQUEST, "not a JSON-RPC 2.0 request, notification or response"
+            )
+        for m, k in zip(messages, kinds, strict=True):
+            if k == "notification":
+                self._client_notification(session, m)
+        replies: list[JSON] = [
+            jsonrpc.error(None, INVALID_REQUEST, "invalid message") for _ in invalid
+        ]
+        if not requests:
+            if replies:
+                return _json(replies, 400)
+            return Response(status_code=202)
+        client = request.client.host if request.client else None
+        if len(requests) == 1 and not isinstance(body, list):
+            msg = requests[0]
+            stream = session.new_stream() if wants_sse else None
+            return await self._respond(
+                request,
+                msg["id"],
+                stream,
+                self._session_work(session, msg, self._emitter(stream), client),
+                session=session,
+                priming=session.protocol_version >= "2025-11-25",
+            )
+        # A 2025-03-26 batch: answered as a JSON array, without notifications.
+        replies += await unless_disconnected(
+            request,
+            asyncio.gather(*(self._session_work(session, m, None, client) for m in requests)),
+        )
+        return _json(replies)
+
+    def _client_notification(self, session: ClientSession, msg: JSON) -> None:
+        method = msg["method"]
+        params = _obj(msg.get("params"))
+        if method == "notifications/initialized":
+            session.initialized = True
+        elif method == "notifications/cancelled":
+            task = session.requests.get(json.dumps(params.get("requestId")))
+            if task is not None:
+                log.info(
+                    "MCP session %s… cancelled request %s", session.id[:8], params.get("requestId")
+                )
+                task.cancel()
+
+    async def _session_work(
+        self, session: ClientSession, msg: JSON, emit: Emit | None, client: str | None
+    ) -> JSON:
+        """The reply to one request of a session."""
+        id_, method = msg["id"], msg["method"]
+        if method == "initialize":
+            return jsonrpc.error(id_, INVALID_REQUEST, "the session is already initialized")
+        params = msg.get("params") or {}
+        if method == "logging/setLevel":
+            # Upstream instances are shared: the level filters what this session is sent.
+            level = params.get("level")
+            if level not in LOG_LEVELS:
+                return jsonrpc.error(id_, INVALID_PARAMS, f"'level' must be one of {LOG_LEVELS}")
+            session.log_level = level
+            return jsonrpc.result(id_, {})
+        ctx = RequestContext(
+            version=session.protocol_version,
+            stateless=False,
+            emit=emit,
+            progress_token=_progress_token(msg),
+            log_level=session.log_level,
+            key=self._key(session.target, session.id, client, params),
+        )
+        try:
+            result = await self.front.dispatch(session.target, method, params, ctx)
+        except (MeshgateError, jsonrpc.JsonRpcError) as e:
+            code, message, data = json_rpc_error(e)
+            return jsonrpc.error(id_, code, message, data)
+        self._track_subscription(session, method, params)
+        return jsonrpc.result(id_, result)
+
+    async def _respond(
+        self,
+        request: Request,
+        id_: Any,
+        stream: EventStream | None,
+        work: Awaitable[JSON | tuple[int, JSON]],
+        *,
+        session: ClientSession | None,
+        priming: bool = False,
+    ) -> Response:
+        """Answer one request: as JSON if it is done before it has anything else to send, as
+        Server-Sent Events (notifications, then the reply) once it has.
+
+        In a session the request can be cancelled (`notifications/cancelled`, DELETE) and goes
+        on if the client disconnects from its stream, which can be resumed. Without a session
+        a closed stream cancels it, as the stateless era defines.
+        """
+        outcome: list[tuple[int, JSON]] = []
+
+        async def run() -> None:
+            try:
+                done = await work
+                outcome.append(done if isinstance(done, tuple) else (200, done))
+            except asyncio.CancelledError:
+                outcome.append((200, jsonrpc.error(id_, REQUEST_CANCELLED, "request cancelled")))
+                raise
+            finally:
+                if stream is not None:
+                    if outcome:
+                        stream.push(json.dumps(outcome[0][1], separators=(",", ":")))
+                    stream.close()
+
+        task = asyncio.ensure_future(run())
+        if session is not None:
+            key = json.dumps(id_)
+            session.requests[key] = task
+            task.add_done_callback(lambda t: _unregister(session, key, t))
+        try:
+            await unless_disconnected(
+                request, stream.wait_any() if stream is not None else asyncio.shield(task)
+            )
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if outcome and (stream is None or len(stream.events) <= 1):
+            status, reply = outcome[0]
+            return _json(reply, status)
+        assert stream is not None
+        chunks = _follow(stream, 0, priming=priming, ids=session is not None)
+        return StreamingResponse(
+            chunks if session is not None else _owning(task, chunks),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+
+    @staticmethod
+    def _emitter(stream: EventStream | None) -> Emit | None:
+        if stream is None:
+            return None
+        s = stream
+
+        def emit(note: JSON) -> None:
+            s.push(json.dumps(note, separators=(",", ":")))
+
+        return emit
+
+    def _track_subscription(self, session: ClientSession, method: str, params: JSON) -> None:
+        uri = params.get("uri")
+        if method == "resources/subscribe" and isinstance(uri, str):
+            self.resource_subscriptions.setdefault(session.id, set()).add(uri)
+        elif method == "resources/unsubscribe" and isinstance(uri, str):
+            self.resource_subscriptions.get(session.id, set()).discard(uri)
+
+    # -- GET and DELETE ------------------------------------------------------------------------
+
+    async def _get(self, request: Request, target: str | None) -> Response:
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            if request.headers.get(VERSION_HEADER) == STATELESS_VERSION:
+                return Response(status_code=405, headers={"Allow": "POST"})
+            raise _Reject(400, INVALID_REQUEST, "GET needs an Mcp-Session-Id header")
+        _, wants_sse = _accepts(request)
+        if not wants_sse:
+            return Response("Accept must include text/event-stream", status_code=406)
+        session = self._session(session_id, target)
+        self._check_session_version(request, session, None)
+        stream, after = session.standing, session.standing.last
+        last_event = request.headers.get("last-event-id")
+        if last_event:
+            found = session.find(last_event)
+            if found is not None:
+                stream, after = found
+        return StreamingResponse(
+            _counted(session, _follow(stream, after, priming=False)),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+
+    def _delete(self, request: Request, target: str | None) -> Response:
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            raise _Reject(400, INVALID_REQUEST, "DELETE needs an Mcp-Session-Id header")
+        self._session(session_id, target)
+        self.sessions.end(session_id)
+        self.resource_subscriptions.pop(session_id, None)
+        log.info("MCP session %s… ended by the client", session_id[:8])
+        return Response(status_code=204)
+
+    # -- stateless era -------------------------------------------------------------------------
+
+    def _is_stateless(self, request: Request, msg: JSON) -> bool:
+        header = request.headers.get(VERSION_HEADER)
+        if header is not None and header not in HANDSHAKE_VERSIONS:
+            return True  # 2026-07-28, or a version we will refuse with a clear error
+        params = msg.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        return isinstance(meta, dict) and META_VERSION in meta
+
+    async def _post_stateless(
+        self,
+        request: Request,
+        target: str | None,
+        msg: JSON,
+        wants_json: bool,
+        wants_sse: bool,
+    ) -> Response:
+        kind = _kind(msg)
+        if kind == "notification":
+            self._check_version(request.headers.get(VERSION_HEADER) or "", None)
+            return Response(status_code=202)
+        if kind != "request":
+            raise _Reject(
+                400, INVALID_REQUEST, "the body must be one JSON-RPC request or notification"
+            )
+        id_, method = msg["id"], msg["method"]
+        params: JSON = msg.get("params") or {}
+        version = self._check_envelope(request, msg, params)
+        if method == "subscriptions/listen":
+            if not wants_sse:
+                return Response(
+                    "subscriptions/listen answers with text/event-stream", status_code=406
+                )
+            return self._listen(target, id_, params)
+        stream = EventStream(f"r{id_}", keep=1024) if wants_sse else None
+        meta = _obj(params.get("_meta"))
+        level = meta.get("io.modelcontextprotocol/logLevel")
+        ctx = RequestContext(
+            version=version,
+            stateless=True,
+            emit=self._emitter(stream),
+            progress_token=_progress_token(msg),
+            # Without a level in the envelope a stateless client gets no log messages.
+            log_level=level if level in LOG_LEVELS else None,
+            send_logs=level in LOG_LEVELS,
+            key=self._key(target, None, request.client.host if request.client else None, params),
+        )
+
+        async def work() -> tuple[int, JSON]:
+            try:
+                result = await self.front.dispatch(target, method, params, ctx)
+            except (MeshgateError, jsonrpc.JsonRpcError) as e:
+                code, message, data = json_rpc_error(e)
+                if code == LEGACY_RESOURCE_NOT_FOUND and method == "resources/read":
+                    # A handshake-era server's "resource not found", as 2026-07-28 names it.
+                    code, data = INVALID_PARAMS, {**_obj(data), "uri": params.get("uri")}
+                return ERROR_STATUS.get(code, 200), jsonrpc.error(id_, code, message, data)
+            return 200, jsonrpc.result(id_, self._stamp(target, method, result))
+
+        return await self._respond(request, id_, stream, work(), session=None)
+
+    def _check_version(self, version: str, id_: Any) -> None:
+        if version != STATELESS_VERSION:
+            raise _Reject(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                id_,
+                {"supported": [STATELESS_VERSION], "requested": version},
+            )
+
+    def _check_envelope(self, request: Request, msg: JSON, params: JSON) -> str:
+        id_, method = msg["id"], msg["method"]
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or META_VERSION not in meta or META_CAPABILITIES not in meta:
+            raise _Reject(
+                400,
+                INVALID_PARAMS,
+                f"params._meta must carry {META_VERSION!r} and {META_CAPABILITIES!r}",
+                id_,
+            )
+        version = meta[META_VERSION]
+        headers = {k: v.strip(" \t") for k, v in request.headers.items()}  # RFC 9110 OWS
+        if headers.get(VERSION_HEADER) != version:
+            raise _Reject(
+                400,
+                HEADER_MISMATCH,
+                "MCP-Protocol-Version header does not match params._meta's protocol version",
+                id_,
+            )
+        if headers.get(METHOD_HEADER) != method:
+            raise _Reject(400, HEADER_MISMATCH, "Mcp-Method header does not match the method", id_)
+        name_key = NAME_BEARING.get(method)
+        if (
+            name_key is not None
+            and params.get(name_key) is not None
+            and _decode_header(headers.get(NAME_HEADER)) != params.get(name_key)
+        ):
+            raise _Reject(
+                400, HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}", id_
+            )
+        if not isinstance(version, str):
+            raise _Reject(400, INVALID_PARAMS, "the protocol version must be a string", id_)
+        self._check_version(version, id_)
+        return version
+
+    def _stamp(self, target: str | None, method: str, result: JSON) -> JSON:
+        """A result as the stateless era wants it: resultType, server info, cache hints."""
+        out = dict(result)
+        out.setdefault("resultType", "complete")
+        meta = _obj(out.get("_meta"))
+        out["_meta"] = {**meta, META_SERVER_INFO: self.front.server_info(target)}
+        if method in CACHEABLE:
+            out.setdefault("ttlMs", self.front.ttl_ms(target, method))
+            out.setdefault("cacheScope", "private")
+        return out
+
+    def _listen(self, target: str | None, id_: Any, params: JSON) -> Response:
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise _Reject(
+                400, INVALID_PARAMS, "subscriptions/listen needs params.notifications", id_
+            )
+        caps = self.front.capabilities(target)
+        granted: JSON = {}
+        for method, key in SUBSCRIPTION_KEYS.items():
+            capability = method.split("/")[1]
+            if wanted.get(key) and capability in caps:
+                granted[key] = True
+        uris = wanted.get("resourceSubscriptions")
+        if isinstance(uris, list) and "resources" in caps:
+            granted["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)]
+        listener = _Listener(target, id_, granted, EventStream(f"l{id_}", keep=256))
+        listener.push("notifications/subscriptions/acknowledged", {"notifications": granted})
+        self.listeners.add(listener)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in _follow(listener.stream, 0, priming=False, ids=False):
+                    yield chunk
+                done = jsonrpc.result(
+                    id_,
+                    {
+                        "resultType": "complete",
+                        "_meta": {SUBSCRIPTION_ID: id_},
+                    },
+                )
+                yield _sse(None, json.dumps(done, separators=(",", ":")))
+            finally:
+                self.listeners.discard(listener)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _key(
+        self, target: str | None, session: str | None, client: str | None, params: JSON
+    ) -> str | None:
+        if target is None:
+            return session or client
+        arguments = params.get("arguments")
+        return hash_key(
+            self.front.router.pool(target),
+            session=session,
+            client=client,
+            arguments=arguments if isinstance(arguments, dict) else {},
+        )
+
+
+class _Listener:
+    """A stateless client's `subscriptions/listen` stream and what it asked for."""
+
+    def __init__(self, target: str | None, id_: Any, granted: JSON, stream: EventStream) -> None:
+        self.target = target
+        self.id = id_
+        self.granted = granted
+        self.stream = stream
+
+    def push(self, method: str, params: JSON) -> None:
+        """Send a notification on the stream, tagged with the subscription's id."""
+        meta = {**_obj(params.get("_meta")), SUBSCRIPTION_ID: self.id}
+        note = jsonrpc.notification(method, {**params, "_meta": meta})
+        self.stream.push(json.dumps(note, separators=(",", ":")))
+
+    def wants(self, method: str, uri: str | None) -> bool:
+        if uri is not None:
+            return uri in (self.granted.get("resourceSubscriptions") or ())
+        key = SUBSCRIPTION_KEYS.get(method)
+        return bool(key and self.granted.get(key))
+
+
+def _unregister(session: ClientSession, key: str, task: asyncio.Future[None]) -> None:
+    if session.requests.get(key) is task:
+        del session.requests[key]
+
+
+def _obj(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
+
+
+def _progress_token(msg: JSON) -> Any:
+    params = msg.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+async def _follow(
+    stream: EventStream, after: int, *, priming: bool, ids: bool = True
+) -> AsyncIterator[str]:
+    """A stream's events as SSE text, with a comment line every HEARTBEAT_S of silence."""
+    if priming:
+        yield f"id: {stream.id}.{after}\ndata: \n\n"
+    events = stream.follow(after).__aiter__()
+    next_event: asyncio.Task[tuple[str, str]] | None = None
+    try:
+        while True:
+            if next_event is None:
+                next_event = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({next_event}, timeout=HEARTBEAT_S)
+            if not done:
+                yield ": ping\n\n"
+                continue
+            try:
+                event_id, data = next_event.result()
+            except StopAsyncIteration:
+                return
+            next_event = None
+            yield _sse(event_id if ids else None, data)
+    finally:
+        if next_event is not None:
+            next_event.cancel()
+
+
+async def _counted(session: ClientSession, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Count the session's open GET streams, so an idle sweep does not end it under them."""
+    session.get_connected += 1
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        session.get_connected -= 1
+
+
+async def _owning(task: asyncio.Future[None], chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Stream the chunks; cancel the task behind them if the client goes away first."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+__all__ = ["DEFAULT_VERSION", "SUPPORTED_VERSIONS", "McpHttp"]

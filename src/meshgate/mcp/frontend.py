@@ -1,0 +1,466 @@
+"""The MCP server that clients see: one server's catalog, or every server's, behind the router.
+
+This module answers MCP requests; `meshgate.api.mcp_http` carries them over HTTP. A target is
+one server's name (`/mcp/{name}`) or None for the aggregate (`/mcp`), where tool and prompt
+names are namespaced `<server><separator><name>` and resource URIs are kept as the servers give
+them, with the gateway remembering which server listed which URI or template.
+
+Every request that needs a server goes through `Router.call`, so balancing, breakers, retries
+and deadlines are the same as on the REST path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshgate import __version__
+from meshgate.errors import (
+    InvalidArguments,
+    MeshgateError,
+    NoHealthyInstance,
+    UnknownService,
+    UnknownTool,
+)
+from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, STATELESS_VERSION
+from meshgate.mcp.supervisor import ServerPool
+from meshgate.router import Router, tool_is_retry_safe
+
+log = logging.getLogger("meshgate.frontend")
+
+SUPPORTED_VERSIONS = (STATELESS_VERSION, *HANDSHAKE_VERSIONS)
+LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
+RESOURCE_NOT_FOUND = -32002
+LIST_TTL_MS = 60_000
+REMOVED_IN_STATELESS = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_META_PREFIX = "io.modelcontextprotocol/"
+
+# Methods answered by a server, with the capability that server must declare.
+_LISTS = {
+    "prompts/list": ("prompts", "prompts"),
+    "resources/list": ("resources", "resources"),
+    "resources/templates/list": ("resources", "resourceTemplates"),
+}
+
+Emit = Callable[[JSON], None]  # sends one JSON-RPC notification to the client
+
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+@dataclass
+class RequestContext:
+    """What the transport knows about one client request."""
+
+    version: str
+    stateless: bool
+    emit: Emit | None = None  # None when the client cannot receive notifications for it
+    progress_token: Any = None
+    log_level: str | None = None  # the least severe log message to relay; None: every one
+    send_logs: bool = True
+    timeout_s: float | None = None
+    key: str | None = None  # consistent-hash key (session id or client address)
+
+
+@dataclass
+class _Aggregate:
+    """Which server answers a namespaced name or a URI, as of the last listing."""
+
+    tools: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tools_versions: tuple[int, ...] = ()
+    prompts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    resources: dict[str, str] = field(default_factory=dict)
+    templates: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+
+
+def _server_prefix(server: str) -> str:
+    """A server name made safe for tool names: other characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", server)
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A regular expression matching the URIs an RFC 6570 template can expand to."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{([^}]*)\}", template):
+        out.append(re.escape(template[pos : m.start()]))
+        op = m.group(1)[:1]
+        out.append(".*" if op in ("+", "#", "/", "?", "&", ";", ".") else "[^/?#]*")
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(out) + "$")
+
+
+class McpFront:
+    def __init__(self, router: Router, *, separator: str = "__") -> None:
+        self.router = router
+        self.separator = separator
+        self._agg = _Aggregate()
+
+    # -- what servers and capabilities a target has --------------------------------------------
+
+    def pools(self, target: str | None) -> list[ServerPool]:
+        if target is None:
+            return list(self.router.supervisor.pools.values())
+        return [self.router.pool(target)]
+
+    def check_target(self, target: str | None) -> None:
+        if target is not None:
+            self.router.pool(target)  # raises UnknownService
+
+    def capabilities(self, target: str | None) -> JSON:
+        caps: JSON = {"tools": {"listChanged": True}}
+        for pool in self.pools(target):
+            upstream = pool.identity.capabilities if pool.identity else {}
+            for name in ("prompts", "resources"):
+                if name in upstream:
+                    caps[name] = {"listChanged": True}
+            if "completions" in upstream:
+                caps["completions"] = {}
+            if "logging" in upstream:
+                caps["logging"] = {}
+        return caps
+
+    def server_info(self, target: str | None) -> JSON:
+        if target is None:
+            return {"name": "meshgate", "title": "meshgate (every server)", "version": __version__}
+        pool = self.router.pool(target)
+        upstream = dict(pool.identity.server_info) if pool.identity else {}
+        return {
+            "name": target,
+            "title": upstream.get("title") or upstream.get("name") or target,
+            "version": str(upstream.get("version", __version__)),
+        }
+
+    def instructions(self, target: str | None) -> str | None:
+        parts = []
+        for pool in self.pools(target):
+            text = pool.identity.instructions if pool.identity else None
+            if text:
+                parts.append(text if target is not None else f"[{pool.name}] {text}")
+        return "\n\n".join(parts) or None
+
+    def describe(self, target: str | None) -> JSON:
+        """What `initialize` and `server/discover` share."""
+        result: JSON = {
+            "capabilities": self.capabilities(target),
+            "serverInfo": self.server_info(target),
+        }
+        text = self.instructions(target)
+        if text:
+            result["instructions"] = text
+        return result
+
+    def ttl_ms(self, target: str | None, method: str) -> int:
+        """An honest cache lifetime for a list result: only where every server behind the target
+        announces changes (`listChanged`), which the gateway relays, may a client keep it."""
+        if method == "server/discover":
+            return 0
+        capability = {"tools/list": "tools", "prompts/list": "prompts"}.get(method, "resources")
+        for pool in self.pools(target):
+            upstream = pool.identity.capabilities if pool.identity else {}
+            declared = upstream.get(capability)
+            if capability in upstream and not (
+                isinstance(declared, dict) and declared.get("listChanged")
+            ):
+                return 0
+        return 0 if method == "resources/read" else LIST_TTL_MS
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def dispatch(
+        self, target: str | None, method: str, params: JSON, ctx: RequestContext
+    ) -> JSON:
+        """Answer one request (never `initialize`, which the transport owns)."""
+        if ctx.stateless and method in REMOVED_IN_STATELESS:
+            raise JsonRpcError(METHOD_NOT_FOUND, f"{method} is not part of protocol {ctx.version}")
+        if method == "ping":
+            return {}
+        if method == "server/discover":
+            return {"supportedVersions": list(SUPPORTED_VERSIONS), **self.describe(target)}
+        if method == "tools/list":
+            return self._list_tools(target)
+        if method == "tools/call":
+            return await self._call_tool(target, params, ctx)
+        if method in _LISTS:
+            return await self._list(target, method, params, ctx)
+        if method == "prompts/get":
+            server, name = self._resolve_prompt(target, _str_param(params, "name"))
+            return await self._forward(server, method, {**params, "name": name}, ctx)
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            uri = _str_param(params, "uri")
+            return await self._forward(
+                await self._resolve_uri(target, uri, ctx), method, params, ctx
+            )
+        if method == "completion/complete":
+            return await self._complete(target, params, ctx)
+        raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+    # -- tools ---------------------------------------------------------------------------------
+
+    def _list_tools(self, target: str | None) -> JSON:
+        if target is not None:
+            pool = self.router.pool(target)
+            self._need_catalog(pool)
+            return {"tools": [pool.tools[t] for t in sorted(pool.tools)]}
+        tools = []
+        for public, (server, name) in self._aggregate_tools().items():
+            tool = dict(self.router.supervisor.pools[server].tools[name])
+            tool["name"] = public
+            tools.append(tool)
+        return {"tools": tools}
+
+    def _need_catalog(self, pool: ServerPool) -> None:
+        if not pool.tools and not pool.routable() and not pool.recoverable():
+            raise NoHealthyInstance(f"{pool.name} has no healthy instance to list its tools")
+
+    def prefix(self, pool: ServerPool) -> str:
+        """What goes before a name of this server in /mcp: its namespace and the separator."""
+        namespace = pool.policy.namespace
+        if namespace is None:
+            namespace = _server_prefix(pool.name)
+        return namespace + self.separator if namespace else ""
+
+    def _aggregate_tools(self) -> dict[str, tuple[str, str]]:
+        pools = self.router.supervisor.pools
+        versions = tuple(p.tools_version for p in pools.values())
+        if versions != self._agg.tools_versions:
+            table: dict[str, tuple[str, str]] = {}
+            for pool in pools.values():
+                prefix = self.prefix(pool)
+                for name in sorted(pool.tools):
+                    public = prefix + name
+                    if public in table:
+                        log.warning("tool name %s is ambiguous in /mcp; keeping the first", public)
+                        continue
+                    table[public] = (pool.name, name)
+            self._agg.tools, self._agg.tools_versions = table, versions
+        return self._agg.tools
+
+    def _split(self, public: str) -> tuple[str, str] | None:
+        """A namespaced name's (server, name), by the server prefixes currently known; servers
+        without a prefix come last."""
+        pools = sorted(self.router.supervisor.pools.values(), key=lambda p: not self.prefix(p))
+        for pool in pools:
+            prefix = self.prefix(pool)
+            if public.startswith(prefix):
+                return pool.name, public[len(prefix) :]
+        return None
+
+    async def _call_tool(self, target: str | None, params: JSON, ctx: RequestContext) -> JSON:
+        public = _str_param(params, "name")
+        arguments = params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise JsonRpcError(INVALID_PARAMS, "'arguments' must be an object")
+        if target is None:
+            found = self._aggregate_tools().get(public) or self._split(public)
+            if found is None:
+                raise UnknownTool(
+                    f"no tool named {public!r}; /mcp names tools <server>{self.separator}<tool>"
+                )
+            server, tool = found
+        else:
+            server, tool = target, public
+        pool = self.router.pool(server)
+        if tool not in pool.tools:
+            self._need_catalog(pool)
+            raise UnknownTool(f"{server} has no tool named {tool!r}")
+        return await self.router.call(
+            server,
+            "tools/call",
+            _upstream_params(params, name=tool, arguments=arguments),
+            timeout_s=ctx.timeout_s,
+            key=ctx.key,
+            retry_safe=tool_is_retry_safe(pool, tool),
+            on_progress=self._relay(ctx),
+        )
+
+    # -- prompts, resources, completions -------------------------------------------------------
+
+    def _serving(self, target: str | None, capability: str) -> list[ServerPool]:
+        pools = self.pools(target)
+        return [p for p in pools if p.identity and capability in p.identity.capabilities]
+
+    async def _list(
+        self, target: str | None, method: str, params: JSON, ctx: RequestContext
+    ) -> JSON:
+        capability, key = _LISTS[method]
+        if target is not None:
+            pool = self.router.pool(target)
+            if not self._serving(target, capability):
+                return {key: []}
+            return await self._forward(pool.name, method, params, ctx)
+        # The aggregate lists everything in one page: each server's pages are followed here.
+        pools = self._serving(None, capability)
+        pages = await asyncio.gather(
+            *(self._list_all(p.name, method, key, ctx) for p in pools), return_exceptions=True
+        )
+        items: list[JSON] = []
+        for pool, page in zip(pools, pages, strict=True):
+            if isinstance(page, BaseException):
+                if not isinstance(page, MeshgateError | JsonRpcError | TimeoutError):
+                    raise page
+                log.warning("%s on %s failed in /mcp: %s", method, pool.name, page)
+                continue
+            for item in page:
+                items.append(self._remember(pool.name, key, item))
+        return {key: items}
+
+    async def _list_all(
+        self, server: str, method: str, key: str, ctx: RequestContext
+    ) -> list[JSON]:
+        items: list[JSON] = []
+        cursor: Any = None
+        for _ in range(100):
+            res = await self._forward(server, method, {"cursor": cursor} if cursor else {}, ctx)
+            page = res.get(key)
+            if isinstance(page, list):
+                items.extend(i for i in page if isinstance(i, dict))
+            cursor = res.get("nextCursor")
+            if not cursor:
+                break
+        return items
+
+    def _remember(self, server: str, key: str, item: JSON) -> JSON:
+        if key == "prompts" and isinstance(item.get("name"), str):
+            public = self.prefix(self.router.pool(server)) + item["name"]
+            self._agg.prompts[public] = (server, item["name"])
+            return {**item, "name": public}
+        if key == "resources" and isinstance(item.get("uri"), str):
+            self._agg.resources[item["uri"]] = server
+        if key == "resourceTemplates" and isinstance(item.get("uriTemplate"), str):
+            entry = (template_pattern(item["uriTemplate"]), server)
+            if entry not in self._agg.templates:
+                self._agg.templates.append(entry)
+        return item
+
+    def _resolve_prompt(self, target: str | None, public: str) -> tuple[str, str]:
+        if target is not None:
+            self.router.pool(target)
+            return target, public
+        found = self._agg.prompts.get(public) or self._split(public)
+        if found is None:
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"no prompt named {public!r}; /mcp names prompts <server>{self.separator}<prompt>",
+            )
+        return found
+
+    async def _resolve_uri(self, target: str | None, uri: str, ctx: RequestContext) -> str:
+        if target is not None:
+            self.router.pool(target)
+            return target
+        for attempt in range(2):
+            server = self._agg.resources.get(uri)
+            if server is None:
+                server = next((s for p, s in self._agg.templates if p.match(uri)), None)
+            if server is not None:
+                return server
+            if attempt == 0:  # not listed yet: list once, then look again
+                await self._list(None, "resources/list", {}, ctx)
+                await self._list(None, "resources/templates/list", {}, ctx)
+        # 2026-07-28 answers an unknown resource with invalid params; earlier versions with -32002.
+        code = INVALID_PARAMS if ctx.stateless else RESOURCE_NOT_FOUND
+        raise JsonRpcError(code, f"no server lists a resource {uri!r}", {"uri": uri})
+
+    async def _complete(self, target: str | None, params: JSON, ctx: RequestContext) -> JSON:
+        ref = params.get("ref")
+        if not isinstance(ref, dict):
+            raise JsonRpcError(INVALID_PARAMS, "'ref' must be an object")
+        if ref.get("type") == "ref/prompt":
+            server, name = self._resolve_prompt(target, _str_param(ref, "name"))
+            params = {**params, "ref": {**ref, "name": name}}
+        elif ref.get("type") == "ref/resource":
+            server = await self._resolve_uri(target, _str_param(ref, "uri"), ctx)
+        else:
+            raise JsonRpcError(INVALID_PARAMS, "'ref.type' must be 'ref/prompt' or 'ref/resource'")
+        if not self._serving(server, "completions"):
+            return {"completion": {"values": [], "hasMore": False}}
+        return await self._forward(server, "completion/complete", params, ctx)
+
+    async def _forward(self, server: str, method: str, params: JSON, ctx: RequestContext) -> JSON:
+        return await self.router.call(
+            server,
+            method,
+            _upstream_params(params),
+            timeout_s=ctx.timeout_s,
+            key=ctx.key,
+            retry_safe=method != "resources/subscribe",
+            on_progress=self._relay(ctx),
+        )
+
+    def _relay(self, ctx: RequestContext) -> Callable[[str, JSON], None] | None:
+        """Pass what an upstream sends about this request on to the client: progress under the
+        client's own token, log messages at or above the client's level."""
+        emit, token = ctx.emit, ctx.progress_token
+        if emit is None or (token is None and not ctx.send_logs):
+            return None
+        floor = LOG_LEVELS.index(ctx.log_level) if ctx.log_level in LOG_LEVELS else 0
+
+        def relay(method: str, params: JSON) -> None:
+            if method == "notifications/progress":
+                if token is not None:
+                    params = {**params, "progressToken": token}
+                    emit({"jsonrpc": "2.0", "method": method, "params": params})
+            elif method == "notifications/message" and ctx.send_logs:
+                level = params.get("level")
+                if level not in LOG_LEVELS or LOG_LEVELS.index(level) >= floor:
+                    emit({"jsonrpc": "2.0", "method": method, "params": params})
+
+        return relay
+
+
+def _str_param(params: JSON, name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise JsonRpcError(INVALID_PARAMS, f"'{name}' must be a non-empty string")
+    return value
+
+
+def _upstream_params(params: JSON, **overrides: Any) -> JSON:
+    """The client's params for an upstream request: its protocol `_meta` keys removed (each
+    upstream gets the gateway's own), its progress token replaced by the connection's."""
+    out = {**params, **overrides}
+    meta = params.get("_meta")
+    if isinstance(meta, dict):
+        kept = {
+            k: v for k, v in meta.items() if k != "progressToken" and not k.startswith(_META_PREFIX)
+        }
+        if kept:
+            out["_meta"] = kept
+        else:
+            out.pop("_meta", None)
+    return out
+
+
+def json_rpc_error(err: BaseException) -> tuple[int, str, Any]:
+    """(code, message, data) for an error raised while answering a request."""
+    if isinstance(err, JsonRpcError):
+        return err.code, err.message, err.data
+    if isinstance(err, MeshgateError) and "upstream_code" in err.extra:
+        # The server answered with an error: the client sees it as the server sent it.
+        return (
+            err.extra["upstream_code"],
+            err.extra["upstream_message"],
+            err.extra.get("upstream_data"),
+        )
+    if isinstance(err, UnknownTool | InvalidArguments):
+        data = dict(err.extra) or None
+        return INVALID_PARAMS, err.detail, data
+    if isinstance(err, UnknownService):
+        return METHOD_NOT_FOUND, err.detail, None
+    if isinstance(err, MeshgateError):
+        data = {"type": err.type, "status": err.status, **err.extra}
+        if err.retry_after is not None:
+            data["retry_after_s"] = err.retry_after
+        return err.jsonrpc_code, err.detail, data
+    raise err

@@ -1,0 +1,212 @@
+"""Client sessions of the MCP front end, and the event streams they are sent on.
+
+A handshake-era client (2024-11-05 .. 2025-11-25) gets a session at `initialize`, named by the
+`Mcp-Session-Id` header it sends back on every request. A session owns:
+
+- one standing stream (the GET stream) for messages not tied to a request, such as
+  `list_changed` notifications;
+- one stream per request answered as Server-Sent Events (progress, then the response);
+- the tasks of its requests in flight, so `notifications/cancelled` and DELETE can stop them.
+
+Every event has an id `<stream>.<n>`. A client that lost a stream reconnects with GET and
+`Last-Event-ID`; the stream's remaining events are replayed, and the stream goes on if it is
+still open. Each stream keeps its newest `keep` events; a stream closed for longer than the
+resume window is forgotten.
+
+Stateless (2026-07-28) requests have no session; their streams live only as long as their
+HTTP response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from meshgate.errors import Unavailable
+from meshgate.mcp.jsonrpc import JSON
+
+log = logging.getLogger("meshgate.sessions")
+
+GET_STREAM = "g"
+
+
+class TooManySessions(Unavailable):
+    type = "too-many-sessions"
+    title = "Too many MCP sessions"
+    reason = "session_limit"
+
+
+class EventStream:
+    """The events of one SSE stream, kept so a client can resume it."""
+
+    def __init__(self, stream_id: str, *, keep: int) -> None:
+        self.id = stream_id
+        self.events: collections.deque[tuple[int, str]] = collections.deque(maxlen=keep)
+        self.closed_at: float | None = None
+        self._next = 1
+        self._wake = asyncio.Event()
+
+    @property
+    def last(self) -> int:
+        return self._next - 1
+
+    def push(self, data: str) -> None:
+        if self.closed_at is not None:
+            return
+        self.events.append((self._next, data))
+        self._next += 1
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def wait_any(self) -> None:
+        """Wait until the stream has an event or is closed."""
+        while not self.events and self.closed_at is None:
+            await self._wake.wait()
+
+    def close(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
+            self._wake.set()
+
+    async def follow(self, after: int) -> AsyncIterator[tuple[str, str]]:
+        """Yield (event id, data) for every event after `after`, until the stream closes."""
+        while True:
+            wake = self._wake
+            for n, data in list(self.events):
+                if n > after:
+                    after = n
+                    yield f"{self.id}.{n}", data
+            if self.closed_at is not None and after >= self.last:
+                return
+            if after >= self.last:
+                await wake.wait()
+
+
+@dataclass
+class ClientSession:
+    id: str
+    target: str | None  # a server's name, or None for the aggregate endpoint
+    protocol_version: str
+    client_capabilities: JSON
+    client_info: JSON
+    keep_events: int
+    created: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    initialized: bool = False
+    log_level: str | None = None  # from logging/setLevel
+    streams: dict[str, EventStream] = field(default_factory=dict)
+    requests: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    get_connected: int = 0
+
+    def __post_init__(self) -> None:
+        self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
+
+    @property
+    def standing(self) -> EventStream:
+        return self.streams[GET_STREAM]
+
+    def new_stream(self) -> EventStream:
+        stream = EventStream(secrets.token_hex(4), keep=self.keep_events)
+        self.streams[stream.id] = stream
+        return stream
+
+    def find(self, event_id: str) -> tuple[EventStream, int] | None:
+        """The stream an event id belongs to, and the event's number."""
+        stream_id, _, n = event_id.rpartition(".")
+        stream = self.streams.get(stream_id)
+        if stream is None or not n.isdigit():
+            return None
+        return stream, int(n)
+
+    def forget_closed(self, older_than: float) -> None:
+        now = time.monotonic()
+        for sid, stream in list(self.streams.items()):
+            if stream.closed_at is not None and now - stream.closed_at > older_than:
+                del self.streams[sid]
+
+    def end(self) -> None:
+        for task in self.requests.values():
+            task.cancel()
+        for stream in self.streams.values():
+            stream.close()
+
+
+class SessionStore:
+    """Every live client session, with a limit and an idle timeout."""
+
+    def __init__(self, *, max_sessions: int, idle_timeout_s: float, keep_events: int = 256) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self.keep_events = keep_events
+        self.sessions: dict[str, ClientSession] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def create(
+        self, target: str | None, protocol_version: str, capabilities: JSON, client_info: JSON
+    ) -> ClientSession:
+        if len(self.sessions) >= self.max_sessions:
+            self.sweep()
+        if len(self.sessions) >= self.max_sessions:
+            raise TooManySessions(
+                f"the gateway already holds {self.max_sessions} MCP sessions "
+                "(mesh.max_sessions); end one with DELETE or wait for idle ones to expire",
+                retry_after=min(30.0, self.idle_timeout_s),
+            )
+        session = ClientSession(
+            id=secrets.token_urlsafe(24),
+            target=target,
+            protocol_version=protocol_version,
+            client_capabilities=capabilities,
+            client_info=client_info,
+            keep_events=self.keep_events,
+        )
+        self.sessions[session.id] = session
+        self._ensure_sweeper()
+        return session
+
+    def get(self, session_id: str) -> ClientSession | None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+        return session
+
+    def end(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.end()
+        return True
+
+    def sweep(self) -> None:
+        """End sessions idle past the timeout; drop old closed streams of the others."""
+        now = time.monotonic()
+        for sid, session in list(self.sessions.items()):
+            busy = session.requests or session.get_connected
+            if not busy and now - session.last_seen > self.idle_timeout_s:
+                log.info("MCP session %s… ended after %.0fs idle", sid[:8], now - session.last_seen)
+                self.end(sid)
+            else:
+                session.forget_closed(older_than=self.idle_timeout_s)
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="session sweeper")
+
+    async def _sweep_loop(self) -> None:
+        while self.sessions:
+            await asyncio.sleep(min(30.0, max(0.05, self.idle_timeout_s / 4)))
+            self.sweep()
+
+    async def close(self) -> None:
+        for sid in list(self.sessions):
+            self.end(sid)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper

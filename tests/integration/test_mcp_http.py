@@ -1,0 +1,430 @@
+"""MCP Streamable HTTP at /mcp and /mcp/{name}: real SDK clients, both eras, raw protocol edges."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+from mcp_types import ToolListChangedNotification
+
+from tests.gateway import Gateway, fault_server, run_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+MODES = ("legacy", "auto")
+ACCEPT_BOTH = "application/json, text/event-stream"
+STATELESS = "2026-07-28"
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": STATELESS,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    servers = {"fault": fault_server(), "hs": fault_server("--era", "handshake")}
+    with run_gateway(tmp_path_factory.mktemp("mcp_http"), servers) as gw:
+        gw.wait_for("hs", lambda v: v["state"] == "healthy")
+        yield gw
+
+
+def _texts(result: Any) -> list[str]:
+    return [c.text for c in result.content if c.type == "text"]
+
+
+def _headers(**extra: str) -> dict[str, str]:
+    return {"Accept": ACCEPT_BOTH, "Content-Type": "application/json", **extra}
+
+
+def _initialize(http: httpx.Client, path: str, version: str = "2025-11-25") -> str:
+    r = http.post(
+        path,
+        headers=_headers(),
+        json={
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            },
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["protocolVersion"] == version
+    session: str = r.headers["mcp-session-id"]
+    http.post(
+        path,
+        headers=_headers(**{"Mcp-Session-Id": session, "MCP-Protocol-Version": version}),
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ).raise_for_status()
+    return session
+
+
+def _stateless(method: str, params: dict[str, Any] | None = None, id_: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": id_,
+        "method": method,
+        "params": {**(params or {}), "_meta": ENVELOPE},
+    }
+
+
+def _stateless_headers(method: str, name: str | None = None) -> dict[str, str]:
+    h = _headers(**{"MCP-Protocol-Version": STATELESS, "Mcp-Method": method})
+    if name is not None:
+        h["Mcp-Name"] = name
+    return h
+
+
+def _sse_messages(text: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[5:])
+        for line in text.splitlines()
+        if line.startswith("data:") and line[5:].strip()
+    ]
+
+
+def _stats(gw: Gateway, server: str) -> dict[str, Any]:
+    r = gw.call(server, "stats")
+    assert r.status_code == 200, r.text
+    stats: dict[str, Any] = json.loads(r.json()["content"][0]["text"])
+    return stats
+
+
+# -- real SDK clients ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sdk_client_one_server_and_aggregate(gw: Gateway, mode: str) -> None:
+    async def main() -> None:
+        async with Client(f"{gw.url}/mcp/fault", mode=mode) as c:
+            assert c.protocol_version == ("2025-11-25" if mode == "legacy" else STATELESS)
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"echo", "crash", "progress"} <= names
+            r = await c.call_tool("echo", {"text": "hello"})
+            assert _texts(r) == ["hello"] and not r.is_error
+            bad = await c.call_tool("tool_error", {})
+            assert bad.is_error
+        async with Client(f"{gw.url}/mcp", mode=mode) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"fault__echo", "hs__echo"} <= names
+            for name in ("fault__echo", "hs__echo"):  # a stateless and a handshake-era upstream
+                assert _texts(await c.call_tool(name, {"text": name})) == [name]
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_progress_reaches_the_calling_client(gw: Gateway, mode: str) -> None:
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
+
+    async def main() -> None:
+        async with Client(f"{gw.url}/mcp", mode=mode) as c:
+            r = await c.call_tool("hs__progress", {"steps": 4}, progress_callback=on_progress)
+            assert _texts(r) == ["4 steps"]
+
+    anyio.run(main)
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_list_changed_reaches_sessions_and_listeners(tmp_path: Path) -> None:
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+
+    async def main(gw: Gateway) -> None:
+        async with (
+            Client(f"{gw.url}/mcp", mode="legacy", message_handler=on_message) as legacy,
+            Client(f"{gw.url}/mcp/fault") as modern,
+        ):
+            async with modern.listen(tools_list_changed=True) as sub:
+                await modern.call_tool("add_tool", {"name": "fresh"})
+                with anyio.fail_after(10):
+                    async for _event in sub:
+                        break
+            names = {t.name for t in (await modern.list_tools(cache_mode="bypass")).tools}
+            assert "fresh" in names
+            with anyio.fail_after(10):
+                await changed.wait()
+            names = {t.name for t in (await legacy.list_tools()).tools}
+            assert "fault__fresh" in names
+
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        anyio.run(main, gw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_killed_instance_mid_session_is_replaced_and_the_session_goes_on(
+    tmp_path: Path, mode: str
+) -> None:
+    policy = "[servers.fault]\ninstances = 2\n"
+
+    async def main(gw: Gateway) -> None:
+        async with Client(f"{gw.url}/mcp/fault", mode=mode) as c:
+            victim = gw.instances("fault")[0]
+            os.kill(victim["pid"], signal.SIGKILL)
+            for i in range(40):  # read-only: retried on the survivor while the slot restarts
+                assert _texts(await c.call_tool("echo", {"text": str(i)})) == [str(i)]
+            await anyio.to_thread.run_sync(
+                lambda: gw.wait_for(
+                    "fault",
+                    lambda v: (
+                        all(i["state"] == "healthy" for i in v["instances"])
+                        and victim["pid"] not in [i["pid"] for i in v["instances"]]
+                    ),
+                )
+            )
+            assert _texts(await c.call_tool("echo", {"text": "after"})) == ["after"]
+
+    with run_gateway(tmp_path, {"fault": fault_server()}, policy) as gw:
+        anyio.run(main, gw)
+
+
+# -- handshake-era sessions over raw HTTP -------------------------------------------------------
+
+
+def test_session_lifecycle_and_errors(gw: Gateway) -> None:
+    http = gw.http
+    sid = _initialize(http, "/mcp/fault")
+    h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+
+    r = http.post(
+        "/mcp/fault",
+        headers=h,
+        json={**call, "params": {"name": "echo", "arguments": {"text": "x"}}},
+    )
+    assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "x"
+
+    # the session belongs to its endpoint
+    assert (
+        http.post("/mcp/hs", headers=h, json={**call, "params": {"name": "echo"}}).status_code
+        == 404
+    )
+    # unknown tool: a JSON-RPC error naming it
+    r = http.post("/mcp/fault", headers=h, json={**call, "params": {"name": "nope"}})
+    assert r.json()["error"]["code"] == -32602 and "nope" in r.json()["error"]["message"]
+    # unknown method
+    r = http.post("/mcp/fault", headers=h, json={"jsonrpc": "2.0", "id": 8, "method": "x/y"})
+    assert r.json()["error"]["code"] == -32601
+    # wrong protocol version header for this session
+    bad = {**h, "MCP-Protocol-Version": "2025-06-18"}
+    assert http.post("/mcp/fault", headers=bad, json={**call, "params": {}}).status_code == 400
+    # batches belong to 2025-03-26 only
+    r = http.post("/mcp/fault", headers=h, json=[{**call, "params": {"name": "echo"}}])
+    assert r.status_code == 400 and "2025-03-26" in r.json()["error"]["message"]
+    # no session id, unknown session id
+    r = http.post("/mcp/fault", headers=_headers(), json={**call, "params": {}})
+    assert r.status_code == 400 and "initialize" in r.json()["error"]["message"]
+    r = http.post(
+        "/mcp/fault", headers={**h, "Mcp-Session-Id": "nope"}, json={**call, "params": {}}
+    )
+    assert r.status_code == 404
+    # end it; then it is gone
+    assert http.delete("/mcp/fault", headers=h).status_code == 204
+    assert http.post("/mcp/fault", headers=h, json={**call, "params": {}}).status_code == 404
+    assert http.delete("/mcp/fault", headers=h).status_code == 404
+
+
+def test_bad_requests_get_clear_errors_and_nothing_breaks(gw: Gateway) -> None:
+    http = gw.http
+    r = http.post("/mcp/fault", headers=_headers(), content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+    r = http.post("/mcp/fault", headers=_headers(), content=b'"a string"')
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32600
+    r = http.post("/mcp/nowhere", headers=_headers(), json=_stateless("tools/list"))
+    assert r.status_code == 404 and "nowhere" in r.json()["error"]["message"]
+    r = http.post("/mcp/fault", headers=_headers(Origin="http://evil.example"), json={})
+    assert r.status_code == 403 and "allowed_origins" in r.json()["error"]["message"]
+    r = http.post(
+        "/mcp/fault",
+        headers=_headers(Origin="http://localhost:3000"),
+        json=_stateless("tools/list"),
+    )
+    assert r.status_code == 400  # allowed origin; refused for its missing headers instead
+    r = http.post("/mcp/fault", headers=_headers(), content=b"[" + b"1," * 600_000 + b"1]")
+    assert r.status_code == 413
+    r = http.post("/mcp/fault", headers={"Accept": "text/html"}, json={})
+    assert r.status_code == 406
+    r = http.post("/mcp/fault", headers=_headers(**{"Content-Type": "text/plain"}), content=b"{}")
+    assert r.status_code == 415
+    assert http.put("/mcp/fault", headers=_headers(), json={}).status_code == 405
+    assert http.get("/mcp/fault", headers={"Accept": "text/event-stream"}).status_code == 400
+    # the gateway still works
+    sid = _initialize(http, "/mcp/fault")
+    assert sid
+
+
+def test_batch_in_2025_03_26(gw: Gateway) -> None:
+    sid = _initialize(gw.http, "/mcp/fault", "2025-03-26")
+    h = _headers(**{"Mcp-Session-Id": sid})  # 2025-03-26 clients send no version header
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "a"}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    ]
+    r = gw.http.post("/mcp/fault", headers=h, json=batch)
+    assert r.status_code == 200, r.text
+    replies = {m["id"]: m for m in r.json()}
+    assert replies[1]["result"]["content"][0]["text"] == "a"
+    assert any(t["name"] == "echo" for t in replies[2]["result"]["tools"])
+
+
+def test_cancelled_notification_cancels_upstream(gw: Gateway) -> None:
+    sid = _initialize(gw.http, "/mcp/hs")
+    h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    before = len(_stats(gw, "hs")["cancelled"])
+
+    def cancel_soon() -> None:
+        time.sleep(0.5)
+        note = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": "c-1"},
+        }
+        with httpx.Client(base_url=gw.url) as other:
+            assert other.post("/mcp/hs", headers=h, json=note).status_code == 202
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    call = {"jsonrpc": "2.0", "id": "c-1", "method": "tools/call", "params": {"name": "hang"}}
+    r = gw.http.post("/mcp/hs", headers=h, json=call)
+    canceller.join()
+    assert r.json()["error"]["message"] == "request cancelled"
+    deadline = time.monotonic() + 10
+    while len(_stats(gw, "hs")["cancelled"]) == before:
+        assert time.monotonic() < deadline, "the upstream never heard of the cancellation"
+        time.sleep(0.05)
+
+
+def test_sse_stream_resumes_with_last_event_id(gw: Gateway) -> None:
+    sid = _initialize(gw.http, "/mcp/hs")
+    h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "progress", "arguments": {"steps": 30}, "_meta": {"progressToken": "p"}},
+    }
+    first_id = None
+    with gw.http.stream("POST", "/mcp/hs", headers=h, json=call) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("id:") and line[3:].strip().split(".")[-1] not in ("0",):
+                first_id = line[3:].strip()
+                break
+    assert first_id is not None  # disconnected after the first progress event
+    r = gw.http.get(
+        "/mcp/hs", headers={**h, "Last-Event-ID": first_id, "Accept": "text/event-stream"}
+    )
+    messages = _sse_messages(r.text)
+    progress = [m for m in messages if m.get("method") == "notifications/progress"]
+    assert progress and progress[0]["params"]["progress"] > 1  # replay starts after that event
+    assert messages[-1]["id"] == 5 and messages[-1]["result"]["content"][0]["text"] == "30 steps"
+
+
+def test_session_limit_and_idle_expiry(tmp_path: Path) -> None:
+    env = {"MESHGATE_MAX_SESSIONS": "2", "MESHGATE_SESSION_IDLE_TIMEOUT_S": "1"}
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+        first = _initialize(gw.http, "/mcp/fault")
+        _initialize(gw.http, "/mcp/fault")
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25"},
+        }
+        r = gw.http.post("/mcp/fault", headers=_headers(), json=init)
+        assert r.status_code == 503 and "max_sessions" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) >= 1
+        time.sleep(2.5)  # both sessions idle out
+        h = _headers(**{"Mcp-Session-Id": first, "MCP-Protocol-Version": "2025-11-25"})
+        r = gw.http.post(
+            "/mcp/fault", headers=h, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        )
+        assert r.status_code == 404
+        assert _initialize(gw.http, "/mcp/fault")
+
+
+# -- stateless era over raw HTTP ----------------------------------------------------------------
+
+
+def test_stateless_envelope_and_headers_are_checked(gw: Gateway) -> None:
+    http = gw.http
+    r = http.post(
+        "/mcp/fault",
+        headers=_stateless_headers("server/discover"),
+        json=_stateless("server/discover"),
+    )
+    body = r.json()["result"]
+    assert STATELESS in body["supportedVersions"] and body["resultType"] == "complete"
+    assert body["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "fault"
+    assert {"ttlMs", "cacheScope"} <= set(body)
+
+    r = http.post(
+        "/mcp/fault", headers=_stateless_headers("tools/list"), json=_stateless("tools/list")
+    )
+    assert r.status_code == 200 and r.json()["result"]["ttlMs"] >= 0
+
+    msg = _stateless("tools/call", {"name": "echo", "arguments": {"text": "s"}})
+    r = http.post("/mcp/fault", headers=_stateless_headers("tools/call", "echo"), json=msg)
+    assert r.json()["result"]["content"][0]["text"] == "s"
+    # Mcp-Name must match, Mcp-Method must match, the version must be known
+    r = http.post("/mcp/fault", headers=_stateless_headers("tools/call", "other"), json=msg)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+    r = http.post("/mcp/fault", headers=_stateless_headers("tools/list", "echo"), json=msg)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+    old = {
+        **msg,
+        "params": {
+            **msg["params"],
+            "_meta": {**ENVELOPE, "io.modelcontextprotocol/protocolVersion": "2030-01-01"},
+        },
+    }
+    hdrs = {**_stateless_headers("tools/call", "echo"), "MCP-Protocol-Version": "2030-01-01"}
+    r = http.post("/mcp/fault", headers=hdrs, json=old)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32022
+    assert r.json()["error"]["data"]["supported"] == [STATELESS]
+    # methods the stateless era removed
+    r = http.post("/mcp/fault", headers=_stateless_headers("ping"), json=_stateless("ping"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == -32601
+    # no sessions: GET is not allowed
+    r = http.get(
+        "/mcp/fault", headers={"Accept": "text/event-stream", "MCP-Protocol-Version": STATELESS}
+    )
+    assert r.status_code == 405
+
+
+def test_stateless_disconnect_cancels_upstream(gw: Gateway) -> None:
+    before = len(_stats(gw, "hs")["cancelled"])
+    msg = _stateless("tools/call", {"name": "hang"}, id_=77)
+    with pytest.raises(httpx.ReadTimeout):
+        gw.http.post(
+            "/mcp/hs", headers=_stateless_headers("tools/call", "hang"), json=msg, timeout=1.0
+        )
+    deadline = time.monotonic() + 10
+    while len(_stats(gw, "hs")["cancelled"]) == before:
+        assert time.monotonic() < deadline, "closing the request did not cancel it upstream"
+        time.sleep(0.05)
