@@ -10,6 +10,13 @@ PYTEST_ARGS ?=
 
 .PHONY: setup run test lint typecheck pytest bench clean
 
+# The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
+NODE22_VERSION := 22.23.3
+NODE22_ARCH := $(subst aarch64,arm64,$(subst x86_64,x64,$(shell uname -m)))
+NODE22_DIR := .tools/node22
+NODE22 := $(NODE22_DIR)/node_modules/node-linux-$(NODE22_ARCH)/bin/node
+export MESHGATE_NODE22 := $(CURDIR)/$(NODE22)
+
 setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +30,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(NODE22):
+	npm install --prefix $(NODE22_DIR) --no-audit --no-fund --no-save --loglevel=error \
+		node-linux-$(NODE22_ARCH)@$(NODE22_VERSION)
+	$@ --version
+
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
 
@@ -33,7 +45,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+pytest: setup $(NODE22)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -42,4 +54,4 @@ bench: setup
 	$(BIN)/python bench/bench_echo.py
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache

@@ -340,8 +340,8 @@ class FaultServer:
         return self.text(f"ok pid={os.getpid()}")
 
 
-async def serve(args: argparse.Namespace) -> None:
-    server = FaultServer(args)
+async def serve(args: argparse.Namespace, cls: type[FaultServer] = FaultServer) -> None:
+    server = cls(args)
     if args.garbage_on_start:
         server.raw(b"starting up...\nnot json either\n")
     for i in range(args.stderr_lines):
@@ -379,8 +379,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args(sys.argv[1:] + shlex.split(os.environ.get("FAULT_SERVER_ARGS", "")))
+def run(cls: type[FaultServer], args: argparse.Namespace) -> None:
     if args.exit_immediately is not None:
         print(
             f"fault server: exiting at once with code {args.exit_immediately}",
@@ -388,8 +387,14 @@ def main() -> None:
             flush=True,
         )
         sys.exit(args.exit_immediately)
-    asyncio.run(serve(args))
+    asyncio.run(serve(args, cls))
     os._exit(0)  # the stdin thread may still be blocked; do not wait for it
+
+
+def main() -> None:
+    run(
+        FaultServer, parse_args(sys.argv[1:] + shlex.split(os.environ.get("FAULT_SERVER_ARGS", "")))
+    )
 
 
 if __name__ == "__main__":
