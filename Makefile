@@ -8,7 +8,7 @@ CONFIG ?= examples/mcp.json
 POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest bench clean
+.PHONY: setup run test lint typecheck pytest bench bench-peers clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -52,6 +52,14 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python bench/bench_echo.py
+	$(BIN)/python bench/bench_mcp.py
+
+# Peer gateways for bench/bench_mcp.py, outside the project's own environment.
+bench-peers:
+	test -x .tools/peers/venv/bin/python || $(PYTHON) -m venv .tools/peers/venv
+	.tools/peers/venv/bin/pip install --quiet mcp-proxy==0.13.0
+	npm install --prefix .tools/peers/npm --no-audit --no-fund --no-save --loglevel=error \
+		supergateway@4.0.0
 
 clean:
 	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache

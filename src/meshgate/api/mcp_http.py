@@ -376,12 +376,11 @@ class McpHttp:
         client = request.client.host if request.client else None
         if len(requests) == 1 and not isinstance(body, list):
             msg = requests[0]
-            stream = session.new_stream() if wants_sse else None
+            channel = _Channel(msg["id"], session if wants_sse else None, sse=wants_sse)
             return await self._respond(
                 request,
-                msg["id"],
-                stream,
-                self._session_work(session, msg, self._emitter(stream), client),
+                channel,
+                self._session_work(session, msg, channel.emit, client),
                 session=session,
                 priming=session.protocol_version >= "2025-11-25",
             )
@@ -439,8 +438,7 @@ class McpHttp:
     async def _respond(
         self,
         request: Request,
-        id_: Any,
-        stream: EventStream | None,
+        channel: _Channel,
         work: Awaitable[JSON | tuple[int, JSON]],
         *,
         session: ClientSession | None,
@@ -453,20 +451,18 @@ class McpHttp:
         on if the client disconnects from its stream, which can be resumed. Without a session
         a closed stream cancels it, as the stateless era defines.
         """
-        outcome: list[tuple[int, JSON]] = []
+        id_ = channel.id
 
         async def run() -> None:
             try:
                 done = await work
-                outcome.append(done if isinstance(done, tuple) else (200, done))
+                channel.finish(done if isinstance(done, tuple) else (200, done))
             except asyncio.CancelledError:
-                outcome.append((200, jsonrpc.error(id_, REQUEST_CANCELLED, "request cancelled")))
+                channel.finish((200, jsonrpc.error(id_, REQUEST_CANCELLED, "request cancelled")))
                 raise
-            finally:
-                if stream is not None:
-                    if outcome:
-                        stream.push(json.dumps(outcome[0][1], separators=(",", ":")))
-                    stream.close()
+            except Exception as e:
+                log.exception("answering request %r failed", id_)
+                channel.finish((200, jsonrpc.error(id_, jsonrpc.INTERNAL_ERROR, str(e))))
 
         task = asyncio.ensure_future(run())
         if session is not None:
@@ -474,33 +470,20 @@ class McpHttp:
             session.requests[key] = task
             task.add_done_callback(lambda t: _unregister(session, key, t))
         try:
-            await unless_disconnected(
-                request, stream.wait_any() if stream is not None else asyncio.shield(task)
-            )
+            await unless_disconnected(request, channel.first)
         except asyncio.CancelledError:
             task.cancel()
             raise
-        if outcome and (stream is None or len(stream.events) <= 1):
-            status, reply = outcome[0]
+        stream = channel.stream
+        if stream is None:
+            status, reply = channel.outcome or (200, jsonrpc.error(id_, -32603, "no reply"))
             return _json(reply, status)
-        assert stream is not None
         chunks = _follow(stream, 0, priming=priming, ids=session is not None)
         return StreamingResponse(
             chunks if session is not None else _owning(task, chunks),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-
-    @staticmethod
-    def _emitter(stream: EventStream | None) -> Emit | None:
-        if stream is None:
-            return None
-        s = stream
-
-        def emit(note: JSON) -> None:
-            s.push(json.dumps(note, separators=(",", ":")))
-
-        return emit
 
     def _track_subscription(self, session: ClientSession, method: str, params: JSON) -> None:
         uri = params.get("uri")
@@ -579,13 +562,13 @@ class McpHttp:
                     "subscriptions/listen answers with text/event-stream", status_code=406
                 )
             return self._listen(target, id_, params)
-        stream = EventStream(f"r{id_}", keep=1024) if wants_sse else None
+        channel = _Channel(id_, None, sse=wants_sse)
         meta = _obj(params.get("_meta"))
         level = meta.get("io.modelcontextprotocol/logLevel")
         ctx = RequestContext(
             version=version,
             stateless=True,
-            emit=self._emitter(stream),
+            emit=channel.emit,
             progress_token=_progress_token(msg),
             # Without a level in the envelope a stateless client gets no log messages.
             log_level=level if level in LOG_LEVELS else None,
@@ -604,7 +587,7 @@ class McpHttp:
                 return ERROR_STATUS.get(code, 200), jsonrpc.error(id_, code, message, data)
             return 200, jsonrpc.result(id_, self._stamp(target, method, result))
 
-        return await self._respond(request, id_, stream, work(), session=None)
+        return await self._respond(request, channel, work(), session=None)
 
     def _check_version(self, version: str, id_: Any) -> None:
         if version != STATELESS_VERSION:
@@ -712,6 +695,40 @@ class McpHttp:
             client=client,
             arguments=arguments if isinstance(arguments, dict) else {},
         )
+
+
+class _Channel:
+    """Where one request's notifications and reply go. Nothing exists until the request has
+    something to send before its reply; then an event stream opens (the session's, so that
+    it can be resumed) and the response becomes Server-Sent Events."""
+
+    def __init__(self, id_: Any, session: ClientSession | None, *, sse: bool) -> None:
+        self.id = id_
+        self.session = session
+        self.emit: Emit | None = self._emit if sse else None
+        self.stream: EventStream | None = None
+        self.outcome: tuple[int, JSON] | None = None
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _emit(self, note: JSON) -> None:
+        if self.stream is None:
+            if self.session is not None:
+                self.stream = self.session.new_stream()
+            else:
+                self.stream = EventStream(f"r{self.id}", keep=1024)
+        self.stream.push(json.dumps(note, separators=(",", ":")))
+        self._signal()
+
+    def finish(self, outcome: tuple[int, JSON]) -> None:
+        self.outcome = outcome
+        if self.stream is not None:
+            self.stream.push(json.dumps(outcome[1], separators=(",", ":")))
+            self.stream.close()
+        self._signal()
+
+    def _signal(self) -> None:
+        if not self.first.done():
+            self.first.set_result(None)
 
 
 class _Listener:

@@ -10,8 +10,9 @@ A handshake-era client (2024-11-05 .. 2025-11-25) gets a session at `initialize`
 
 Every event has an id `<stream>.<n>`. A client that lost a stream reconnects with GET and
 `Last-Event-ID`; the stream's remaining events are replayed, and the stream goes on if it is
-still open. Each stream keeps its newest `keep` events; a stream closed for longer than the
-resume window is forgotten.
+still open. Each stream keeps its newest `keep` events; a session keeps at most MAX_STREAMS
+streams (the oldest closed ones go first), and a stream closed for longer than the idle
+timeout is forgotten.
 
 Stateless (2026-07-28) requests have no session; their streams live only as long as their
 HTTP response.
@@ -34,6 +35,7 @@ from meshgate.mcp.jsonrpc import JSON
 log = logging.getLogger("meshgate.sessions")
 
 GET_STREAM = "g"
+MAX_STREAMS = 128  # per session; the oldest closed streams are forgotten first
 
 
 class TooManySessions(Unavailable):
@@ -114,7 +116,15 @@ class ClientSession:
     def new_stream(self) -> EventStream:
         stream = EventStream(secrets.token_hex(4), keep=self.keep_events)
         self.streams[stream.id] = stream
+        if len(self.streams) > MAX_STREAMS:
+            self._forget_oldest_closed()
         return stream
+
+    def _forget_oldest_closed(self) -> None:
+        closed = [s for s in self.streams.values() if s.closed_at is not None]
+        closed.sort(key=lambda s: s.closed_at or 0.0)
+        for stream in closed[: len(self.streams) - MAX_STREAMS // 2]:
+            del self.streams[stream.id]
 
     def find(self, event_id: str) -> tuple[EventStream, int] | None:
         """The stream an event id belongs to, and the event's number."""

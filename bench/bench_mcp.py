@@ -1,0 +1,290 @@
+"""tools/call over MCP Streamable HTTP: meshgate vs. direct stdio vs. mcp-proxy and supergateway.
+
+Every row calls `echo` of the same stdio server (meshgate's fault server) in the same run:
+
+- direct stdio: a minimal JSON-RPC client on the server's pipe (the ceiling);
+- meshgate `/mcp/s`, a 2025-11-25 session, and the same endpoint stateless (2026-07-28);
+- mcp-proxy (PyPI, stdio -> Streamable HTTP, one session) and supergateway (npm,
+  `--stateful`, one session) fronting the same command.
+
+    .venv/bin/python bench/bench_mcp.py [--duration 10] [--concurrency 1 16] [--peers DIR]
+
+HTTP load comes from `wrk` (Debian package) with one thread, keep-alive connections and a
+fresh JSON-RPC id per request, all on one MCP session. Peers are looked for in `--peers`
+(default `.tools/peers`, filled by `make bench-peers`); a missing peer is skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench_echo import REPO, SERVERS, bench_direct
+from meshgate.testing.gateway import start_gateway
+
+STATELESS = "2026-07-28"
+HANDSHAKE = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+
+WRK_SCRIPT = """
+local headers = %s
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format(
+    '{"jsonrpc":"2.0","id":%%d,"method":"tools/call","params":{"name":"echo",'
+    .. '"arguments":{"text":"hi"}%s}}', counter)
+  return wrk.format("POST", nil, headers, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%d %%f %%f %%f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+      + summary.errors.write + summary.errors.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def _lua_table(headers: dict[str, str]) -> str:
+    return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], meta: str, duration: int, levels: list[int]
+) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT % (_lua_table(headers), meta))
+        script.flush()
+        for c in levels:
+            subprocess.run(
+                ["wrk", "-t1", "-c1", "-d1s", "-s", script.name, url],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )  # warm-up
+            r = subprocess.run(
+                ["wrk", "-t1", f"-c{c}", f"-d{duration}s", "-s", script.name, url],
+                capture_output=True,
+                text=True,
+                timeout=duration + 60,
+                check=True,
+            )
+            m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
+            if m is None:
+                raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
+            n, errors, micros = int(m[1]), int(m[2]), int(m[3])
+            out[c] = {
+                "p50_ms": float(m[4]) / 1e3,
+                "p95_ms": float(m[5]) / 1e3,
+                "p99_ms": float(m[6]) / 1e3,
+                "calls_per_s": n / (micros / 1e6),
+                "errors": errors,
+            }
+    return out
+
+
+def open_session(url: str, version: str = HANDSHAKE) -> dict[str, str]:
+    """Initialize a handshake-era session; the headers every later request needs."""
+    base = {"Accept": ACCEPT, "Content-Type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    r = httpx.post(url, json=init, headers=base, timeout=30)
+    r.raise_for_status()
+    headers = {**base, "MCP-Protocol-Version": version}
+    if "mcp-session-id" in r.headers:
+        headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    httpx.post(url, json=note, headers=headers, timeout=30).raise_for_status()
+    return headers
+
+
+def check_echo(url: str, headers: dict[str, str], meta: dict[str, Any] | None) -> None:
+    params: dict[str, Any] = {"name": "echo", "arguments": {"text": "check"}}
+    if meta:
+        params["_meta"] = meta
+    msg = {"jsonrpc": "2.0", "id": "check", "method": "tools/call", "params": params}
+    r = httpx.post(url, json=msg, headers=headers, timeout=30)
+    if r.status_code != 200 or '"check"' not in r.text:
+        raise RuntimeError(f"{url} did not echo: {r.status_code} {r.text[:300]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def start_peer(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        start_new_session=True,
+    )
+    wait_listening(port, proc)
+    return proc
+
+
+def stop_peer(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def bench_peer(
+    name: str, cmd: list[str], port: int, path: str, args: argparse.Namespace
+) -> dict[int, dict[str, float]] | None:
+    proc = start_peer(cmd, port)
+    try:
+        url = f"http://127.0.0.1:{port}{path}"
+        headers = open_session(url)
+        check_echo(url, headers, None)
+        return run_wrk(url, headers, "", args.duration, args.concurrency)
+    except (RuntimeError, httpx.HTTPError) as e:
+        print(f"{name}: skipped, {e}", file=sys.stderr)
+        return None
+    finally:
+        stop_peer(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    p.add_argument("--calls", type=int, default=3000, help="calls per direct stdio row")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--peers", type=Path, default=REPO / ".tools" / "peers")
+    args = p.parse_args()
+    server_cmd, _, _ = SERVERS["fault"]
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    rows["direct stdio"] = asyncio.run(bench_direct("fault", args.calls, args.concurrency))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gw = start_gateway(
+            Path(tmp),
+            {"s": {"command": server_cmd[0], "args": server_cmd[1:]}},
+            '[mesh]\nlog_level = "warning"\n[servers.s]\nmax_in_flight = 64\n',
+            args=["--log-level", "info"],  # the start-up line tells the port
+        )
+        try:
+            url = f"{gw.url}/mcp/s"
+            headers = open_session(url)
+            check_echo(url, headers, None)
+            rows["meshgate /mcp/s session"] = run_wrk(
+                url, headers, "", args.duration, args.concurrency
+            )
+            meta = {
+                "io.modelcontextprotocol/protocolVersion": STATELESS,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+            stateless = {
+                "Accept": ACCEPT,
+                "Content-Type": "application/json",
+                "MCP-Protocol-Version": STATELESS,
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "echo",
+            }
+            check_echo(url, stateless, meta)
+            meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
+            rows["meshgate /mcp/s stateless"] = run_wrk(
+                url, stateless, meta_json, args.duration, args.concurrency
+            )
+        finally:
+            gw.stop()
+
+    proxy = args.peers / "venv" / "bin" / "mcp-proxy"
+    if proxy.exists():
+        port = free_port()
+        cmd = [str(proxy), "--port", str(port), "--log-level", "WARNING", "--", *server_cmd]
+        result = bench_peer("mcp-proxy", cmd, port, "/mcp", args)
+        if result:
+            rows["mcp-proxy 0.13.0"] = result
+    else:
+        print(f"mcp-proxy not found at {proxy}: run `make bench-peers`", file=sys.stderr)
+    sgw = args.peers / "npm" / "node_modules" / ".bin" / "supergateway"
+    if sgw.exists():
+        port = free_port()
+        stdio = " ".join(server_cmd)
+        cmd = [str(sgw), "--stdio", stdio, "--outputTransport", "streamableHttp", "--stateful"]
+        cmd += ["--port", str(port), "--logLevel", "none"]
+        result = bench_peer("supergateway", cmd, port, "/mcp", args)
+        if result:
+            rows["supergateway 4.0.0 --stateful"] = result
+    else:
+        print(f"supergateway not found at {sgw}: run `make bench-peers`", file=sys.stderr)
+
+    print(report(rows, args))
+    return 0
+
+
+def report(rows: dict[str, dict[int, dict[str, float]]], args: argparse.Namespace) -> str:
+    lines = [
+        f"fault server echo; direct: {args.calls} calls per row; HTTP rows: wrk, one thread, "
+        f"{args.duration} s per row; {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "",
+        "| path | concurrency | p50 ms | p95 ms | p99 ms | calls/s | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in args.concurrency:
+        for name, by_level in rows.items():
+            r = by_level[c]
+            lines.append(
+                f"| {name} | {c} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} "
+                f"| {r['calls_per_s']:.0f} | {r.get('errors', 0):.0f} |"
+            )
+    lines.append("")
+    ours = rows.get("meshgate /mcp/s session")
+    for c in args.concurrency:
+        if ours is None:
+            break
+        parts = [
+            f"{name} {ours[c]['calls_per_s'] / by_level[c]['calls_per_s']:.2f}x"
+            for name, by_level in rows.items()
+            if name != "meshgate /mcp/s session"
+        ]
+        lines.append(f"- concurrency {c}: meshgate session throughput vs. " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
