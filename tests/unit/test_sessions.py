@@ -1,0 +1,92 @@
+"""Client sessions and their event streams: resumption, bounds, idle expiry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meshgate.mcp.sessions import MAX_STREAMS, EventStream, SessionStore, TooManySessions
+
+
+async def _collect(stream: EventStream, after: int) -> list[tuple[str, str]]:
+    return [event async for event in stream.follow(after)]
+
+
+def test_a_stream_replays_after_an_event_and_ends_when_closed() -> None:
+    async def main() -> None:
+        stream = EventStream("s1", keep=10)
+        for i in range(5):
+            stream.push(f"m{i}")
+        stream.close()
+        assert await _collect(stream, 0) == [(f"s1.{i + 1}", f"m{i}") for i in range(5)]
+        assert await _collect(stream, 3) == [("s1.4", "m3"), ("s1.5", "m4")]
+        stream.push("late")  # a closed stream takes nothing more
+        assert stream.last == 5
+
+    asyncio.run(main())
+
+
+def test_a_follower_gets_events_pushed_while_it_waits() -> None:
+    async def main() -> None:
+        stream = EventStream("s", keep=10)
+        follower = asyncio.ensure_future(_collect(stream, 0))
+        await asyncio.sleep(0)
+        stream.push("a")
+        await asyncio.sleep(0)
+        stream.push("b")
+        stream.close()
+        assert await asyncio.wait_for(follower, 5) == [("s.1", "a"), ("s.2", "b")]
+
+    asyncio.run(main())
+
+
+def test_a_stream_keeps_only_its_newest_events() -> None:
+    async def main() -> None:
+        stream = EventStream("s", keep=3)
+        for i in range(10):
+            stream.push(str(i))
+        stream.close()
+        assert [data for _, data in await _collect(stream, 0)] == ["7", "8", "9"]
+
+    asyncio.run(main())
+
+
+def test_sessions_are_bounded_and_find_their_streams() -> None:
+    async def main() -> None:
+        store = SessionStore(max_sessions=2, idle_timeout_s=60)
+        a = store.create("srv", "2025-11-25", {}, {})
+        store.create(None, "2025-11-25", {}, {})
+        with pytest.raises(TooManySessions) as e:
+            store.create("srv", "2025-11-25", {}, {})
+        assert e.value.status == 503 and e.value.retry_after
+        still_open = a.new_stream()
+        streams = []
+        for _ in range(MAX_STREAMS * 3):  # requests answered one after another
+            streams.append(a.new_stream())
+            streams[-1].close()
+        assert len(a.streams) <= MAX_STREAMS + 1
+        assert still_open.id in a.streams  # a stream still in use is never forgotten
+        newest = streams[-1]
+        newest_found = a.find(f"{newest.id}.0")
+        assert newest_found is not None and newest_found[0] is newest
+        assert a.find("nope.1") is None and a.find("garbage") is None
+        assert store.end(a.id) and not store.end(a.id)
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_idle_sessions_end_and_busy_ones_stay() -> None:
+    async def main() -> None:
+        store = SessionStore(max_sessions=10, idle_timeout_s=0.2)
+        idle = store.create("srv", "2025-11-25", {}, {})
+        busy = store.create("srv", "2025-11-25", {}, {})
+        busy.get_connected = 1  # an open GET stream
+        await asyncio.sleep(0.6)
+        store.sweep()
+        assert store.get(idle.id) is None
+        assert store.get(busy.id) is busy
+        await store.close()
+
+    asyncio.run(main())
