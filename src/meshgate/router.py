@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshgate.errors import (
@@ -37,6 +37,7 @@ from meshgate.resilience import Deadline, backoff_delay
 log = logging.getLogger("meshgate.router")
 
 ProgressHandler = Callable[[str, JSON], None]
+ServerRequestHandler = Callable[[str, JSON], Awaitable[JSON]]
 
 
 def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
@@ -114,6 +115,7 @@ class Router:
         key: str | None = None,
         retry_safe: bool = False,
         on_progress: ProgressHandler | None = None,
+        on_server_request: ServerRequestHandler | None = None,
     ) -> JSON:
         """Send one request to a healthy instance of `service`, retrying only when safe."""
         if not self.accepting:
@@ -130,7 +132,11 @@ class Router:
                 started = time.monotonic()
                 try:
                     result = await inst.conn.request(
-                        method, params, timeout=deadline.remaining(), on_progress=on_progress
+                        method,
+                        params,
+                        timeout=deadline.remaining(),
+                        on_progress=on_progress,
+                        on_server_request=on_server_request,
                     )
                 except JsonRpcError as e:
                     # The instance answered: it is working, whatever it thinks of the request.

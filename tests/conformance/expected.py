@@ -6,16 +6,6 @@ Ids are `<scenario>/<check id>` as `@modelcontextprotocol/conformance` reports t
 
 from __future__ import annotations
 
-# Server-to-client requests (sampling, elicitation) are answered by the gateway with a clear
-# error in `shared` mode: a shared instance has no single client to ask. `dedicated` mode
-# passes them through; it is not built yet.
-SERVER_TO_CLIENT_REQUESTS = {
-    "elicitation-sep1034-defaults/elicitation-sep1034-general",
-    "elicitation-sep1330-enums/elicitation-sep1330-general",
-    "tools-call-elicitation/tools-call-elicitation",
-    "tools-call-sampling/tools-call-sampling",
-}
-
 # 2026-07-28 multi round-trip results (`input_required`): bridging a handshake-era server's
 # requests into them is not built yet, and the fixture server is of the handshake era.
 INPUT_REQUIRED = {
@@ -63,24 +53,28 @@ MISSING_FIXTURES = {
     "tools-call-image/tools-call-image",
     "tools-call-mixed-content/tools-call-mixed-content",
     "tools-call-simple-text/tools-call-simple-text",
-    "tools-call-with-logging/tools-call-with-logging",
     "tools-call-with-progress/tools-call-with-progress",
-    "server-stateless/sep-2575-server-no-log-without-loglevel",
+}
+MISSING_FIXTURES_BY_VERSION = {
+    "2025-11-25": {
+        "tools-call-with-logging/tools-call-with-logging",
+        "tools-call-sampling/tools-call-sampling",
+        "tools-call-elicitation/tools-call-elicitation",
+        "elicitation-sep1034-defaults/elicitation-sep1034-general",
+        "elicitation-sep1330-enums/elicitation-sep1330-general",
+    },
+    "2026-07-28": {"server-stateless/sep-2575-server-no-log-without-loglevel"},
 }
 
-FIXTURES = {
-    "2025-11-25": SERVER_TO_CLIENT_REQUESTS,
+GATEWAY = {
+    "2025-11-25": set[str](),
     "2026-07-28": INPUT_REQUIRED | CUSTOM_HEADERS,
 }
 
 
 def expected(endpoint: str, version: str) -> set[str]:
     """The checks known to fail for this endpoint and protocol version."""
-    known = set(FIXTURES[version])
+    known = set(GATEWAY[version])
     if endpoint == "/mcp/everything":
-        known |= MISSING_FIXTURES
-        if version == "2025-11-25":
-            known -= {"server-stateless/sep-2575-server-no-log-without-loglevel"}
-        else:
-            known -= {"tools-call-with-logging/tools-call-with-logging"}
+        known |= MISSING_FIXTURES | MISSING_FIXTURES_BY_VERSION[version]
     return known

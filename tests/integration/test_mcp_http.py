@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import httpx
+import mcp_types as types
 import pytest
 from mcp import Client
 from mcp_types import ToolListChangedNotification
@@ -428,3 +429,39 @@ def test_stateless_disconnect_cancels_upstream(gw: Gateway) -> None:
     while len(_stats(gw, "hs")["cancelled"]) == before:
         assert time.monotonic() < deadline, "closing the request did not cancel it upstream"
         time.sleep(0.05)
+
+
+# -- requests from the server to the client -----------------------------------------------------
+
+
+def test_server_requests_reach_the_client_that_caused_them(gw: Gateway) -> None:
+    asked: list[str] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        asked.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="a reply"), model="m"
+        )
+
+    async def roots(context: Any) -> Any:
+        asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work", name="work")])
+
+    async def main() -> None:
+        async with Client(
+            f"{gw.url}/mcp", mode="legacy", sampling_callback=sampling, list_roots_callback=roots
+        ) as c:
+            r = await c.call_tool("hs__ask_sampling", {})
+            assert "a reply" in _texts(r)[0]
+            r = await c.call_tool("hs__ask_roots", {})
+            assert "file:///work" in _texts(r)[0]
+        # A client that declared no sampling: the server is told so, by name.
+        async with Client(f"{gw.url}/mcp/hs", mode="legacy") as c:
+            r = await c.call_tool("ask_sampling", {})
+            error = json.loads(_texts(r)[0])
+            assert error["code"] == -32021 and "did not declare" in error["message"]
+            r = await c.call_tool("ask_roots", {})
+            assert json.loads(_texts(r)[0]) == {"roots": []}
+
+    anyio.run(main)
+    assert asked == ["sampling", "roots"]

@@ -36,6 +36,7 @@ from meshgate.mcp.frontend import (
     LATEST_HANDSHAKE,
     LOG_LEVELS,
     SUPPORTED_VERSIONS,
+    Ask,
     Emit,
     McpFront,
     RequestContext,
@@ -62,6 +63,8 @@ from meshgate.router import hash_key
 log = logging.getLogger("meshgate.mcp_http")
 
 REQUEST_CANCELLED = -32800
+REQUEST_TIMEOUT = -32001
+ASK_TIMEOUT_S = 120.0  # how long a server's question may wait for the client's answer
 LEGACY_RESOURCE_NOT_FOUND = -32002
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
@@ -366,6 +369,8 @@ class McpHttp:
         for m, k in zip(messages, kinds, strict=True):
             if k == "notification":
                 self._client_notification(session, m)
+            elif k == "response":
+                _client_response(session, m)
         replies: list[JSON] = [
             jsonrpc.error(None, INVALID_REQUEST, "invalid message") for _ in invalid
         ]
@@ -380,7 +385,7 @@ class McpHttp:
             return await self._respond(
                 request,
                 channel,
-                self._session_work(session, msg, channel.emit, client),
+                self._session_work(session, msg, channel, client),
                 session=session,
                 priming=session.protocol_version >= "2025-11-25",
             )
@@ -405,7 +410,7 @@ class McpHttp:
                 task.cancel()
 
     async def _session_work(
-        self, session: ClientSession, msg: JSON, emit: Emit | None, client: str | None
+        self, session: ClientSession, msg: JSON, channel: _Channel | None, client: str | None
     ) -> JSON:
         """The reply to one request of a session."""
         id_, method = msg["id"], msg["method"]
@@ -419,6 +424,7 @@ class McpHttp:
                 return jsonrpc.error(id_, INVALID_PARAMS, f"'level' must be one of {LOG_LEVELS}")
             session.log_level = level
             return jsonrpc.result(id_, {})
+        emit = channel.emit if channel is not None else None
         ctx = RequestContext(
             version=session.protocol_version,
             stateless=False,
@@ -426,6 +432,8 @@ class McpHttp:
             progress_token=_progress_token(msg),
             log_level=session.log_level,
             key=self._key(session.target, session.id, client, params),
+            ask=_session_asker(session, emit) if emit is not None else None,
+            client_capabilities=session.client_capabilities,
         )
         try:
             result = await self.front.dispatch(session.target, method, params, ctx)
@@ -751,6 +759,47 @@ class _Listener:
             return uri in (self.granted.get("resourceSubscriptions") or ())
         key = SUBSCRIPTION_KEYS.get(method)
         return bool(key and self.granted.get(key))
+
+
+def _session_asker(session: ClientSession, emit: Emit) -> Ask:
+    """Send a server's request to the session's client on the stream of the request it came
+    with; the client POSTs its response, which `_client_response` hands back."""
+
+    async def ask(method: str, params: JSON) -> JSON:
+        session.asks += 1
+        id_ = f"meshgate-{session.asks}"
+        fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        session.asked[id_] = fut
+        emit(jsonrpc.request(id_, method, params))
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT_S):
+                return await fut
+        except TimeoutError:
+            raise jsonrpc.JsonRpcError(
+                REQUEST_TIMEOUT, f"the client did not answer {method} within {ASK_TIMEOUT_S}s"
+            ) from None
+        finally:
+            session.asked.pop(id_, None)
+
+    return ask
+
+
+def _client_response(session: ClientSession, msg: JSON) -> None:
+    fut = session.asked.pop(str(msg.get("id")), None)
+    if fut is None or fut.done():
+        log.debug("MCP session %s…: response to nothing asked: %r", session.id[:8], msg.get("id"))
+        return
+    if isinstance(msg.get("result"), dict):
+        fut.set_result(msg["result"])
+    else:
+        err = _obj(msg.get("error"))
+        fut.set_exception(
+            jsonrpc.JsonRpcError(
+                int(err.get("code", jsonrpc.INTERNAL_ERROR)),
+                str(err.get("message", "error")),
+                err.get("data"),
+            )
+        )
 
 
 def _unregister(session: ClientSession, key: str, task: asyncio.Future[None]) -> None:

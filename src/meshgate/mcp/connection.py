@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TypeVar, cast
 
 from meshgate.mcp import jsonrpc
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
@@ -21,6 +21,7 @@ log = logging.getLogger("meshgate.mcp.connection")
 
 NotificationHandler = Callable[[str, JSON], None]
 RequestHandler = Callable[[str, JSON], Awaitable[JSON]]
+H = TypeVar("H")
 
 _FRAGMENT = 256
 _EXIT_DRAIN_S = 0.2
@@ -70,6 +71,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self._pending: dict[int, asyncio.Future[JSON]] = {}
         self._progress: dict[int, NotificationHandler] = {}
         self._internal: set[int] = set()  # the gateway's own requests (health probes)
+        self._askers: dict[int, RequestHandler] = {}  # who answers requests from the server
         self._next_id = 0
         self._buf = bytearray()
         self._overflow_head: bytes | None = None
@@ -193,7 +195,9 @@ class StdioConnection(asyncio.SubprocessProtocol):
         if method is None:
             self._handle_response(msg)
         elif "id" in msg:
-            self._spawn(self._answer(msg))
+            # Asked while one request is in flight: its caller answers (it may ask its client).
+            handler = self._attributed(self._askers) or self.on_request
+            self._spawn(self._answer(msg, handler))
         else:
             self._handle_notification(method, msg.get("params") or {})
 
@@ -228,23 +232,33 @@ class StdioConnection(asyncio.SubprocessProtocol):
                 handler(method, params)
             return
         if method == "notifications/message":
-            # stdio log messages name no request; with one request in flight (the gateway's
-            # own health probes aside) they are its own. Otherwise no client gets them.
-            calls = [i for i in self._pending if i not in self._internal]
-            handler = self._progress.get(calls[0]) if len(calls) == 1 else None
+            # Log messages name no request either: they go to the one request in flight.
+            handler = self._attributed(self._progress)
             if handler is not None:
                 handler(method, params)
         if self.on_notification is not None:
             self.on_notification(method, params)
 
-    async def _answer(self, msg: JSON) -> None:
+    def _attributed(self, handlers: dict[int, H]) -> H | None:
+        """The handler of the one request in flight (health probes aside), if it has one.
+
+        A stdio server names no request in what it sends on its own (log messages, requests to
+        the client): only while a single request is in flight is it known whose they are.
+        """
+        calls = [i for i in self._pending if i not in self._internal]
+        return handlers.get(calls[0]) if len(calls) == 1 else None
+
+    async def _answer(self, msg: JSON, handler: RequestHandler | None) -> None:
         method, id_ = msg["method"], msg["id"]
         try:
-            if self.on_request is None:
+            if handler is None:
                 raise JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"{method} is not supported")
-            reply = jsonrpc.result(id_, await self.on_request(method, msg.get("params") or {}))
+            reply = jsonrpc.result(id_, await handler(method, msg.get("params") or {}))
         except JsonRpcError as e:
             reply = jsonrpc.error(id_, e.code, e.message, e.data)
+        except Exception as e:  # a failing handler must still answer the server
+            log.exception("%s: answering %s failed", self.label, method)
+            reply = jsonrpc.error(id_, jsonrpc.INTERNAL_ERROR, f"{method} failed: {e}")
         self._write(reply)
 
     def _feed_stderr(self, data: bytes) -> None:
@@ -296,6 +310,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         *,
         timeout: float,
         on_progress: NotificationHandler | None = None,
+        on_server_request: RequestHandler | None = None,
         internal: bool = False,
     ) -> JSON:
         """Send a request and wait for its result.
@@ -323,6 +338,8 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self._pending[id_] = fut
         if internal:
             self._internal.add(id_)
+        if on_server_request is not None:
+            self._askers[id_] = on_server_request
         if not self._write(jsonrpc.request(id_, method, params)):
             self._pending.pop(id_, None)
             raise ConnectionLost(f"{self.label} is not running", sent=False)
@@ -337,6 +354,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         finally:
             self._progress.pop(id_, None)
             self._internal.discard(id_)
+            self._askers.pop(id_, None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

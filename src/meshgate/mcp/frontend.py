@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,15 @@ _LISTS = {
 }
 
 Emit = Callable[[JSON], None]  # sends one JSON-RPC notification to the client
+Ask = Callable[[str, JSON], Awaitable[JSON]]  # sends one request to the client, for its result
+
+# What a server may ask its client, and the client capability each needs.
+CLIENT_REQUESTS = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+MISSING_CAPABILITY = -32021
 
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -66,6 +75,8 @@ class RequestContext:
     progress_token: Any = None
     log_level: str | None = None  # the least severe log message to relay; None: every one
     send_logs: bool = True
+    ask: Ask | None = None  # None when the client cannot be asked anything for this request
+    client_capabilities: JSON = field(default_factory=dict)
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -282,6 +293,7 @@ class McpFront:
             key=ctx.key,
             retry_safe=tool_is_retry_safe(pool, tool),
             on_progress=self._relay(ctx),
+            on_server_request=self._asker(ctx),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -396,7 +408,36 @@ class McpFront:
             key=ctx.key,
             retry_safe=method != "resources/subscribe",
             on_progress=self._relay(ctx),
+            on_server_request=self._asker(ctx),
         )
+
+    def _asker(self, ctx: RequestContext) -> Callable[[str, JSON], Awaitable[JSON]]:
+        """Answer what a server asks while it works on this request: `ping` here, the rest
+        by the client, if it declared the capability and can be reached."""
+
+        async def answer(method: str, params: JSON) -> JSON:
+            if method == "ping":
+                return {}
+            capability = CLIENT_REQUESTS.get(method)
+            if capability is None:
+                raise JsonRpcError(METHOD_NOT_FOUND, f"meshgate does not forward {method}")
+            if capability not in ctx.client_capabilities:
+                if method == "roots/list":
+                    return {"roots": []}
+                raise JsonRpcError(
+                    MISSING_CAPABILITY,
+                    f"the client did not declare the {capability!r} capability",
+                    {"requiredCapabilities": {capability: {}}},
+                )
+            if ctx.ask is None:
+                raise JsonRpcError(
+                    METHOD_NOT_FOUND,
+                    f"the client cannot be sent {method} for this request (it accepts no "
+                    "event stream)",
+                )
+            return await ctx.ask(method, params)
+
+        return answer
 
     def _relay(self, ctx: RequestContext) -> Callable[[str, JSON], None] | None:
         """Pass what an upstream sends about this request on to the client: progress under the

@@ -105,6 +105,8 @@ class ClientSession:
     streams: dict[str, EventStream] = field(default_factory=dict)
     requests: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     get_connected: int = 0
+    asked: dict[str, asyncio.Future[JSON]] = field(default_factory=dict)  # questions to the client
+    asks: int = 0
 
     def __post_init__(self) -> None:
         self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
@@ -141,6 +143,8 @@ class ClientSession:
                 del self.streams[sid]
 
     def end(self) -> None:
+        for fut in self.asked.values():
+            fut.cancel()
         for task in self.requests.values():
             task.cancel()
         for stream in self.streams.values():
