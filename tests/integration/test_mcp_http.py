@@ -434,7 +434,10 @@ def test_stateless_disconnect_cancels_upstream(gw: Gateway) -> None:
 # -- requests from the server to the client -----------------------------------------------------
 
 
-def test_server_requests_reach_the_client_that_caused_them(gw: Gateway) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_server_requests_reach_the_client_that_caused_them(gw: Gateway, mode: str) -> None:
+    """Handshake-era clients are sent the request on their stream; stateless clients get an
+    input_required result and retry with the answer (the SDK drives that loop)."""
     asked: list[str] = []
 
     async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
@@ -449,14 +452,14 @@ def test_server_requests_reach_the_client_that_caused_them(gw: Gateway) -> None:
 
     async def main() -> None:
         async with Client(
-            f"{gw.url}/mcp", mode="legacy", sampling_callback=sampling, list_roots_callback=roots
+            f"{gw.url}/mcp", mode=mode, sampling_callback=sampling, list_roots_callback=roots
         ) as c:
             r = await c.call_tool("hs__ask_sampling", {})
             assert "a reply" in _texts(r)[0]
             r = await c.call_tool("hs__ask_roots", {})
             assert "file:///work" in _texts(r)[0]
         # A client that declared no sampling: the server is told so, by name.
-        async with Client(f"{gw.url}/mcp/hs", mode="legacy") as c:
+        async with Client(f"{gw.url}/mcp/hs", mode=mode) as c:
             r = await c.call_tool("ask_sampling", {})
             error = json.loads(_texts(r)[0])
             assert error["code"] == -32021 and "did not declare" in error["message"]
@@ -465,3 +468,40 @@ def test_server_requests_reach_the_client_that_caused_them(gw: Gateway) -> None:
 
     anyio.run(main)
     assert asked == ["sampling", "roots"]
+
+
+def test_input_required_round_trip_and_tampered_state(gw: Gateway) -> None:
+    envelope = {**ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "ask_sampling", "arguments": {}, "_meta": envelope},
+    }
+    headers = _stateless_headers("tools/call", "ask_sampling")
+    first = gw.http.post("/mcp/hs", headers=headers, json=call).json()["result"]
+    assert first["resultType"] == "input_required"
+    [(key, question)] = first["inputRequests"].items()
+    assert question["method"] == "sampling/createMessage"
+    state = first["requestState"]
+
+    retry = json.loads(json.dumps(call))
+    retry["id"] = 2
+    retry["params"]["requestState"] = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    retry["params"]["inputResponses"] = {
+        key: {"role": "assistant", "content": {"type": "text", "text": "42"}, "model": "m"}
+    }
+    r = gw.http.post("/mcp/hs", headers=headers, json=retry)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32602
+
+    retry["params"]["requestState"] = state
+    other = {**retry, "params": {**retry["params"], "name": "echo"}}
+    r = gw.http.post("/mcp/hs", headers=_stateless_headers("tools/call", "echo"), json=other)
+    assert r.status_code == 400 and "different request" in r.json()["error"]["message"]
+
+    done = gw.http.post("/mcp/hs", headers=headers, json=retry).json()
+    assert done["id"] == 2 and done["result"]["resultType"] == "complete"
+    assert '"42"' in done["result"]["content"][0]["text"]
+    # a state is good for one completed call only
+    r = gw.http.post("/mcp/hs", headers=headers, json={**retry, "id": 3})
+    assert r.status_code == 400

@@ -35,6 +35,7 @@ from meshgate.mcp import jsonrpc
 from meshgate.mcp.frontend import (
     LATEST_HANDSHAKE,
     LOG_LEVELS,
+    MISSING_CAPABILITY,
     SUPPORTED_VERSIONS,
     Ask,
     Emit,
@@ -42,6 +43,7 @@ from meshgate.mcp.frontend import (
     RequestContext,
     json_rpc_error,
 )
+from meshgate.mcp.input_required import INPUT_METHODS, Parked, ParkedCalls
 from meshgate.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -94,6 +96,7 @@ ERROR_STATUS = {
     INVALID_PARAMS: 400,
     HEADER_MISMATCH: 400,
     UNSUPPORTED_PROTOCOL_VERSION: 400,
+    MISSING_CAPABILITY: 400,
     METHOD_NOT_FOUND: 404,
 }
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -188,6 +191,7 @@ class McpHttp:
         self.max_body_bytes = max_body_bytes
         self.allowed_origins = set(allowed_origins)
         self.listeners: set[_Listener] = set()
+        self.parked = ParkedCalls()
         self.resource_subscriptions: dict[str, set[str]] = {}  # session id -> uris
 
     # -- wiring --------------------------------------------------------------------------------
@@ -205,6 +209,7 @@ class McpHttp:
 
     async def close(self) -> None:
         self.end_standing_streams()
+        self.parked.close()
         await self.sessions.close()
 
     def _on_server_notification(self, server: str, method: str, params: JSON) -> None:
@@ -571,6 +576,22 @@ class McpHttp:
                 )
             return self._listen(target, id_, params)
         channel = _Channel(id_, None, sse=wants_sse)
+        name_key = NAME_BEARING.get(method)
+        name = params.get(name_key) if name_key else None
+        if "requestState" in params:  # a retry with the client's answers
+            try:
+                parked = self.parked.claim(params["requestState"], method, name)
+            except jsonrpc.JsonRpcError as e:
+                raise _Reject(400, e.code, e.message, id_) from None
+            parked.answer(params.get("inputResponses"))
+            parked.emit = channel.emit
+            return await self._respond(
+                request,
+                channel,
+                self._next_round(parked, id_, target, method, params),
+                session=None,
+            )
+        params = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
         meta = _obj(params.get("_meta"))
         level = meta.get("io.modelcontextprotocol/logLevel")
         ctx = RequestContext(
@@ -582,20 +603,70 @@ class McpHttp:
             log_level=level if level in LOG_LEVELS else None,
             send_logs=level in LOG_LEVELS,
             key=self._key(target, None, request.client.host if request.client else None, params),
+            client_capabilities=_obj(meta.get(META_CAPABILITIES)),
         )
+        if method in INPUT_METHODS:
+            # The server may ask the client something mid-call: the call is parked, and each
+            # question comes back to the client as an input_required result.
+            try:
+                parked = self.parked.park(method, name)
+            except jsonrpc.JsonRpcError as e:
+                raise _Reject(503, e.code, e.message, id_) from None
+            parked.emit = channel.emit
+            ctx.emit, ctx.ask = parked.relay, parked.ask
+            parked.task = asyncio.ensure_future(self.front.dispatch(target, method, params, ctx))
+            return await self._respond(
+                request,
+                channel,
+                self._next_round(parked, id_, target, method, params),
+                session=None,
+            )
 
         async def work() -> tuple[int, JSON]:
             try:
                 result = await self.front.dispatch(target, method, params, ctx)
             except (MeshgateError, jsonrpc.JsonRpcError) as e:
-                code, message, data = json_rpc_error(e)
-                if code == LEGACY_RESOURCE_NOT_FOUND and method == "resources/read":
-                    # A handshake-era server's "resource not found", as 2026-07-28 names it.
-                    code, data = INVALID_PARAMS, {**_obj(data), "uri": params.get("uri")}
-                return ERROR_STATUS.get(code, 200), jsonrpc.error(id_, code, message, data)
+                return self._stateless_error(e, id_, method, params)
             return 200, jsonrpc.result(id_, self._stamp(target, method, result))
 
         return await self._respond(request, channel, work(), session=None)
+
+    async def _next_round(
+        self, parked: Parked, id_: Any, target: str | None, method: str, params: JSON
+    ) -> tuple[int, JSON]:
+        """The reply to one round of a parked call: its result, or its open questions."""
+        try:
+            done = await parked.next()
+        except asyncio.CancelledError:
+            parked.cancel("the client closed the request")  # the stateless way to cancel
+            self.parked.release(parked)
+            raise
+        if not done:
+            result: JSON = {
+                "resultType": "input_required",
+                "inputRequests": parked.open_questions(),
+                "requestState": self.parked.state(parked),
+                "_meta": {META_SERVER_INFO: self.front.server_info(target)},
+            }
+            return 200, jsonrpc.result(id_, result)
+        self.parked.release(parked)
+        assert parked.task is not None
+        try:
+            value = parked.task.result()
+        except (MeshgateError, jsonrpc.JsonRpcError) as e:
+            return self._stateless_error(e, id_, method, params)
+        except asyncio.CancelledError:
+            return 200, jsonrpc.error(id_, REQUEST_CANCELLED, "request cancelled")
+        return 200, jsonrpc.result(id_, self._stamp(target, method, value))
+
+    def _stateless_error(
+        self, e: MeshgateError | jsonrpc.JsonRpcError, id_: Any, method: str, params: JSON
+    ) -> tuple[int, JSON]:
+        code, message, data = json_rpc_error(e)
+        if code == LEGACY_RESOURCE_NOT_FOUND and method == "resources/read":
+            # A handshake-era server's "resource not found", as 2026-07-28 names it.
+            code, data = INVALID_PARAMS, {**_obj(data), "uri": params.get("uri")}
+        return ERROR_STATUS.get(code, 200), jsonrpc.error(id_, code, message, data)
 
     def _check_version(self, version: str, id_: Any) -> None:
         if version != STATELESS_VERSION:

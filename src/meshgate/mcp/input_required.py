@@ -1,0 +1,180 @@
+"""Multi round-trip requests (2026-07-28 `input_required`) for servers that ask mid-call.
+
+A handshake-era server asks its client questions (`sampling/createMessage`,
+`elicitation/create`, `roots/list`) as JSON-RPC requests in the middle of a call. A stateless
+client cannot receive requests; it gets an `input_required` result instead, carrying the
+questions and an opaque `requestState`, and retries its request with `inputResponses`.
+
+The gateway keeps the upstream call running in between: a `Parked` call holds the questions the
+server is waiting on. `requestState` names the parked call and is signed (HMAC-SHA256 with a key
+made at start-up), so a tampered, expired or foreign state is refused. A parked call nobody
+comes back to is cancelled after `ttl_s` (the server gets `notifications/cancelled` and an error
+for its questions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from meshgate.mcp.jsonrpc import JSON, JsonRpcError
+
+log = logging.getLogger("meshgate.input_required")
+
+INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+_KEY_PREFIX = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
+
+
+class Parked:
+    """One client request whose upstream call waits for the client's answers."""
+
+    def __init__(self, id_: str, method: str, name: Any, ttl_s: float) -> None:
+        self.id = id_
+        self.method = method
+        self.name = name
+        self.ttl_s = ttl_s
+        self.expires_at = time.monotonic() + ttl_s
+        self.task: asyncio.Future[Any] | None = None
+        self.questions: dict[str, tuple[str, JSON, asyncio.Future[JSON]]] = {}
+        self.emit: Callable[[JSON], None] | None = None  # the current round's event stream
+        self._keys = itertools.count(1)
+        self._changed = asyncio.Event()
+
+    # -- the upstream side -----------------------------------------------------------------------
+
+    async def ask(self, method: str, params: JSON) -> JSON:
+        """Called for a server's question: wait until a client round answers it."""
+        key = f"{_KEY_PREFIX.get(method, method.split('/')[0])}-{next(self._keys)}"
+        fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        self.questions[key] = (method, params, fut)
+        self._wake()
+        try:
+            return await fut
+        finally:
+            self.questions.pop(key, None)
+
+    def relay(self, note: JSON) -> None:
+        if self.emit is not None:
+            self.emit(note)
+
+    # -- the client side -------------------------------------------------------------------------
+
+    def open_questions(self) -> dict[str, JSON]:
+        return {
+            key: {"method": method, "params": params}
+            for key, (method, params, fut) in self.questions.items()
+            if not fut.done()
+        }
+
+    def answer(self, responses: Any) -> None:
+        """Hand the client's answers to the questions they are keyed by; others are ignored."""
+        if not isinstance(responses, dict):
+            return
+        for key, value in responses.items():
+            question = self.questions.get(key)
+            if question is None or question[2].done():
+                continue
+            fut = question[2]
+            if isinstance(value, dict) and isinstance(value.get("error"), dict):
+                err = value["error"]
+                fut.set_exception(
+                    JsonRpcError(int(err.get("code", -32603)), str(err.get("message", "error")))
+                )
+            elif isinstance(value, dict):
+                fut.set_result(value)
+
+    async def next(self) -> bool:
+        """Wait until the call is done (True) or asks something not yet answered (False)."""
+        assert self.task is not None
+        while True:
+            if self.task.done():
+                return True
+            if self.open_questions():
+                return False
+            self._changed.clear()
+            waiter = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({self.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def touch(self) -> None:
+        self.expires_at = time.monotonic() + self.ttl_s
+
+    def cancel(self, reason: str) -> None:
+        for _, _, fut in self.questions.values():
+            if not fut.done():
+                fut.set_exception(JsonRpcError(-32800, reason))
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class ParkedCalls:
+    """The parked calls of this gateway, by signed `requestState`."""
+
+    def __init__(self, *, ttl_s: float = 120.0, limit: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self.calls: dict[str, Parked] = {}
+        self._key = secrets.token_bytes(32)
+
+    def park(self, method: str, name: Any) -> Parked:
+        self.expire()
+        if len(self.calls) >= self.limit:
+            raise JsonRpcError(-32603, "too many requests are waiting for client input")
+        parked = Parked(secrets.token_urlsafe(12), method, name, self.ttl_s)
+        self.calls[parked.id] = parked
+        return parked
+
+    def state(self, parked: Parked) -> str:
+        """The `requestState` that names a parked call."""
+        sig = hmac.new(self._key, parked.id.encode(), hashlib.sha256).digest()
+        return f"{parked.id}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
+
+    def claim(self, state: Any, method: str, name: Any) -> Parked:
+        """The parked call a client's `requestState` names, for the same request."""
+        self.expire()
+        parked = None
+        if isinstance(state, str) and "." in state:
+            id_, _, sig = state.rpartition(".")
+            good = hmac.new(self._key, id_.encode(), hashlib.sha256).digest()
+            expected = base64.urlsafe_b64encode(good).decode().rstrip("=")
+            if hmac.compare_digest(sig, expected):
+                parked = self.calls.get(id_)
+        if parked is None:
+            raise JsonRpcError(
+                -32602,
+                "requestState is not valid: altered, expired, or issued by another gateway; "
+                "send the request again without it",
+            )
+        if parked.method != method or parked.name != name:
+            raise JsonRpcError(-32602, "requestState belongs to a different request")
+        parked.touch()
+        return parked
+
+    def release(self, parked: Parked) -> None:
+        self.calls.pop(parked.id, None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for id_, parked in list(self.calls.items()):
+            if parked.expires_at < now:
+                log.info("a request waiting for client input expired (%s)", parked.method)
+                parked.cancel("the client did not come back with the input in time")
+                del self.calls[id_]
+
+    def close(self) -> None:
+        for parked in self.calls.values():
+            parked.cancel("the gateway is shutting down")
+        self.calls.clear()
