@@ -16,14 +16,13 @@ unless the origin is loopback or configured (DNS rebinding).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
+from mcp.shared.inbound import decode_header_value, validate_mcp_param_headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -163,16 +162,6 @@ def _kind(msg: Any) -> str:
     if "id" in msg and ("result" in msg or "error" in msg):
         return "response"
     return "invalid"
-
-
-def _decode_header(value: str | None) -> str | None:
-    """An `Mcp-Name` value, base64 sentinel `=?base64?...?=` decoded."""
-    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value
-    try:
-        return base64.b64decode(value[9:-2], validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
 
 
 class McpHttp:
@@ -613,7 +602,7 @@ class McpHttp:
             except jsonrpc.JsonRpcError as e:
                 raise _Reject(503, e.code, e.message, id_) from None
             parked.emit = channel.emit
-            ctx.emit, ctx.ask = parked.relay, parked.ask
+            ctx.emit, ctx.ask, ctx.waiting = parked.relay, parked.ask, parked.is_waiting
             parked.task = asyncio.ensure_future(self.front.dispatch(target, method, params, ctx))
             return await self._respond(
                 request,
@@ -703,7 +692,7 @@ class McpHttp:
         if (
             name_key is not None
             and params.get(name_key) is not None
-            and _decode_header(headers.get(NAME_HEADER)) != params.get(name_key)
+            and decode_header_value(headers.get(NAME_HEADER)) != params.get(name_key)
         ):
             raise _Reject(
                 400, HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}", id_
@@ -711,7 +700,18 @@ class McpHttp:
         if not isinstance(version, str):
             raise _Reject(400, INVALID_PARAMS, "the protocol version must be a string", id_)
         self._check_version(version, id_)
+        if method == "tools/call" and isinstance(params.get("name"), str):
+            schema = self._front_schema(request, params["name"])
+            arguments = params.get("arguments")
+            if schema is not None and isinstance(arguments, dict):
+                rejection = validate_mcp_param_headers(schema, arguments, headers)
+                if rejection is not None:
+                    raise _Reject(400, rejection.code, rejection.message, id_, rejection.data)
         return version
+
+    def _front_schema(self, request: Request, name: str) -> JSON | None:
+        target: str | None = request.scope.get("path_params", {}).get("name")
+        return self.front.tool_schema(target, name)
 
     def _stamp(self, target: str | None, method: str, result: JSON) -> JSON:
         """A result as the stateless era wants it: resultType, server info, cache hints."""

@@ -244,8 +244,13 @@ class StdioConnection(asyncio.SubprocessProtocol):
 
         A stdio server names no request in what it sends on its own (log messages, requests to
         the client): only while a single request is in flight is it known whose they are.
+        Requests parked until their client answers a question (`waiting`) do not count.
         """
-        calls = [i for i in self._pending if i not in self._internal]
+        calls = [
+            i
+            for i in self._pending
+            if i not in self._internal and not getattr(self._askers.get(i), "waiting", False)
+        ]
         return handlers.get(calls[0]) if len(calls) == 1 else None
 
     async def _answer(self, msg: JSON, handler: RequestHandler | None) -> None:

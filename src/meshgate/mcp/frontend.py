@@ -77,6 +77,7 @@ class RequestContext:
     send_logs: bool = True
     ask: Ask | None = None  # None when the client cannot be asked anything for this request
     client_capabilities: JSON = field(default_factory=dict)
+    waiting: Callable[[], bool] | None = None  # true while parked for the client's answers
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -227,6 +228,18 @@ class McpFront:
             tool["name"] = public
             tools.append(tool)
         return {"tools": tools}
+
+    def tool_schema(self, target: str | None, public: str) -> JSON | None:
+        """The input schema of a tool by the name the client calls it, if it is known."""
+        found = (
+            (self._aggregate_tools().get(public) or self._split(public))
+            if target is None
+            else (target, public)
+        )
+        pool = self.router.supervisor.pools.get(found[0]) if found else None
+        tool = pool.tools.get(found[1]) if pool is not None and found is not None else None
+        schema = tool.get("inputSchema") if tool is not None else None
+        return schema if isinstance(schema, dict) else None
 
     def _need_catalog(self, pool: ServerPool) -> None:
         if not pool.tools and not pool.routable() and not pool.recoverable():
@@ -411,33 +424,8 @@ class McpFront:
             on_server_request=self._asker(ctx),
         )
 
-    def _asker(self, ctx: RequestContext) -> Callable[[str, JSON], Awaitable[JSON]]:
-        """Answer what a server asks while it works on this request: `ping` here, the rest
-        by the client, if it declared the capability and can be reached."""
-
-        async def answer(method: str, params: JSON) -> JSON:
-            if method == "ping":
-                return {}
-            capability = CLIENT_REQUESTS.get(method)
-            if capability is None:
-                raise JsonRpcError(METHOD_NOT_FOUND, f"meshgate does not forward {method}")
-            if capability not in ctx.client_capabilities:
-                if method == "roots/list":
-                    return {"roots": []}
-                raise JsonRpcError(
-                    MISSING_CAPABILITY,
-                    f"the client did not declare the {capability!r} capability",
-                    {"requiredCapabilities": {capability: {}}},
-                )
-            if ctx.ask is None:
-                raise JsonRpcError(
-                    METHOD_NOT_FOUND,
-                    f"the client cannot be sent {method} for this request (it accepts no "
-                    "event stream)",
-                )
-            return await ctx.ask(method, params)
-
-        return answer
+    def _asker(self, ctx: RequestContext) -> _Asker:
+        return _Asker(ctx)
 
     def _relay(self, ctx: RequestContext) -> Callable[[str, JSON], None] | None:
         """Pass what an upstream sends about this request on to the client: progress under the
@@ -458,6 +446,41 @@ class McpFront:
                     emit({"jsonrpc": "2.0", "method": method, "params": params})
 
         return relay
+
+
+class _Asker:
+    """Answers what a server asks while it works on one request: `ping` here, the rest by
+    the client, if it declared the capability and can be reached."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def waiting(self) -> bool:
+        """Parked until the client answers: the server is not working on it right now."""
+        return self.ctx.waiting is not None and self.ctx.waiting()
+
+    async def __call__(self, method: str, params: JSON) -> JSON:
+        ctx = self.ctx
+        if method == "ping":
+            return {}
+        capability = CLIENT_REQUESTS.get(method)
+        if capability is None:
+            raise JsonRpcError(METHOD_NOT_FOUND, f"meshgate does not forward {method}")
+        if capability not in ctx.client_capabilities:
+            if method == "roots/list":
+                return {"roots": []}
+            raise JsonRpcError(
+                MISSING_CAPABILITY,
+                f"the client did not declare the {capability!r} capability",
+                {"requiredCapabilities": {capability: {}}},
+            )
+        if ctx.ask is None:
+            raise JsonRpcError(
+                METHOD_NOT_FOUND,
+                f"the client cannot be sent {method} for this request (it accepts no event stream)",
+            )
+        return await ctx.ask(method, params)
 
 
 def _str_param(params: JSON, name: str) -> str:

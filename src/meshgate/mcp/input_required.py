@@ -30,6 +30,8 @@ from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 log = logging.getLogger("meshgate.input_required")
 
 INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+INPUT_KEY = "dev.meshgate/inputKey"
+SETTLE_S = 0.005  # questions asked together are sent together
 _KEY_PREFIX = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
 
 
@@ -45,14 +47,29 @@ class Parked:
         self.task: asyncio.Future[Any] | None = None
         self.questions: dict[str, tuple[str, JSON, asyncio.Future[JSON]]] = {}
         self.emit: Callable[[JSON], None] | None = None  # the current round's event stream
+        self.round = 0
+        self.waiting = False  # a round went back to the client; its answers are awaited
         self._keys = itertools.count(1)
         self._changed = asyncio.Event()
 
     # -- the upstream side -----------------------------------------------------------------------
 
     async def ask(self, method: str, params: JSON) -> JSON:
-        """Called for a server's question: wait until a client round answers it."""
+        """Called for a server's question: wait until a client round answers it.
+
+        The question's key in `inputRequests` is `<kind>-<n>`, unless the server names it in
+        `params._meta["dev.meshgate/inputKey"]` (removed before the client sees it).
+        """
         key = f"{_KEY_PREFIX.get(method, method.split('/')[0])}-{next(self._keys)}"
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and INPUT_KEY in meta:
+            named = meta[INPUT_KEY]
+            if isinstance(named, str) and named and named not in self.questions:
+                key = named
+            rest = {k: v for k, v in meta.items() if k != INPUT_KEY}
+            params = {k: v for k, v in params.items() if k != "_meta"}
+            if rest:
+                params["_meta"] = rest
         fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self.questions[key] = (method, params, fut)
         self._wake()
@@ -74,8 +91,12 @@ class Parked:
             if not fut.done()
         }
 
+    def is_waiting(self) -> bool:
+        return self.waiting
+
     def answer(self, responses: Any) -> None:
         """Hand the client's answers to the questions they are keyed by; others are ignored."""
+        self.waiting = False
         if not isinstance(responses, dict):
             return
         for key, value in responses.items():
@@ -98,7 +119,9 @@ class Parked:
             if self.task.done():
                 return True
             if self.open_questions():
-                return False
+                # A server asking several things at once writes them back to back.
+                await asyncio.sleep(SETTLE_S)
+                return self.task.done()
             self._changed.clear()
             waiter = asyncio.ensure_future(self._changed.wait())
             try:
@@ -138,20 +161,25 @@ class ParkedCalls:
         return parked
 
     def state(self, parked: Parked) -> str:
-        """The `requestState` that names a parked call."""
-        sig = hmac.new(self._key, parked.id.encode(), hashlib.sha256).digest()
-        return f"{parked.id}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
+        """The `requestState` that names a parked call at its current round."""
+        parked.round += 1
+        parked.waiting = True
+        return self._sign(f"{parked.id}.{parked.round}")
+
+    def _sign(self, text: str) -> str:
+        sig = hmac.new(self._key, text.encode(), hashlib.sha256).digest()
+        return f"{text}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
 
     def claim(self, state: Any, method: str, name: Any) -> Parked:
         """The parked call a client's `requestState` names, for the same request."""
         self.expire()
         parked = None
-        if isinstance(state, str) and "." in state:
-            id_, _, sig = state.rpartition(".")
-            good = hmac.new(self._key, id_.encode(), hashlib.sha256).digest()
-            expected = base64.urlsafe_b64encode(good).decode().rstrip("=")
-            if hmac.compare_digest(sig, expected):
+        if isinstance(state, str) and state.count(".") == 2:
+            id_, round_, _ = state.split(".")
+            if hmac.compare_digest(state, self._sign(f"{id_}.{round_}")):
                 parked = self.calls.get(id_)
+                if parked is not None and str(parked.round) != round_:
+                    parked = None  # an earlier round's state: its questions are answered
         if parked is None:
             raise JsonRpcError(
                 -32602,

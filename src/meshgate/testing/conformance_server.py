@@ -89,6 +89,24 @@ TOOLS: dict[str, tuple[str, JSON]] = {
     "test_elicitation_sep1330_enums": ("Elicitation with enum schema variants", _NONE),
     "json_schema_2020_12_tool": ("Its input schema uses JSON Schema 2020-12", JSON_SCHEMA_2020_12),
     "test_logging_tool": ("Sends log messages while it runs", _NONE),
+    "test_missing_capability": ("Needs the client's sampling capability", _NONE),
+    "test_custom_headers": (
+        "Its region argument travels in an Mcp-Param-Region header too (SEP-2243)",
+        {
+            "type": "object",
+            "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+            "required": ["region"],
+        },
+    ),
+    "test_streaming_elicitation": ("Asks the user mid-call", _NONE),
+    "test_input_required_result_elicitation": ("Asks the user's name", _NONE),
+    "test_input_required_result_sampling": ("Asks the client's model", _NONE),
+    "test_input_required_result_list_roots": ("Asks the client's roots", _NONE),
+    "test_input_required_result_request_state": ("Asks for a confirmation", _NONE),
+    "test_input_required_result_multiple_inputs": ("Asks three questions at once", _NONE),
+    "test_input_required_result_multi_round": ("Asks two questions in turn", _NONE),
+    "test_input_required_result_tampered_state": ("Asks for a confirmation", _NONE),
+    "test_input_required_result_capabilities": ("Asks only what the client can answer", _NONE),
     "test_trigger_tool_change": ("Adds a tool and sends tools/list_changed", _NONE),
     "test_trigger_prompt_change": ("Adds a prompt and sends prompts/list_changed", _NONE),
 }
@@ -109,6 +127,7 @@ PROMPTS: list[JSON] = [
         "arguments": [{"name": "resourceUri", "description": "URI to embed", "required": True}],
     },
     {"name": "test_prompt_with_image", "description": "A prompt with an image"},
+    {"name": "test_input_required_result_prompt", "description": "Asks the user for context"},
 ]
 
 RESOURCES: list[JSON] = [
@@ -235,7 +254,12 @@ class ConformanceServer(FaultServer):
         if method == "prompts/list":
             return {"prompts": PROMPTS + self.extra_prompts, **cache}
         if method == "prompts/get":
-            return self.prompt(str(params.get("name")), params.get("arguments") or {})
+            name = str(params.get("name"))
+            if name == "test_input_required_result_prompt":
+                answer = await self.elicit("user_context", "What context should the prompt use?")
+                context = (answer.get("content") or {}).get("context", "")
+                return {"messages": [_user(_text(f"Use this context: {context}"))]}
+            return self.prompt(name, params.get("arguments") or {})
         if method == "resources/list":
             return {"resources": RESOURCES, **cache}
         if method == "resources/templates/list":
@@ -364,6 +388,99 @@ class ConformanceServer(FaultServer):
         self.extra_prompts.append({"name": name, "description": "Added at run time"})
         self.notify("notifications/prompts/list_changed", {})
         return {"content": [_text("prompt list changed")]}
+
+    # -- questions to the client, in the shape the suite's input_required scenarios expect ---
+
+    async def question(self, key: str, method: str, params: JSON) -> JSON:
+        """Ask the client; the key names the question in an input_required result, through
+        meshgate's `dev.meshgate/inputKey` hint. An error answer raises RpcError."""
+        reply = await self.ask(method, {**params, "_meta": {"dev.meshgate/inputKey": key}})
+        if isinstance(reply.get("result"), dict):
+            result: JSON = reply["result"]
+            return result
+        error: JSON = reply["error"] if isinstance(reply.get("error"), dict) else {}
+        raise RpcError(
+            int(error.get("code", -32603)), str(error.get("message", reply)), error.get("data")
+        )
+
+    async def elicit(self, key: str, message: str, field: str = "context") -> JSON:
+        schema = {"type": "object", "properties": {field: {"type": "string"}}, "required": [field]}
+        return await self.question(
+            key, "elicitation/create", {"message": message, "requestedSchema": schema}
+        )
+
+    async def sample(self, key: str, text: str, max_tokens: int = 100) -> str:
+        result = await self.question(
+            key,
+            "sampling/createMessage",
+            {"messages": [_user(_text(text))], "maxTokens": max_tokens},
+        )
+        content = result.get("content") or {}
+        return str(content.get("text", "")) if isinstance(content, dict) else ""
+
+    async def test_custom_headers(self, args: JSON, meta: JSON) -> JSON:
+        return {"content": [_text(f"region: {args.get('region')}")]}
+
+    async def test_missing_capability(self, args: JSON, meta: JSON) -> JSON:
+        said = await self.sample("sample", "Say something")  # -32021 if the client cannot
+        return {"content": [_text(f"sampled: {said}")]}
+
+    async def test_streaming_elicitation(self, args: JSON, meta: JSON) -> JSON:
+        answer = await self.elicit("user_input", "Anything to add?", "text")
+        return {"content": [_text(f"Streaming complete: {answer.get('action')}")]}
+
+    async def test_input_required_result_elicitation(self, args: JSON, meta: JSON) -> JSON:
+        answer = await self.elicit("user_name", "What is your name?", "name")
+        name = (answer.get("content") or {}).get("name", "unknown")
+        return {"content": [_text(f"Hello, {name}!")]}
+
+    async def test_input_required_result_sampling(self, args: JSON, meta: JSON) -> JSON:
+        said = await self.sample("sample_request", "What is the capital of France?")
+        return {"content": [_text(f"Sampling result: {said}")]}
+
+    async def test_input_required_result_list_roots(self, args: JSON, meta: JSON) -> JSON:
+        roots = (await self.question("roots_request", "roots/list", {})).get("roots") or []
+        return {"content": [_text(f"Found {len(roots)} root(s)")]}
+
+    async def _confirm(self, key: str) -> JSON:
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        answer = await self.question(
+            key, "elicitation/create", {"message": "Please confirm", "requestedSchema": schema}
+        )
+        return {"content": [_text(f"state-ok: confirmed={answer.get('action') == 'accept'}")]}
+
+    async def test_input_required_result_request_state(self, args: JSON, meta: JSON) -> JSON:
+        return await self._confirm("confirm")
+
+    async def test_input_required_result_tampered_state(self, args: JSON, meta: JSON) -> JSON:
+        return await self._confirm("confirm")
+
+    async def test_input_required_result_multiple_inputs(self, args: JSON, meta: JSON) -> JSON:
+        answer, said, roots = await asyncio.gather(
+            self.elicit("user_name", "What is your name?", "name"),
+            self.sample("greeting", "Generate a greeting", 50),
+            self.question("client_roots", "roots/list", {}),
+        )
+        name = (answer.get("content") or {}).get("name", "unknown")
+        count = len(roots.get("roots") or [])
+        return {"content": [_text(f"Name: {name}; Greeting: {said}; Roots: {count}")]}
+
+    async def test_input_required_result_multi_round(self, args: JSON, meta: JSON) -> JSON:
+        first = await self.elicit("step1", "What is your name?", "name")
+        second = await self.elicit("step2", "What is your favourite colour?", "color")
+        name = (first.get("content") or {}).get("name")
+        color = (second.get("content") or {}).get("color")
+        return {"content": [_text(f"Multi-round complete for {name} who likes {color}")]}
+
+    async def test_input_required_result_capabilities(self, args: JSON, meta: JSON) -> JSON:
+        try:  # the gateway refuses what the client did not declare: fall back to sampling
+            answer = await self.elicit("user_input", "What is your name?", "name")
+            return {"content": [_text(f"elicited: {answer.get('action')}")]}
+        except RpcError as e:
+            if e.code != -32021:
+                raise
+        said = await self.sample("sample_input", "What is your name?")
+        return {"content": [_text(f"sampled: {said}")]}
 
     # -- prompts and resources -----------------------------------------------------------------
 

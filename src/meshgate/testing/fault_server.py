@@ -68,10 +68,11 @@ TOOLS: dict[str, tuple[str, JSON, JSON | None]] = {
 
 
 class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.data = data
 
 
 class FaultServer:
@@ -148,9 +149,7 @@ class FaultServer:
         try:
             result = await self.dispatch(method, params)
         except RpcError as e:
-            self.send(
-                {"jsonrpc": "2.0", "id": id_, "error": {"code": e.code, "message": e.message}}
-            )
+            self.send({"jsonrpc": "2.0", "id": id_, "error": _error_object(e)})
             return
         except asyncio.CancelledError:
             return  # cancelled by the client: no answer
@@ -338,6 +337,13 @@ class FaultServer:
             raise RpcError(-32602, f"unknown fault {name!r}; expected {sorted(self.faults)}")
         self.faults[str(name)] = args.get("value")
         return self.text(f"ok pid={os.getpid()}")
+
+
+def _error_object(e: RpcError) -> JSON:
+    error: JSON = {"code": e.code, "message": e.message}
+    if e.data is not None:
+        error["data"] = e.data
+    return error
 
 
 async def serve(args: argparse.Namespace, cls: type[FaultServer] = FaultServer) -> None:
