@@ -1,0 +1,115 @@
+// A TypeScript SDK (@modelcontextprotocol/sdk) client run against meshgate by
+// tests/integration/test_ts_client.py. Usage: node ts_client.mjs URL SCENARIO
+// Prints one JSON object with what it saw; exits non-zero on an unexpected error.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import {
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  ToolListChangedNotificationSchema,
+} from "@modelcontextprotocol/sdk/types.js";
+
+const [url, scenario] = process.argv.slice(2);
+const out = { scenario };
+
+function text(result) {
+  return result.content.filter((c) => c.type === "text").map((c) => c.text).join("");
+}
+
+async function connect() {
+  const client = new Client(
+    { name: "meshgate-ts-test", version: "1.0.0" },
+    { capabilities: { sampling: {}, elicitation: {} } },
+  );
+  client.setRequestHandler(CreateMessageRequestSchema, async () => ({
+    role: "assistant",
+    content: { type: "text", text: "from typescript" },
+    model: "ts-model",
+  }));
+  client.setRequestHandler(ElicitRequestSchema, async () => ({
+    action: "accept",
+    content: { name: "Ada" },
+  }));
+  const transport = new StreamableHTTPClientTransport(new URL(url));
+  await client.connect(transport);
+  return { client, transport };
+}
+
+async function basic() {
+  const { client, transport } = await connect();
+  out.protocolVersion = transport.protocolVersion;
+  out.sessionId = Boolean(transport.sessionId);
+  const changed = [];
+  client.setNotificationHandler(ToolListChangedNotificationSchema, async () => changed.push(1));
+  out.tools = (await client.listTools()).tools.map((t) => t.name);
+  const prefix = url.endsWith("/mcp") ? "hs__" : "";
+  out.echo = text(await client.callTool({ name: `${prefix}echo`, arguments: { text: "ts" } }));
+  const progress = [];
+  const r = await client.callTool(
+    { name: `${prefix}progress`, arguments: { steps: 3 } },
+    undefined,
+    { onprogress: (p) => progress.push([p.progress, p.total]) },
+  );
+  out.progressResult = text(r);
+  out.progress = progress;
+  out.sampling = text(await client.callTool({ name: `${prefix}ask_sampling`, arguments: {} }));
+  out.unknownTool = null;
+  try {
+    await client.callTool({ name: `${prefix}no_such_tool`, arguments: {} });
+  } catch (e) {
+    out.unknownTool = e.code ?? String(e);
+  }
+  await client.callTool({ name: `${prefix}add_tool`, arguments: { name: `from_ts_${Date.now()}` } });
+  for (let i = 0; i < 100 && changed.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  out.listChanged = changed.length > 0;
+  await transport.terminateSession();
+  await client.close();
+}
+
+async function cancel() {
+  const { client, transport } = await connect();
+  const controller = new AbortController();
+  setTimeout(() => controller.abort("enough"), 300);
+  try {
+    await client.callTool({ name: "hang", arguments: {} }, undefined, { signal: controller.signal });
+    out.cancelled = false;
+  } catch (e) {
+    out.cancelled = true;
+  }
+  await transport.terminateSession();
+  await client.close();
+}
+
+async function loop() {
+  const { client, transport } = await connect();
+  let ok = 0;
+  const errors = [];
+  const end = Date.now() + 4000;
+  let i = 0;
+  while (Date.now() < end) {
+    try {
+      const r = await client.callTool({ name: "echo", arguments: { text: String(i) } });
+      if (text(r) === String(i)) ok++;
+      else errors.push(`wrong echo ${text(r)}`);
+    } catch (e) {
+      errors.push(String(e));
+    }
+    i++;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  out.ok = ok;
+  out.errors = errors;
+  await transport.terminateSession();
+  await client.close();
+}
+
+const scenarios = { basic, cancel, loop };
+try {
+  await scenarios[scenario]();
+  console.log(JSON.stringify(out));
+} catch (e) {
+  console.log(JSON.stringify({ ...out, fatal: String(e?.stack ?? e) }));
+  process.exit(1);
+}
