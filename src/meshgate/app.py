@@ -77,5 +77,9 @@ def build_app(settings: Settings) -> FastAPI:
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
+        # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.
+        Route("/sse", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
+        Route("/sse/{name}", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
+        Route("/messages", mcp_http.legacy_messages, methods=["POST"], include_in_schema=False),
     ]
     return app

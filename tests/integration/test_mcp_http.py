@@ -16,6 +16,7 @@ import httpx
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp_types import ToolListChangedNotification
 
 from tests.gateway import Gateway, fault_server, run_gateway
@@ -505,3 +506,28 @@ def test_input_required_round_trip_and_tampered_state(gw: Gateway) -> None:
     # a state is good for one completed call only
     r = gw.http.post("/mcp/hs", headers=headers, json={**retry, "id": 3})
     assert r.status_code == 400
+
+
+# -- the HTTP+SSE transport of 2024-11-05 --------------------------------------------------------
+
+
+def test_http_sse_transport_with_the_sdk_client(gw: Gateway) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async def main() -> None:
+        async with Client(sse_client(f"{gw.url}/sse/fault"), mode="legacy") as c:
+            assert _texts(await c.call_tool("echo", {"text": "old"})) == ["old"]
+            r = await c.call_tool("progress", {"steps": 2}, progress_callback=on_progress)
+            assert _texts(r) == ["2 steps"]
+        async with Client(sse_client(f"{gw.url}/sse"), mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"fault__echo", "hs__echo"} <= names
+
+    anyio.run(main)
+    assert seen == [1, 2]
+    r = gw.http.post("/messages?session_id=nope", json={"jsonrpc": "2.0", "method": "x"})
+    assert r.status_code == 404
+    assert gw.http.get("/sse/nowhere").status_code == 404

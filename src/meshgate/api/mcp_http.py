@@ -64,6 +64,7 @@ from meshgate.router import hash_key
 log = logging.getLogger("meshgate.mcp_http")
 
 REQUEST_CANCELLED = -32800
+LEGACY_SSE_VERSION = "2024-11-05"  # the version of the HTTP+SSE transport
 REQUEST_TIMEOUT = -32001
 ASK_TIMEOUT_S = 120.0  # how long a server's question may wait for the client's answer
 LEGACY_RESOURCE_NOT_FOUND = -32002
@@ -318,7 +319,7 @@ class McpHttp:
 
     def _session(self, session_id: str, target: str | None) -> ClientSession:
         session = self.sessions.get(session_id)
-        if session is None or session.target != target:
+        if session is None or session.target != target or session.legacy:
             raise _Reject(404, INVALID_REQUEST, "session not found or ended; initialize again")
         return session
 
@@ -379,7 +380,7 @@ class McpHttp:
             return await self._respond(
                 request,
                 channel,
-                self._session_work(session, msg, channel, client),
+                self._session_work(session, msg, channel.emit, client),
                 session=session,
                 priming=session.protocol_version >= "2025-11-25",
             )
@@ -404,7 +405,7 @@ class McpHttp:
                 task.cancel()
 
     async def _session_work(
-        self, session: ClientSession, msg: JSON, channel: _Channel | None, client: str | None
+        self, session: ClientSession, msg: JSON, emit: Emit | None, client: str | None
     ) -> JSON:
         """The reply to one request of a session."""
         id_, method = msg["id"], msg["method"]
@@ -418,7 +419,6 @@ class McpHttp:
                 return jsonrpc.error(id_, INVALID_PARAMS, f"'level' must be one of {LOG_LEVELS}")
             session.log_level = level
             return jsonrpc.result(id_, {})
-        emit = channel.emit if channel is not None else None
         ctx = RequestContext(
             version=session.protocol_version,
             stateless=False,
@@ -493,6 +493,88 @@ class McpHttp:
             self.resource_subscriptions.setdefault(session.id, set()).add(uri)
         elif method == "resources/unsubscribe" and isinstance(uri, str):
             self.resource_subscriptions.get(session.id, set()).discard(uri)
+
+    # -- the HTTP+SSE transport of 2024-11-05 ----------------------------------------------------
+
+    async def legacy_sse(self, request: Request) -> Response:
+        """GET /sse or /sse/{name}: a session whose every message from the gateway goes on this
+        stream; the first event names the endpoint to POST the client's messages to."""
+        target: str | None = request.path_params.get("name")
+        try:
+            self._check_origin(request)
+            self.front.check_target(target)
+        except _Reject as r:
+            return r.response()
+        except UnknownService as e:
+            return _Reject(404, METHOD_NOT_FOUND, e.detail).response()
+        try:
+            session = self.sessions.create(target, LEGACY_SSE_VERSION, {}, {})
+        except MeshgateError as e:
+            return Response(e.detail, status_code=e.status, headers={"Retry-After": "1"})
+        session.legacy = True
+        endpoint = f"{request.scope.get('root_path', '')}/messages?session_id={session.id}"
+        log.info("MCP session %s… over HTTP+SSE for %s", session.id[:8], target or "/mcp")
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield f"event: endpoint\ndata: {endpoint}\n\n"
+                async for chunk in _counted(session, _follow(session.standing, 0, priming=False)):
+                    yield chunk
+            finally:
+                self.sessions.end(session.id)  # the stream is the session
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def legacy_messages(self, request: Request) -> Response:
+        """POST /messages?session_id=...: the client's messages; answers go on its stream."""
+        try:
+            self._check_origin(request)
+            session = self.sessions.get(request.query_params.get("session_id", ""))
+            if session is None or not session.legacy:
+                raise _Reject(404, INVALID_REQUEST, "no HTTP+SSE session with that session_id")
+            try:
+                raw = await read_body(request, self.max_body_bytes)
+            except PayloadTooLarge as e:
+                raise _Reject(413, INVALID_REQUEST, e.detail) from None
+            try:
+                msg = json.loads(raw)
+            except (ValueError, RecursionError) as e:
+                raise _Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+        except _Reject as r:
+            return r.response()
+        kind = _kind(msg)
+        if kind == "notification":
+            self._client_notification(session, msg)
+        elif kind == "response":
+            _client_response(session, msg)
+        elif kind == "request":
+            task = asyncio.create_task(self._legacy_request(session, msg, request))
+            session.requests[json.dumps(msg["id"])] = task
+            task.add_done_callback(lambda t: _unregister(session, json.dumps(msg["id"]), t))
+        else:
+            return _Reject(400, INVALID_REQUEST, "not a JSON-RPC message").response()
+        return Response("Accepted", status_code=202)
+
+    async def _legacy_request(self, session: ClientSession, msg: JSON, request: Request) -> None:
+        def emit(note: JSON) -> None:
+            session.standing.push(json.dumps(note, separators=(",", ":")))
+
+        if msg["method"] == "initialize":
+            params = _obj(msg.get("params"))
+            requested = params.get("protocolVersion")
+            version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+            session.protocol_version = str(version)
+            session.client_capabilities = _obj(params.get("capabilities"))
+            session.client_info = _obj(params.get("clientInfo"))
+            result = {"protocolVersion": version, **self.front.describe(session.target)}
+            emit(jsonrpc.result(msg["id"], result))
+            return
+        client = request.client.host if request.client else None
+        try:
+            reply = await self._session_work(session, msg, emit, client)
+        except asyncio.CancelledError:
+            reply = jsonrpc.error(msg["id"], REQUEST_CANCELLED, "request cancelled")
+        emit(reply)
 
     # -- GET and DELETE ------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ class ClientSession:
     get_connected: int = 0
     asked: dict[str, asyncio.Future[JSON]] = field(default_factory=dict)  # questions to the client
     asks: int = 0
+    legacy: bool = False  # the HTTP+SSE transport of 2024-11-05
 
     def __post_init__(self) -> None:
         self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
