@@ -103,12 +103,12 @@ class ServerPolicy(_Model):
     @field_validator("mode")
     @classmethod
     def _available_mode(cls, value: str) -> str:
-        if value in ("sticky", "dedicated"):
+        if value == "dedicated":
             raise ValueError(
-                f"mode {value!r} needs MCP client sessions, which come with the Streamable HTTP "
-                "front end; only 'shared' is available"
+                "mode 'dedicated' (a process per client session) is not available yet; "
+                "use 'shared' or 'sticky'"
             )
-        if value != "shared":
+        if value not in ("shared", "sticky"):
             raise ValueError(f"unknown mode {value!r}; expected shared, sticky or dedicated")
         return value
 

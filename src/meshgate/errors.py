@@ -173,3 +173,12 @@ class UpstreamTimeout(MeshgateError):
     type = "upstream-timeout"
     title = "Upstream timed out"
     jsonrpc_code = -32012
+
+
+class SessionInstanceLost(MeshgateError):
+    """The instance a sticky session was pinned to is gone; the session cannot go on."""
+
+    status = 404
+    type = "session-instance-lost"
+    title = "Session instance lost"
+    jsonrpc_code = -32600

@@ -21,6 +21,7 @@ from meshgate.errors import (
     InvalidArguments,
     NoHealthyInstance,
     Overloaded,
+    SessionInstanceLost,
     ShuttingDown,
     UnknownService,
     UnknownTool,
@@ -61,6 +62,13 @@ def hash_key(
         value = arguments.get(source[4:])
         return None if value is None else json.dumps(value, sort_keys=True)
     return client
+
+
+class Pin:
+    """The instance a sticky client session is held to, once its first call picked one."""
+
+    def __init__(self) -> None:
+        self.instance: Instance | None = None
 
 
 class Router:
@@ -116,8 +124,13 @@ class Router:
         retry_safe: bool = False,
         on_progress: ProgressHandler | None = None,
         on_server_request: ServerRequestHandler | None = None,
+        pin: Pin | None = None,
     ) -> JSON:
-        """Send one request to a healthy instance of `service`, retrying only when safe."""
+        """Send one request to a healthy instance of `service`, retrying only when safe.
+
+        With a `pin` (sticky sessions) every call goes to the instance the first one picked;
+        when that instance is gone the call raises SessionInstanceLost and is not retried.
+        """
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")
         pool = self.pool(service)
@@ -128,7 +141,12 @@ class Router:
         tried: set[int] = set()
         try:
             for attempt in range(1, policy.retry.max_attempts + 1):
-                inst = await self._acquire(pool, deadline, tried, key)
+                if pin is not None and pin.instance is not None:
+                    inst = await self._acquire_pinned(pool, pin.instance, deadline)
+                else:
+                    inst = await self._acquire(pool, deadline, tried, key)
+                    if pin is not None:
+                        pin.instance = inst
                 started = time.monotonic()
                 try:
                     result = await inst.conn.request(
@@ -153,6 +171,11 @@ class Router:
                 except ConnectionLost as e:
                     inst.breaker.on_failure()
                     tried.add(id(inst))
+                    if pin is not None:
+                        raise SessionInstanceLost(
+                            f"{inst.id}, which held this session's state, exited; start a new "
+                            "session"
+                        ) from None
                     safe = retry_safe or not e.sent
                     if not safe:
                         raise UpstreamCrashed(
@@ -182,6 +205,24 @@ class Router:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._leave()
+
+    async def _acquire_pinned(
+        self, pool: ServerPool, inst: Instance, deadline: Deadline
+    ) -> Instance:
+        """Reserve a slot on the pinned instance, waiting while it is busy or unhealthy."""
+        while True:
+            if not inst.conn.alive or pool.slots[inst.slot - 1].instance is not inst:
+                raise SessionInstanceLost(
+                    f"{inst.id}, which held this session's state, is gone; start a new session"
+                )
+            free = inst.in_flight < pool.policy.max_in_flight
+            if inst.routable and free and inst.breaker.available() and inst.breaker.acquire():
+                inst.in_flight += 1
+                return inst
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise Overloaded(f"{inst.id}, this session's instance, did not free up in time")
+            await pool.wait_changed(remaining)
 
     async def _acquire(
         self, pool: ServerPool, deadline: Deadline, tried: set[int], key: str | None

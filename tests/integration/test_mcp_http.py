@@ -531,3 +531,47 @@ def test_http_sse_transport_with_the_sdk_client(gw: Gateway) -> None:
     r = gw.http.post("/messages?session_id=nope", json={"jsonrpc": "2.0", "method": "x"})
     assert r.status_code == 404
     assert gw.http.get("/sse/nowhere").status_code == 404
+
+
+# -- sharing modes --------------------------------------------------------------------------------
+
+
+def test_sticky_sessions_stay_on_one_instance_and_end_with_it(tmp_path: Path) -> None:
+    policy = '[servers.s]\ninstances = 3\nmode = "sticky"\nstrategy = "round_robin"\n'
+
+    with run_gateway(tmp_path, {"s": fault_server()}, policy) as gw:
+
+        def pid_call(h: dict[str, str], id_: int) -> httpx.Response:
+            msg = {"jsonrpc": "2.0", "id": id_, "method": "tools/call", "params": {"name": "pid"}}
+            return gw.http.post("/mcp/s", headers=h, json=msg)
+
+        gw.wait_for("s", lambda v: all(i["state"] == "healthy" for i in v["instances"]))
+        sessions = []
+        for _ in range(3):
+            sid = _initialize(gw.http, "/mcp/s")
+            sessions.append(
+                _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+            )
+        pids = []
+        for h in sessions:
+            seen = {pid_call(h, i).json()["result"]["content"][0]["text"] for i in range(8)}
+            assert len(seen) == 1, seen  # every call of a session on one instance
+            pids.append(int(seen.pop()))
+        assert len(set(pids)) == 3  # round robin spread the sessions
+
+        # Stateless requests hold no state and spread freely.
+        msg = _stateless("tools/call", {"name": "pid"})
+        spread = {
+            gw.http.post(
+                "/mcp/s", headers=_stateless_headers("tools/call", "pid"), json=msg
+            ).json()["result"]["content"][0]["text"]
+            for _ in range(9)
+        }
+        assert len(spread) > 1
+
+        os.kill(pids[0], signal.SIGKILL)
+        r = pid_call(sessions[0], 99)
+        assert r.status_code == 404, r.text  # the client must start a new session
+        assert "start a new session" in r.json()["error"]["message"]
+        assert pid_call(sessions[0], 100).status_code == 404  # the session is gone
+        assert pid_call(sessions[1], 101).status_code == 200  # other sessions are not touched

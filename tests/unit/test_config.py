@@ -177,11 +177,13 @@ def test_unavailable_modes_and_backends_are_refused_clearly(tmp_path: Path) -> N
 [mesh]
 registry = "redis://127.0.0.1:6379/0"
 [defaults]
-mode = "sticky"
+mode = "dedicated"
 """,
     )
     text = "\n".join(str(p) for p in check_file(pol))
     assert "mesh.registry: backend 'redis://127.0.0.1:6379/0' is not available yet" in text
-    assert "defaults.mode: mode 'sticky' needs MCP client sessions" in text
+    assert "defaults.mode: mode 'dedicated' (a process per client session) is not available" in text
+    sticky = write(tmp_path / "sticky.toml", '[defaults]\nmode = "sticky"\n')
+    assert check_file(sticky) == []
     _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "redis://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]

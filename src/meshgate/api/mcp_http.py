@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from meshgate.api.problems import read_body
 from meshgate.api.routing import unless_disconnected
-from meshgate.errors import MeshgateError, PayloadTooLarge, UnknownService
+from meshgate.errors import MeshgateError, PayloadTooLarge, SessionInstanceLost, UnknownService
 from meshgate.mcp import jsonrpc
 from meshgate.mcp.frontend import (
     LATEST_HANDSHAKE,
@@ -380,7 +380,7 @@ class McpHttp:
             return await self._respond(
                 request,
                 channel,
-                self._session_work(session, msg, channel.emit, client),
+                _with_status(self._session_work(session, msg, channel.emit, client)),
                 session=session,
                 priming=session.protocol_version >= "2025-11-25",
             )
@@ -428,9 +428,15 @@ class McpHttp:
             key=self._key(session.target, session.id, client, params),
             ask=_session_asker(session, emit) if emit is not None else None,
             client_capabilities=session.client_capabilities,
+            pins=session.pins,
         )
         try:
             result = await self.front.dispatch(session.target, method, params, ctx)
+        except SessionInstanceLost as e:
+            # The session's state died with its instance: end it, so the client starts anew.
+            log.info("MCP session %s… ended: %s", session.id[:8], e.detail)
+            self.sessions.end(session.id)
+            return jsonrpc.error(id_, e.jsonrpc_code, e.detail, {"type": e.type})
         except (MeshgateError, jsonrpc.JsonRpcError) as e:
             code, message, data = json_rpc_error(e)
             return jsonrpc.error(id_, code, message, data)
@@ -953,6 +959,14 @@ def _client_response(session: ClientSession, msg: JSON) -> None:
                 err.get("data"),
             )
         )
+
+
+async def _with_status(reply: Awaitable[JSON]) -> tuple[int, JSON]:
+    """A session's reply with its HTTP status: 404 once its sticky instance is lost (the
+    client then starts a new session, as the transport specifies), else 200."""
+    body = await reply
+    lost = _obj(_obj(body.get("error")).get("data")).get("type") == SessionInstanceLost.type
+    return (404 if lost else 200), body
 
 
 def _unregister(session: ClientSession, key: str, task: asyncio.Future[None]) -> None:

@@ -29,7 +29,7 @@ from meshgate.errors import (
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, STATELESS_VERSION
 from meshgate.mcp.supervisor import ServerPool
-from meshgate.router import Router, tool_is_retry_safe
+from meshgate.router import Pin, Router, tool_is_retry_safe
 
 log = logging.getLogger("meshgate.frontend")
 
@@ -78,6 +78,7 @@ class RequestContext:
     ask: Ask | None = None  # None when the client cannot be asked anything for this request
     client_capabilities: JSON = field(default_factory=dict)
     waiting: Callable[[], bool] | None = None  # true while parked for the client's answers
+    pins: dict[str, Pin] | None = None  # a session's sticky instances, by server
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -307,6 +308,7 @@ class McpFront:
             retry_safe=tool_is_retry_safe(pool, tool),
             on_progress=self._relay(ctx),
             on_server_request=self._asker(ctx),
+            pin=self._pin(pool, ctx),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -422,7 +424,15 @@ class McpFront:
             retry_safe=method != "resources/subscribe",
             on_progress=self._relay(ctx),
             on_server_request=self._asker(ctx),
+            pin=self._pin(self.router.pool(server), ctx),
         )
+
+    @staticmethod
+    def _pin(pool: ServerPool, ctx: RequestContext) -> Pin | None:
+        """A handshake-era session's instance of a sticky server; stateless traffic is free."""
+        if pool.policy.mode != "sticky" or ctx.pins is None:
+            return None
+        return ctx.pins.setdefault(pool.name, Pin())
 
     def _asker(self, ctx: RequestContext) -> _Asker:
         return _Asker(ctx)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from meshgate.errors import Unavailable
 from meshgate.mcp.jsonrpc import JSON
+from meshgate.router import Pin
 
 log = logging.getLogger("meshgate.sessions")
 
@@ -108,6 +109,7 @@ class ClientSession:
     asked: dict[str, asyncio.Future[JSON]] = field(default_factory=dict)  # questions to the client
     asks: int = 0
     legacy: bool = False  # the HTTP+SSE transport of 2024-11-05
+    pins: dict[str, Pin] = field(default_factory=dict)  # sticky servers' instances
 
     def __post_init__(self) -> None:
         self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
