@@ -67,6 +67,9 @@ class ServerPolicy(_Model):
     """Per-server policy; `[defaults]` in meshgate.toml sets it for every server."""
 
     instances: int = Field(1, ge=1, le=64)
+    """Processes per server; in `dedicated` mode, the warm spares kept ready."""
+    max_dedicated: int = Field(32, ge=1, le=1024)
+    """`dedicated` mode: processes held by client sessions at once."""
     mode: str = "shared"
     strategy: str = "least_connections"
     call_timeout_s: float = Field(30.0, gt=0)
@@ -103,12 +106,7 @@ class ServerPolicy(_Model):
     @field_validator("mode")
     @classmethod
     def _available_mode(cls, value: str) -> str:
-        if value == "dedicated":
-            raise ValueError(
-                "mode 'dedicated' (a process per client session) is not available yet; "
-                "use 'shared' or 'sticky'"
-            )
-        if value not in ("shared", "sticky"):
+        if value not in ("shared", "sticky", "dedicated"):
             raise ValueError(f"unknown mode {value!r}; expected shared, sticky or dedicated")
         return value
 

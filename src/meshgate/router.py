@@ -33,6 +33,7 @@ from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.supervisor import ServerPool, Supervisor
+from meshgate.registry.base import InstanceState
 from meshgate.resilience import Deadline, backoff_delay
 
 log = logging.getLogger("meshgate.router")
@@ -65,10 +66,13 @@ def hash_key(
 
 
 class Pin:
-    """The instance a sticky client session is held to, once its first call picked one."""
+    """The instance a client session is held to: in `sticky` mode the one its first call
+    picked, in `dedicated` mode the process claimed for it (released when the session ends)."""
 
     def __init__(self) -> None:
         self.instance: Instance | None = None
+        self.release: Callable[[Instance], Awaitable[None]] | None = None
+        self.lock = asyncio.Lock()
 
 
 class Router:
@@ -211,7 +215,7 @@ class Router:
     ) -> Instance:
         """Reserve a slot on the pinned instance, waiting while it is busy or unhealthy."""
         while True:
-            if not inst.conn.alive or pool.slots[inst.slot - 1].instance is not inst:
+            if not inst.conn.alive or inst.state is InstanceState.STOPPED:
                 raise SessionInstanceLost(
                     f"{inst.id}, which held this session's state, is gone; start a new session"
                 )

@@ -575,3 +575,75 @@ def test_sticky_sessions_stay_on_one_instance_and_end_with_it(tmp_path: Path) ->
         assert "start a new session" in r.json()["error"]["message"]
         assert pid_call(sessions[0], 100).status_code == 404  # the session is gone
         assert pid_call(sessions[1], 101).status_code == 200  # other sessions are not touched
+
+
+def test_dedicated_mode_gives_each_session_its_own_process(tmp_path: Path) -> None:
+    policy = '[servers.s]\nmode = "dedicated"\ninstances = 1\nmax_dedicated = 2\n'
+
+    async def roots(context: Any) -> Any:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///mine", name="mine")])
+
+    async def session_pids(gw: Gateway) -> tuple[int, int, str]:
+        async with (
+            Client(f"{gw.url}/mcp/s", mode="legacy", list_roots_callback=roots) as a,
+            Client(f"{gw.url}/mcp/s", mode="legacy") as b,
+        ):
+            pa = {_texts(await a.call_tool("pid", {}))[0] for _ in range(5)}
+            pb = {_texts(await b.call_tool("pid", {}))[0] for _ in range(5)}
+            assert len(pa) == 1 and len(pb) == 1 and pa != pb
+            view = await anyio.to_thread.run_sync(lambda: gw.server("s"))
+            dedicated = [i for i in view["instances"] if i.get("dedicated")]
+            assert sorted(str(i["pid"]) for i in dedicated) == sorted(pa | pb)
+            # Its own process: a question asked while another call of the session is in
+            # flight still reaches this session's client (on its GET stream).
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.call_tool, "sleep", {"seconds": 1.0})
+                await anyio.sleep(0.2)
+                asked = _texts(await a.call_tool("ask_roots", {}))[0]
+            assert "file:///mine" in asked
+            return int(pa.pop()), int(pb.pop()), asked
+
+    with run_gateway(tmp_path, {"s": fault_server()}, policy) as gw:
+        gw.wait_for("s", lambda v: v["state"] == "healthy")
+        spare = gw.instances("s")[0]["pid"]
+        pa, pb, _ = anyio.run(session_pids, gw)
+        assert spare in (pa, pb)  # the warm spare went to the first session
+        # The sessions ended (the SDK client DELETEs on exit): their processes are gone.
+        deadline = time.monotonic() + 15
+        while _running(pa) or _running(pb):
+            assert time.monotonic() < deadline, "dedicated processes outlived their sessions"
+            time.sleep(0.1)
+
+        # A killed dedicated process ends its session with 404.
+        sid = _initialize(gw.http, "/mcp/s")
+        h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+        msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pid"}}
+        pid = int(
+            gw.http.post("/mcp/s", headers=h, json=msg).json()["result"]["content"][0]["text"]
+        )
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        assert gw.http.post("/mcp/s", headers=h, json=msg).status_code == 404
+
+        # At max_dedicated sessions, the next one is refused with 503 and a reason.
+        held = []
+        for _ in range(2):
+            sid = _initialize(gw.http, "/mcp/s")
+            hh = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+            assert gw.http.post("/mcp/s", headers=hh, json=msg).status_code == 200
+            held.append(hh)
+        sid = _initialize(gw.http, "/mcp/s")
+        hh = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+        r = gw.http.post("/mcp/s", headers=hh, json=msg).json()
+        assert (
+            r["error"]["data"]["reason"] == "overloaded"
+            and "max_dedicated" in r["error"]["message"]
+        )
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"

@@ -177,13 +177,14 @@ def test_unavailable_modes_and_backends_are_refused_clearly(tmp_path: Path) -> N
 [mesh]
 registry = "redis://127.0.0.1:6379/0"
 [defaults]
-mode = "dedicated"
+mode = "exclusive"
 """,
     )
     text = "\n".join(str(p) for p in check_file(pol))
     assert "mesh.registry: backend 'redis://127.0.0.1:6379/0' is not available yet" in text
-    assert "defaults.mode: mode 'dedicated' (a process per client session) is not available" in text
-    sticky = write(tmp_path / "sticky.toml", '[defaults]\nmode = "sticky"\n')
-    assert check_file(sticky) == []
+    assert "defaults.mode: unknown mode 'exclusive'; expected shared, sticky or dedicated" in text
+    for mode in ("shared", "sticky", "dedicated"):
+        ok = write(tmp_path / f"{mode}.toml", f'[defaults]\nmode = "{mode}"\n')
+        assert check_file(ok) == []
     _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "redis://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]

@@ -429,6 +429,8 @@ class McpHttp:
             ask=_session_asker(session, emit) if emit is not None else None,
             client_capabilities=session.client_capabilities,
             pins=session.pins,
+            session_ask=_session_asker(session, session.emit_standing),
+            session_emit=session.emit_standing,
         )
         try:
             result = await self.front.dispatch(session.target, method, params, ctx)

@@ -26,6 +26,7 @@ from meshgate.errors import (
     UnknownService,
     UnknownTool,
 )
+from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, STATELESS_VERSION
 from meshgate.mcp.supervisor import ServerPool
@@ -79,6 +80,8 @@ class RequestContext:
     client_capabilities: JSON = field(default_factory=dict)
     waiting: Callable[[], bool] | None = None  # true while parked for the client's answers
     pins: dict[str, Pin] | None = None  # a session's sticky instances, by server
+    session_ask: Ask | None = None  # asks the session's client on its standing stream
+    session_emit: Emit | None = None  # notifies it there
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -199,6 +202,10 @@ class McpFront:
         if method == "server/discover":
             return {"supportedVersions": list(SUPPORTED_VERSIONS), **self.describe(target)}
         if method == "tools/list":
+            own = target is not None and ctx.pins is not None
+            if own and self.router.pool(target or "").policy.mode == "dedicated":
+                # The session's own process, whose tools may have changed on its own.
+                return {"tools": await self._list_all(target or "", method, "tools", ctx)}
             return self._list_tools(target)
         if method == "tools/call":
             return await self._call_tool(target, params, ctx)
@@ -296,7 +303,8 @@ class McpFront:
         else:
             server, tool = target, public
         pool = self.router.pool(server)
-        if tool not in pool.tools:
+        own_process = pool.policy.mode == "dedicated" and ctx.pins is not None
+        if tool not in pool.tools and not own_process:  # a session's own process may differ
             self._need_catalog(pool)
             raise UnknownTool(f"{server} has no tool named {tool!r}")
         return await self.router.call(
@@ -308,7 +316,7 @@ class McpFront:
             retry_safe=tool_is_retry_safe(pool, tool),
             on_progress=self._relay(ctx),
             on_server_request=self._asker(ctx),
-            pin=self._pin(pool, ctx),
+            pin=await self._pin(pool, ctx),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -424,15 +432,43 @@ class McpFront:
             retry_safe=method != "resources/subscribe",
             on_progress=self._relay(ctx),
             on_server_request=self._asker(ctx),
-            pin=self._pin(self.router.pool(server), ctx),
+            pin=await self._pin(self.router.pool(server), ctx),
         )
 
-    @staticmethod
-    def _pin(pool: ServerPool, ctx: RequestContext) -> Pin | None:
-        """A handshake-era session's instance of a sticky server; stateless traffic is free."""
-        if pool.policy.mode != "sticky" or ctx.pins is None:
+    async def _pin(self, pool: ServerPool, ctx: RequestContext) -> Pin | None:
+        """A handshake-era session's instance of a sticky or dedicated server. Requests
+        without a session (stateless, REST) are served by the pool's instances as shared."""
+        mode = pool.policy.mode
+        if mode == "shared" or ctx.pins is None:
             return None
-        return ctx.pins.setdefault(pool.name, Pin())
+        pin = ctx.pins.setdefault(pool.name, Pin())
+        if mode == "dedicated":
+            async with pin.lock:
+                if pin.instance is None:
+                    pin.instance = await pool.claim(pool.policy.startup_timeout_s)
+                    pin.release = pool.release
+                    self._bind_session(pin.instance, ctx)
+        return pin
+
+    def _bind_session(self, inst: Instance, ctx: RequestContext) -> None:
+        """A dedicated process talks to its session only: what it sends outside a request
+        goes to the session's standing stream."""
+        asker = _Asker(
+            RequestContext(
+                ctx.version,
+                ctx.stateless,
+                ask=ctx.session_ask,
+                client_capabilities=ctx.client_capabilities,
+            )
+        )
+        inst.conn.on_request = asker
+        session_emit = ctx.session_emit
+
+        def on_notification(method: str, params: JSON) -> None:
+            if session_emit is not None and method.startswith("notifications/"):
+                session_emit({"jsonrpc": "2.0", "method": method, "params": params})
+
+        inst.conn.on_notification = on_notification
 
     def _asker(self, ctx: RequestContext) -> _Asker:
         return _Asker(ctx)

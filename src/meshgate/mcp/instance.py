@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -51,6 +52,7 @@ class Instance:
         self.in_flight = 0
         self.weight = 1
         self.started_at = time.monotonic()
+        self.detached = asyncio.Event()  # taken out of its slot for one client session
         self.last_health: dict[str, Any] | None = None
         self._latency = Ewma(alpha=0.2)
 
@@ -108,4 +110,5 @@ class Instance:
             "latency_ewma_ms": round(self.latency_ewma * 1000, 3),
             "garbage_lines": self.conn.garbage_lines,
             "last_health": self.last_health,
+            "dedicated": self.detached.is_set(),
         }

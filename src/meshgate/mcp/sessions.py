@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -36,6 +37,7 @@ from meshgate.router import Pin
 log = logging.getLogger("meshgate.sessions")
 
 GET_STREAM = "g"
+_RELEASES: set[asyncio.Future[None]] = set()  # releases in progress, kept from the collector
 MAX_STREAMS = 128  # per session; the oldest closed streams are forgotten first
 
 
@@ -118,6 +120,10 @@ class ClientSession:
     def standing(self) -> EventStream:
         return self.streams[GET_STREAM]
 
+    def emit_standing(self, message: JSON) -> None:
+        """Send a message not tied to a request: on the GET stream (or the HTTP+SSE stream)."""
+        self.standing.push(json.dumps(message, separators=(",", ":")))
+
     def new_stream(self) -> EventStream:
         stream = EventStream(secrets.token_hex(4), keep=self.keep_events)
         self.streams[stream.id] = stream
@@ -146,6 +152,11 @@ class ClientSession:
                 del self.streams[sid]
 
     def end(self) -> None:
+        for pin in self.pins.values():  # dedicated processes go with their session
+            if pin.release is not None and pin.instance is not None:
+                release = asyncio.ensure_future(pin.release(pin.instance))
+                _RELEASES.add(release)
+                release.add_done_callback(_RELEASES.discard)
         for fut in self.asked.values():
             fut.cancel()
         for task in self.requests.values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 from meshgate.balancer import Balancer, make_balancer
 from meshgate.config import ServerSpec
+from meshgate.errors import NoHealthyInstance, Overloaded
 from meshgate.mcp import process, protocol
 from meshgate.mcp.connection import ConnectionLost, StdioConnection
 from meshgate.mcp.instance import Instance, breaker_policy
@@ -86,6 +88,9 @@ class ServerPool:
         self.era_hint: protocol.Era | None = None
         self.identity: protocol.ServerIdentity | None = None  # of the newest verified instance
         self.subscribers: set[Subscriber] = set()
+        self.dedicated: dict[str, Instance] = {}  # held by one client session each
+        self._dedicated_ids = itertools.count(1)
+        self._dedicated_tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: asyncio.Task[None] | None = None
@@ -126,7 +131,10 @@ class ServerPool:
             "mode": self.policy.mode,
             "strategy": self.policy.strategy,
             "state": self.state.value,
-            "instances": [self._slot_view(s) for s in self.slots],
+            "instances": [
+                *(self._slot_view(s) for s in self.slots),
+                *(i.view() for i in self.dedicated.values()),
+            ],
             "tools": sorted(self.tools),
         }
 
@@ -172,8 +180,10 @@ class ServerPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
             *(self._end(s.instance) for s in self.slots if s.instance is not None),
+            *(self._end(i) for i in list(self.dedicated.values())),
             return_exceptions=True,
         )
+        await asyncio.gather(*self._dedicated_tasks, return_exceptions=True)
         for s in self.slots:
             s.state = InstanceState.STOPPED
         self.notify()
@@ -215,6 +225,8 @@ class ServerPool:
             slot.settled.set()
             if inst is not None:
                 await self._watch(inst)
+                if inst.detached.is_set():
+                    continue  # handed to a client session: start the next spare at once
                 ran = time.monotonic() - inst.started_at
                 slot.failures = 0 if ran >= restart.stable_after_s else slot.failures + 1
                 if self._stopping:
@@ -306,13 +318,16 @@ class ServerPool:
     async def _watch(self, inst: Instance) -> None:
         """Probe health until the process stops talking; then deregister and reap it."""
         health = asyncio.create_task(self._health_loop(inst), name=f"health {inst.id}")
+        detached = asyncio.ensure_future(inst.detached.wait())
         try:
-            await asyncio.shield(inst.conn.closed)
+            waits: set[asyncio.Future[Any]] = {inst.conn.closed, detached}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             health.cancel()
+            detached.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health
-            if inst.conn.closed.done():
+            if inst.conn.closed.done() and not inst.detached.is_set():
                 self._set_state(inst, InstanceState.STOPPED)
                 # Grandchildren, or a process that only closed its stdout, go with the group.
                 await self._end(inst)
@@ -346,6 +361,62 @@ class ServerPool:
                 log.warning("%s health check failed (%d): %s", inst.id, fail_streak, error)
                 if inst.state is InstanceState.HEALTHY and fail_streak >= h.unhealthy_after:
                     self._set_state(inst, InstanceState.UNHEALTHY)
+
+    # -- dedicated mode: a process per client session ------------------------------------------
+
+    async def claim(self, timeout_s: float) -> Instance:
+        """Take a warm spare out of its slot for one client session; the slot starts another.
+
+        Raises Overloaded at `max_dedicated` sessions, NoHealthyInstance when no spare is
+        ready within `timeout_s`.
+        """
+        if len(self.dedicated) >= self.policy.max_dedicated:
+            raise Overloaded(
+                f"{self.name} already runs {len(self.dedicated)} dedicated processes "
+                "(max_dedicated)",
+                retry_after=5.0,
+            )
+        end = time.monotonic() + timeout_s
+        while True:
+            for slot in self.slots:
+                inst = slot.instance
+                if inst is not None and inst.routable and inst.in_flight == 0:
+                    return self._detach(slot, inst)
+            remaining = end - time.monotonic()
+            if not self.recoverable() or remaining <= 0:
+                raise NoHealthyInstance(f"{self.name} has no warm spare ready for a new session")
+            await self.wait_changed(remaining)
+
+    def _detach(self, slot: Slot, inst: Instance) -> Instance:
+        self.registry.deregister(inst.id)
+        inst.id = f"{self.name}-d{next(self._dedicated_ids)}"
+        self.dedicated[inst.id] = inst
+        self.registry.register(inst.record())
+        slot.instance = None
+        slot.state = InstanceState.STARTING
+        inst.detached.set()  # its slot's watcher lets go of it and starts the next spare
+        task = asyncio.create_task(self._watch_dedicated(inst), name=f"dedicated {inst.id}")
+        self._dedicated_tasks.add(task)
+        task.add_done_callback(self._dedicated_tasks.discard)
+        log.info("%s (pid %s) now serves one client session", inst.id, inst.pid)
+        self.notify()
+        return inst
+
+    async def _watch_dedicated(self, inst: Instance) -> None:
+        try:
+            await asyncio.shield(inst.conn.closed)
+            log.info("%s exited (code %s)", inst.id, inst.conn.exit_code)
+        finally:
+            if inst.conn.closed.done():
+                await self._end(inst)
+            self.dedicated.pop(inst.id, None)
+            self.notify()
+
+    async def release(self, inst: Instance) -> None:
+        """The session is over: end its process."""
+        if self.dedicated.get(inst.id) is inst:
+            log.info("%s released by its session", inst.id)
+            await self._end(inst)
 
     # -- messages from servers ----------------------------------------------------------------
 
