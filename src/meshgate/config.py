@@ -155,7 +155,8 @@ class MeshSettings(_Model):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One stdio MCP server from `.mcp.json`, with its merged policy."""
+    """One MCP server from `.mcp.json`, with its merged policy: a stdio command, or a `url`
+    of a remote server speaking Streamable HTTP."""
 
     name: str
     command: str
@@ -163,6 +164,8 @@ class ServerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     policy: ServerPolicy = field(default_factory=ServerPolicy)
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,6 @@ class Settings:
 
     mesh: MeshSettings = field(default_factory=MeshSettings)
     servers: Mapping[str, ServerSpec] = field(default_factory=dict)
-    remote_servers: Mapping[str, str] = field(default_factory=dict)
     config_path: str | None = None
     policy_path: str | None = None
 
@@ -275,6 +277,7 @@ class _RawServer:
     env: dict[str, str]
     cwd: str | None
     url: str | None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _parse_mcp_json(
@@ -320,10 +323,32 @@ def _parse_server(
     raw = _RawServer(name, None, (), {}, None, None)
     url, command = entry.get("url"), entry.get("command")
     if url is not None:
+        kind = entry.get("type", "http")
+        if kind == "sse":
+            problems.append(
+                Problem(
+                    f,
+                    f"{k}.type",
+                    "remote servers over the HTTP+SSE transport are not supported as upstreams; "
+                    "this entry is skipped (use the server's Streamable HTTP endpoint)",
+                    "warning",
+                )
+            )
+            return raw
+        if kind not in ("http", "streamable-http", "streamableHttp"):
+            problems.append(Problem(f, f"{k}.type", f"unknown type {kind!r}; expected http"))
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             problems.append(Problem(f, f"{k}.url", "expected an http:// or https:// URL"))
         else:
             raw.url = _expand(url, environ, problems, f, f"{k}.url")
+        headers = entry.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            problems.append(Problem(f, f"{k}.headers", "expected an object of string values"))
+        else:
+            raw.headers = {
+                hk: _expand(hv, environ, problems, f, f"{k}.headers.{hk}")
+                for hk, hv in headers.items()
+            }
         return raw
     if not isinstance(command, str) or not command.strip():
         problems.append(Problem(f, f"{k}.command", "missing; a stdio server needs a command"))
@@ -463,23 +488,14 @@ def collect(
         problems.append(Problem(pf, f"servers.{name}", "no server of this name in the .mcp.json"))
 
     specs: dict[str, ServerSpec] = {}
-    remotes: dict[str, str] = {}
     for raw in raw_servers:
-        if raw.url:
-            remotes[raw.name] = raw.url
-            problems.append(
-                Problem(
-                    str(config),
-                    f"mcpServers.{raw.name}.url",
-                    "remote (url) servers are not served yet; this entry is skipped",
-                    "warning",
-                )
-            )
-            continue
         try:
             pol = ServerPolicy(**_deep_merge(defaults_raw, per_server.get(raw.name, {})))
         except ValidationError as e:
             problems.extend(_pydantic_problems(pf, f"servers.{raw.name}", e))
+            continue
+        if raw.url:
+            specs[raw.name] = ServerSpec(raw.name, "", policy=pol, url=raw.url, headers=raw.headers)
             continue
         assert raw.command is not None
         specs[raw.name] = ServerSpec(raw.name, raw.command, raw.args, raw.env, raw.cwd, pol)
@@ -490,7 +506,6 @@ def collect(
         Settings(
             mesh=mesh,
             servers=specs,
-            remote_servers=remotes,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

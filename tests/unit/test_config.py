@@ -25,17 +25,26 @@ def test_claude_desktop_file_loads_unchanged(tmp_path: Path) -> None:
             "mcpServers": {
                 "time": {"command": PY, "args": ["-m", "x"], "env": {"TZ": "UTC"}},
                 "code": {"type": "stdio", "command": PY, "args": []},
-                "remote": {"type": "http", "url": "https://example.invalid/mcp"},
+                "remote": {
+                    "type": "http",
+                    "url": "https://example.invalid/mcp",
+                    "headers": {"Authorization": "Bearer ${TOKEN:-none}"},
+                },
+                "old": {"type": "sse", "url": "https://example.invalid/sse"},
                 "off": {"command": "does-not-matter", "disabled": True},
             },
             "globalShortcut": "Ctrl+Space",
         },
     )
-    settings = load(cfg, environ={"PATH": "/usr/bin"})
-    assert set(settings.servers) == {"time", "code"}
+    settings = load(cfg, environ={"PATH": "/usr/bin", "TOKEN": "t0k"})
+    assert set(settings.servers) == {"time", "code", "remote"}
     assert settings.servers["time"].env == {"TZ": "UTC"}
     assert settings.servers["time"].args == ("-m", "x")
-    assert settings.remote_servers == {"remote": "https://example.invalid/mcp"}
+    remote = settings.servers["remote"]
+    assert remote.url == "https://example.invalid/mcp"
+    assert remote.headers == {"Authorization": "Bearer t0k"}
+    warnings = [str(p) for p in check_file(cfg) if p.severity == "warning"]
+    assert any("mcpServers.old.type" in w and "HTTP+SSE" in w for w in warnings)
 
 
 def test_variables_expand_with_defaults(tmp_path: Path) -> None:

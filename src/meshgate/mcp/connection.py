@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from meshgate.mcp import jsonrpc
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
@@ -25,6 +25,42 @@ H = TypeVar("H")
 
 _FRAGMENT = 256
 _EXIT_DRAIN_S = 0.2
+
+
+class McpConnection(Protocol):
+    """What the supervisor and router use of a connection to one MCP server instance: a stdio
+    process (`StdioConnection`) or a remote server (`transports.mcp_http.HttpUpstream`)."""
+
+    label: str
+    meta: JSON | None
+    exit_code: int | None
+    garbage_lines: int
+    stderr: collections.deque[str]
+    closed: asyncio.Future[int | None]
+    exited: asyncio.Future[int | None]
+    on_notification: NotificationHandler | None
+    on_request: RequestHandler | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def notify(self, method: str, params: JSON | None = None) -> None: ...
+
+    async def request(
+        self,
+        method: str,
+        params: JSON | None = None,
+        *,
+        timeout: float,
+        on_progress: NotificationHandler | None = None,
+        on_server_request: RequestHandler | None = None,
+        internal: bool = False,
+    ) -> JSON: ...
+
+    def close_stdin(self) -> None: ...
 
 
 class ConnectionLost(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 
 from meshgate.balancer import Ewma
 from meshgate.config import ServerPolicy
-from meshgate.mcp.connection import StdioConnection
+from meshgate.mcp.connection import McpConnection
 from meshgate.mcp.process import is_running
 from meshgate.mcp.protocol import Era, ServerIdentity
 from meshgate.registry.base import InstanceRecord, InstanceState
@@ -36,7 +36,7 @@ class Instance:
         server: str,
         slot: int,
         node: str,
-        conn: StdioConnection,
+        conn: McpConnection,
         breaker: CircuitBreaker,
         restarts: int,
     ) -> None:

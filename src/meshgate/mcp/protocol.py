@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from meshgate import __version__
-from meshgate.mcp.connection import StdioConnection
+from meshgate.mcp.connection import McpConnection
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 
 STATELESS_VERSION = "2026-07-28"
@@ -55,7 +55,7 @@ def stateless_meta() -> JSON:
     }
 
 
-async def discover(conn: StdioConnection, *, timeout: float) -> ServerIdentity | None:
+async def discover(conn: McpConnection, *, timeout: float) -> ServerIdentity | None:
     """Ask `server/discover`; None when the server is of the handshake era."""
     try:
         res = await conn.request("server/discover", {"_meta": stateless_meta()}, timeout=timeout)
@@ -76,7 +76,7 @@ async def discover(conn: StdioConnection, *, timeout: float) -> ServerIdentity |
     )
 
 
-async def initialize(conn: StdioConnection, *, timeout: float) -> ServerIdentity:
+async def initialize(conn: McpConnection, *, timeout: float) -> ServerIdentity:
     """Perform the handshake-era `initialize` / `notifications/initialized` exchange."""
     res = await conn.request(
         "initialize",
@@ -101,7 +101,7 @@ async def initialize(conn: StdioConnection, *, timeout: float) -> ServerIdentity
 
 
 async def establish(
-    conn: StdioConnection, *, timeout: float, era_hint: Era | None = None
+    conn: McpConnection, *, timeout: float, era_hint: Era | None = None
 ) -> ServerIdentity:
     """Discover the server's era and complete whatever that era needs before use."""
     loop = asyncio.get_running_loop()
@@ -115,7 +115,7 @@ async def establish(
     return await initialize(conn, timeout=max(0.1, end - loop.time()))
 
 
-async def probe(conn: StdioConnection, era: Era, *, timeout: float) -> None:
+async def probe(conn: McpConnection, era: Era, *, timeout: float) -> None:
     """A health check: `server/discover` for stateless servers, `ping` for handshake ones."""
     if era is Era.STATELESS:
         await conn.request("server/discover", {}, timeout=timeout, internal=True)
@@ -123,7 +123,7 @@ async def probe(conn: StdioConnection, era: Era, *, timeout: float) -> None:
         await conn.request("ping", None, timeout=timeout, internal=True)
 
 
-async def list_tools(conn: StdioConnection, *, timeout: float) -> list[JSON]:
+async def list_tools(conn: McpConnection, *, timeout: float) -> list[JSON]:
     """Every tool of the server, following `nextCursor` pagination."""
     tools: list[JSON] = []
     cursor: Any = None

@@ -22,11 +22,12 @@ from meshgate.balancer import Balancer, make_balancer
 from meshgate.config import ServerSpec
 from meshgate.errors import NoHealthyInstance, Overloaded
 from meshgate.mcp import process, protocol
-from meshgate.mcp.connection import ConnectionLost, StdioConnection
+from meshgate.mcp.connection import ConnectionLost, McpConnection, StdioConnection
 from meshgate.mcp.instance import Instance, breaker_policy
 from meshgate.mcp.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, backoff_delay
+from meshgate.transports.mcp_http import HttpUpstream
 
 log = logging.getLogger("meshgate.supervisor")
 
@@ -265,14 +266,28 @@ class ServerPool:
                 on_request=self._on_server_request,
             )
 
-        try:
-            _, proto = await process.spawn(spec.command, spec.args, spec.env, spec.cwd, make_conn)
-        except OSError as e:
-            slot.last_error = f"cannot start {spec.command!r}: {e.strerror or e}"
-            log.error("%s: %s", label, slot.last_error)
-            return None
-        assert isinstance(proto, StdioConnection)
-        conn = proto
+        conn: McpConnection
+        if spec.url is not None:
+            conn = HttpUpstream(
+                spec.url,
+                label=label,
+                headers=spec.headers,
+                stderr_lines=policy.stderr_lines,
+                max_bytes=policy.max_line_bytes,
+                on_notification=self._on_notification,
+                on_request=self._on_server_request,
+            )
+        else:
+            try:
+                _, proto = await process.spawn(
+                    spec.command, spec.args, spec.env, spec.cwd, make_conn
+                )
+            except OSError as e:
+                slot.last_error = f"cannot start {spec.command!r}: {e.strerror or e}"
+                log.error("%s: %s", label, slot.last_error)
+                return None
+            assert isinstance(proto, StdioConnection)
+            conn = proto
         inst = Instance(
             self.name,
             slot.index,

@@ -38,6 +38,6 @@ def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # uvicorn's access log is one line per call; keep it for debugging only.
-    logging.getLogger("uvicorn.access").setLevel(
-        logging.INFO if level == "debug" else logging.WARNING
-    )
+    # So are httpx's request lines (calls to remote MCP servers).
+    for name in ("uvicorn.access", "httpx"):
+        logging.getLogger(name).setLevel(logging.INFO if level == "debug" else logging.WARNING)

@@ -1,0 +1,1 @@
+"""HTTP upstreams: remote MCP servers (and, later, services and peer nodes)."""
