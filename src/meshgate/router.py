@@ -129,6 +129,7 @@ class Router:
         on_progress: ProgressHandler | None = None,
         on_server_request: ServerRequestHandler | None = None,
         pin: Pin | None = None,
+        on_instance: Callable[[Instance], None] | None = None,
     ) -> JSON:
         """Send one request to a healthy instance of `service`, retrying only when safe.
 
@@ -151,6 +152,8 @@ class Router:
                     inst = await self._acquire(pool, deadline, tried, key)
                     if pin is not None:
                         pin.instance = inst
+                if on_instance is not None:
+                    on_instance(inst)
                 started = time.monotonic()
                 try:
                     result = await inst.conn.request(

@@ -6,7 +6,10 @@ installs) runs every server scenario of both protocol eras against:
 - `/mcp/conformance`: meshgate's stdio fixture server (`meshgate.testing.conformance_server`),
   which offers the `test_*` tools, prompts and resources the suite calls;
 - `/mcp`: the aggregate of that server (mounted without a namespace) and server-everything;
-- `/mcp/everything`: @modelcontextprotocol/server-everything, which lacks those fixtures.
+- `/mcp/everything`: @modelcontextprotocol/server-everything, which lacks those fixtures;
+- `/mcp/remote` of a second gateway whose `remote` server is the first one's
+  `/mcp/conformance` (a remote stateless server, reached over HTTP): every request crosses two
+  gateways and two era bridges.
 
 Every failing check must be listed, with its reason, in `tests/conformance/expected.py`; a
 listed check that passes fails the test too. The pass counts go to the README.
@@ -69,7 +72,9 @@ def test_conformance_suite(tmp_path: Path) -> None:
         "everything": npm_server("mcp-server-everything"),
     }
     policy = '[servers.conformance]\nnamespace = ""\n'
-    with run_gateway(tmp_path, servers, policy) as gw:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with run_gateway(tmp_path / "a", servers, policy) as gw:
         _wait_healthy(gw)
         # One run at a time: log messages of a shared stdio instance reach a client only
         # while its request is the one in flight (docs/architecture.md).
@@ -77,6 +82,14 @@ def test_conformance_suite(tmp_path: Path) -> None:
             (endpoint, version): _run_suite(gw.url + endpoint, version, tmp_path / f"out{i}")
             for i, (endpoint, version) in enumerate((e, v) for e in ENDPOINTS for v in VERSIONS)
         }
+        remote = {"remote": {"type": "http", "url": f"{gw.url}/mcp/conformance"}}
+        with run_gateway(tmp_path / "b", remote) as chained:
+            chained.wait_for("remote", lambda v: v["state"] == "healthy", timeout=60)
+            for version in VERSIONS:
+                out = tmp_path / f"out-remote-{version}"
+                results[("/mcp/remote", version)] = _run_suite(
+                    chained.url + "/mcp/remote", version, out
+                )
     report = []
     problems = []
     for (endpoint, version), (passed, failed, tail) in results.items():

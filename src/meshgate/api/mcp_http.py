@@ -42,7 +42,7 @@ from meshgate.mcp.frontend import (
     RequestContext,
     json_rpc_error,
 )
-from meshgate.mcp.input_required import INPUT_METHODS, Parked, ParkedCalls
+from meshgate.mcp.input_required import INPUT_METHODS, WRAPPED_PREFIX, Parked, ParkedCalls
 from meshgate.mcp.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -68,6 +68,7 @@ LEGACY_SSE_VERSION = "2024-11-05"  # the version of the HTTP+SSE transport
 REQUEST_TIMEOUT = -32001
 ASK_TIMEOUT_S = 120.0  # how long a server's question may wait for the client's answer
 LEGACY_RESOURCE_NOT_FOUND = -32002
+MRTR_FIELDS = ("inputResponses", "requestState")
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 SESSION_HEADER = "mcp-session-id"
@@ -657,7 +658,9 @@ class McpHttp:
         channel = _Channel(id_, None, sse=wants_sse)
         name_key = NAME_BEARING.get(method)
         name = params.get(name_key) if name_key else None
-        if "requestState" in params:  # a retry with the client's answers
+        state = params.get("requestState")
+        upstream_state = isinstance(state, str) and state.startswith(WRAPPED_PREFIX)
+        if "requestState" in params and not upstream_state:  # a retry with the client's answers
             try:
                 parked = self.parked.claim(params["requestState"], method, name)
             except jsonrpc.JsonRpcError as e:
@@ -670,7 +673,10 @@ class McpHttp:
                 self._next_round(parked, id_, target, method, params),
                 session=None,
             )
-        params = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+        if not upstream_state:  # (a stateless server's own state goes back to it)
+            params = {
+                k: v for k, v in params.items() if k not in ("inputResponses", "requestState")
+            }
         meta = _obj(params.get("_meta"))
         level = meta.get("io.modelcontextprotocol/logLevel")
         ctx = RequestContext(
@@ -809,7 +815,7 @@ class McpHttp:
         out.setdefault("resultType", "complete")
         meta = _obj(out.get("_meta"))
         out["_meta"] = {**meta, META_SERVER_INFO: self.front.server_info(target)}
-        if method in CACHEABLE:
+        if method in CACHEABLE and out["resultType"] == "complete":
             out.setdefault("ttlMs", self.front.ttl_ms(target, method))
             out.setdefault("cacheScope", "private")
         return out

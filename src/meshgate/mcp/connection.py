@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar, cast
 from meshgate.mcp import jsonrpc
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"  # the stateless era's per-request keys
 log = logging.getLogger("meshgate.mcp.connection")
 
 NotificationHandler = Callable[[str, JSON], None]
@@ -33,6 +34,7 @@ class McpConnection(Protocol):
 
     label: str
     meta: JSON | None
+    handshake: bool
     exit_code: int | None
     garbage_lines: int
     stderr: collections.deque[str]
@@ -96,6 +98,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self.stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self.on_notification = on_notification
         self.on_request = on_request
+        self.handshake = False  # set once `initialize` succeeded: no stateless envelope
         self.meta: JSON | None = None  # per-request `_meta` for stateless-era servers
         self.garbage_lines = 0
         self.exit_code: int | None = None
@@ -367,14 +370,19 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self._next_id += 1
         id_ = self._next_id
         params = dict(params) if params else {}
-        if self.meta is not None or on_progress is not None:
+        if self.meta is not None or on_progress is not None or "_meta" in params:
             meta = dict(params.get("_meta") or {})
-            if self.meta is not None:
-                meta.update(self.meta)
+            if self.meta is not None:  # stateless: the envelope, with the caller's keys on top
+                meta = {**self.meta, **meta}
+            elif self.handshake:  # handshake era: no envelope keys
+                meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
             if on_progress is not None:
                 meta["progressToken"] = id_
                 self._progress[id_] = on_progress
-            params["_meta"] = meta
+            if meta:
+                params["_meta"] = meta
+            else:
+                params.pop("_meta", None)
         fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self._pending[id_] = fut
         if internal:

@@ -26,9 +26,10 @@ from meshgate.errors import (
     UnknownService,
     UnknownTool,
 )
+from meshgate.mcp.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
-from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, STATELESS_VERSION
+from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
 from meshgate.mcp.supervisor import ServerPool
 from meshgate.router import Pin, Router, tool_is_retry_safe
 
@@ -61,6 +62,8 @@ CLIENT_REQUESTS = {
     "roots/list": "roots",
 }
 MISSING_CAPABILITY = -32021
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+MAX_INPUT_ROUNDS = 16
 
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -307,16 +310,12 @@ class McpFront:
         if tool not in pool.tools and not own_process:  # a session's own process may differ
             self._need_catalog(pool)
             raise UnknownTool(f"{server} has no tool named {tool!r}")
-        return await self.router.call(
+        return await self._upstream(
             server,
             "tools/call",
-            _upstream_params(params, name=tool, arguments=arguments),
-            timeout_s=ctx.timeout_s,
-            key=ctx.key,
+            _upstream_params(params, ctx, name=tool, arguments=arguments),
+            ctx,
             retry_safe=tool_is_retry_safe(pool, tool),
-            on_progress=self._relay(ctx),
-            on_server_request=self._asker(ctx),
-            pin=await self._pin(pool, ctx),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -423,17 +422,91 @@ class McpFront:
         return await self._forward(server, "completion/complete", params, ctx)
 
     async def _forward(self, server: str, method: str, params: JSON, ctx: RequestContext) -> JSON:
-        return await self.router.call(
+        return await self._upstream(
             server,
             method,
-            _upstream_params(params),
-            timeout_s=ctx.timeout_s,
-            key=ctx.key,
+            _upstream_params(params, ctx),
+            ctx,
             retry_safe=method != "resources/subscribe",
-            on_progress=self._relay(ctx),
-            on_server_request=self._asker(ctx),
-            pin=await self._pin(self.router.pool(server), ctx),
         )
+
+    async def _upstream(
+        self, server: str, method: str, params: JSON, ctx: RequestContext, *, retry_safe: bool
+    ) -> JSON:
+        """Call a server through the router, and bridge its `input_required` results.
+
+        A stateless (2026-07-28) server asks its client things by answering `input_required`.
+        A stateless client gets that result as is, its `requestState` wrapped to name the
+        instance that holds the call; its retry goes back there. For a handshake-era client
+        the gateway asks it each question (as server-to-client requests) and retries on the
+        same instance with the answers, until the server is done.
+        """
+        pool = self.router.pool(server)
+        pin = await self._pin(pool, ctx)
+        state = params.get("requestState")
+        if isinstance(state, str) and state.startswith(WRAPPED_PREFIX):
+            pin, params = self._unwrap(pool, state, params)
+        chosen: list[Instance] = []
+        for _ in range(MAX_INPUT_ROUNDS):
+            result = await self.router.call(
+                server,
+                method,
+                params,
+                timeout_s=ctx.timeout_s,
+                key=ctx.key,
+                retry_safe=retry_safe,
+                on_progress=self._relay(ctx),
+                on_server_request=self._asker(ctx),
+                pin=pin,
+                on_instance=chosen.append,
+            )
+            if result.get("resultType") != "input_required" or not chosen:
+                return result
+            inst = chosen[-1]
+            if ctx.stateless:
+                return {**result, "requestState": wrap_state(inst.id, result.get("requestState"))}
+            answers = await self._answer_inputs(result.get("inputRequests"), ctx)
+            params = {k: v for k, v in params.items() if k != "requestState"}
+            params["inputResponses"] = answers
+            if isinstance(result.get("requestState"), str):
+                params["requestState"] = result["requestState"]
+            pin = Pin()
+            pin.instance = inst
+        raise JsonRpcError(
+            -32603, f"{server} asked for input more than {MAX_INPUT_ROUNDS} times in one call"
+        )
+
+    def _unwrap(self, pool: ServerPool, state: str, params: JSON) -> tuple[Pin, JSON]:
+        unwrapped = unwrap_state(state)
+        inst = pool.instance(unwrapped[0]) if unwrapped is not None else None
+        if unwrapped is None or inst is None:
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                "requestState is not valid here (altered, or its instance is gone); send the "
+                "request again without it",
+            )
+        pin = Pin()
+        pin.instance = inst
+        params = {k: v for k, v in params.items() if k != "requestState"}
+        if unwrapped[1] is not None:
+            params["requestState"] = unwrapped[1]
+        return pin, params
+
+    async def _answer_inputs(self, requests: Any, ctx: RequestContext) -> JSON:
+        """Ask a handshake-era client a stateless server's questions, one by one."""
+        if not isinstance(requests, dict):
+            return {}
+        asker = _Asker(ctx)
+        answers: JSON = {}
+        for key, request in requests.items():
+            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                continue
+            params = request.get("params") if isinstance(request.get("params"), dict) else {}
+            try:
+                answers[key] = await asker(request["method"], params or {})
+            except JsonRpcError as e:
+                answers[key] = {"error": {"code": e.code, "message": e.message}}
+        return answers
 
     async def _pin(self, pool: ServerPool, ctx: RequestContext) -> Pin | None:
         """A handshake-era session's instance of a sticky or dedicated server. Requests
@@ -536,20 +609,28 @@ def _str_param(params: JSON, name: str) -> str:
     return value
 
 
-def _upstream_params(params: JSON, **overrides: Any) -> JSON:
-    """The client's params for an upstream request: its protocol `_meta` keys removed (each
-    upstream gets the gateway's own), its progress token replaced by the connection's."""
+def _upstream_params(params: JSON, ctx: RequestContext, **overrides: Any) -> JSON:
+    """The client's params for an upstream request: its protocol `_meta` keys replaced by the
+    gateway's (the connection adds version and client info), but with the client's own
+    capabilities, so that a stateless server asks only what the client can answer; its
+    progress token replaced by the connection's."""
     out = {**params, **overrides}
     meta = params.get("_meta")
-    if isinstance(meta, dict):
-        kept = {
-            k: v for k, v in meta.items() if k != "progressToken" and not k.startswith(_META_PREFIX)
-        }
-        if kept:
-            out["_meta"] = kept
-        else:
-            out.pop("_meta", None)
+    kept = {
+        k: v
+        for k, v in (meta.items() if isinstance(meta, dict) else ())
+        if k != "progressToken" and not k.startswith(_META_PREFIX)
+    }
+    kept[META_CAPABILITIES] = bridgeable(ctx)
+    if ctx.emit is not None and ctx.send_logs:  # a stateless server logs only when asked
+        kept[META_LOG_LEVEL] = ctx.log_level or "debug"
+    out["_meta"] = kept
     return out
+
+
+def bridgeable(ctx: RequestContext) -> JSON:
+    """The client capabilities a server may rely on through the gateway for this request."""
+    return {k: v for k, v in ctx.client_capabilities.items() if k in CLIENT_REQUESTS.values()}
 
 
 def json_rpc_error(err: BaseException) -> tuple[int, str, Any]:

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -28,6 +29,36 @@ from typing import Any
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 
 log = logging.getLogger("meshgate.input_required")
+
+_KEY = secrets.token_bytes(32)  # signs request states; made anew at each start
+WRAPPED_PREFIX = "u."
+
+
+def _signature(text: str) -> str:
+    digest = hmac.new(_KEY, text.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def wrap_state(instance_id: str, state: Any) -> str:
+    """A stateless server's `requestState`, wrapped to name (and sign) the instance whose call
+    it continues."""
+    body = base64.urlsafe_b64encode(json.dumps([instance_id, state]).encode()).decode()
+    return f"{WRAPPED_PREFIX}{body}.{_signature(body)}"
+
+
+def unwrap_state(token: str) -> tuple[str, str | None] | None:
+    """(instance id, the server's own state) of a wrapped state, or None if it was altered."""
+    body, _, sig = token.removeprefix(WRAPPED_PREFIX).rpartition(".")
+    if not body or not hmac.compare_digest(sig, _signature(body)):
+        return None
+    try:
+        instance_id, state = json.loads(base64.urlsafe_b64decode(body.encode()))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(instance_id, str) or not (state is None or isinstance(state, str)):
+        return None
+    return instance_id, state
+
 
 INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 INPUT_KEY = "dev.meshgate/inputKey"
@@ -150,7 +181,6 @@ class ParkedCalls:
         self.ttl_s = ttl_s
         self.limit = limit
         self.calls: dict[str, Parked] = {}
-        self._key = secrets.token_bytes(32)
 
     def park(self, method: str, name: Any) -> Parked:
         self.expire()
@@ -167,8 +197,7 @@ class ParkedCalls:
         return self._sign(f"{parked.id}.{parked.round}")
 
     def _sign(self, text: str) -> str:
-        sig = hmac.new(self._key, text.encode(), hashlib.sha256).digest()
-        return f"{text}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
+        return f"{text}.{_signature(text)}"
 
     def claim(self, state: Any, method: str, name: Any) -> Parked:
         """The parked call a client's `requestState` names, for the same request."""

@@ -90,6 +90,7 @@ async def initialize(conn: McpConnection, *, timeout: float) -> ServerIdentity:
     version = res.get("protocolVersion")
     if not isinstance(version, str):
         raise JsonRpcError(-32603, "initialize result has no protocolVersion")
+    conn.handshake = True
     conn.notify("notifications/initialized")
     return ServerIdentity(
         Era.HANDSHAKE,

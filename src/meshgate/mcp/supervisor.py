@@ -103,6 +103,13 @@ class ServerPool:
     def routable(self) -> list[Instance]:
         return [s.instance for s in self.slots if s.instance is not None and s.instance.routable]
 
+    def instance(self, instance_id: str) -> Instance | None:
+        """A live instance by id: a slot's or a dedicated one."""
+        for slot in self.slots:
+            if slot.instance is not None and slot.instance.id == instance_id:
+                return slot.instance
+        return self.dedicated.get(instance_id)
+
     def recoverable(self) -> bool:
         """Whether an instance may yet become healthy (some slot is not failed)."""
         return not self._stopping and any(s.state is not InstanceState.FAILED for s in self.slots)
@@ -277,6 +284,7 @@ class ServerPool:
                 on_notification=self._on_notification,
                 on_request=self._on_server_request,
             )
+            conn.tool_schema = lambda name: self.tools.get(name, {}).get("inputSchema")
         else:
             try:
                 _, proto = await process.spawn(

@@ -19,16 +19,22 @@ import collections
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from mcp.shared.inbound import encode_header_value
+from mcp.shared.inbound import (
+    encode_header_value,
+    find_invalid_x_mcp_header,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
 
 from meshgate.mcp import jsonrpc
 from meshgate.mcp.connection import ConnectionLost, NotificationHandler, RequestHandler
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"  # the stateless era's per-request keys
 log = logging.getLogger("meshgate.upstream")
 
 ACCEPT = "application/json, text/event-stream"
@@ -55,6 +61,10 @@ class HttpUpstream:
         self.max_bytes = max_bytes
         self.on_notification = on_notification
         self.on_request = on_request
+        # A tool's input schema by name, for the Mcp-Param-* headers of its x-mcp-header
+        # arguments (set by the pool, which keeps the catalog).
+        self.tool_schema: Callable[[str], Any] | None = None
+        self.handshake = False  # set once `initialize` succeeded: no stateless envelope
         self.meta: JSON | None = None  # set by discovery for stateless servers
         self.protocol_version: str | None = None  # set by initialize for handshake-era ones
         self.session_id: str | None = None
@@ -92,11 +102,21 @@ class HttpUpstream:
                 value = (params or {}).get(key) if key else None
                 if isinstance(value, str):
                     h["Mcp-Name"] = _header_value(value)
+                if method == "tools/call" and isinstance(value, str):
+                    h.update(self._param_headers(value, (params or {}).get("arguments")))
         elif self.protocol_version is not None:
             h["MCP-Protocol-Version"] = self.protocol_version
         if self.session_id is not None:
             h["Mcp-Session-Id"] = self.session_id
         return h
+
+    def _param_headers(self, tool: str, arguments: Any) -> dict[str, str]:
+        schema = self.tool_schema(tool) if self.tool_schema is not None else None
+        if not isinstance(schema, dict) or not isinstance(arguments, dict):
+            return {}
+        if find_invalid_x_mcp_header(schema) is not None:
+            return {}
+        return mcp_param_headers(x_mcp_header_map(schema), arguments)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -116,13 +136,18 @@ class HttpUpstream:
         self._next_id += 1
         id_ = self._next_id
         params = dict(params) if params else {}
-        if self.meta is not None or on_progress is not None:
+        if self.meta is not None or on_progress is not None or "_meta" in params:
             meta = dict(params.get("_meta") or {})
-            if self.meta is not None:
-                meta.update(self.meta)
+            if self.meta is not None:  # stateless: the envelope, with the caller's keys on top
+                meta = {**self.meta, **meta}
+            elif self.handshake:  # handshake era: no envelope keys
+                meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
             if on_progress is not None:
                 meta["progressToken"] = id_
-            params["_meta"] = meta
+            if meta:
+                params["_meta"] = meta
+            else:
+                params.pop("_meta", None)
         body = jsonrpc.request(id_, method, params)
         try:
             async with asyncio.timeout(timeout):
