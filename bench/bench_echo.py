@@ -174,24 +174,23 @@ end
 """
 
 
-def bench_gateway_wrk(
-    url: str, server: str, duration: float, levels: list[int]
+def run_wrk(
+    url: str, script: str, duration: int, levels: list[int], *, threads: int = 2
 ) -> dict[int, dict[str, float]]:
-    _, tool, args = SERVERS[server]
+    """Run wrk with a Lua script (which must print the RESULT line) at each concurrency."""
     out: dict[int, dict[str, float]] = {}
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(WRK_SCRIPT % json.dumps({"arguments": args}))
-        script.flush()
-        target = f"{url}/api/v1/mcp/servers/s/tools/{tool}"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
         for c in levels:
             subprocess.run(
-                ["wrk", "-t1", "-c1", "-d1s", "-s", script.name, target],
+                ["wrk", "-t1", "-c1", "-d1s", "-s", f.name, url],
                 capture_output=True,
                 timeout=60,
                 check=True,
             )  # warm-up
             r = subprocess.run(
-                ["wrk", f"-t{min(c, 2)}", f"-c{c}", f"-d{duration}s", "-s", script.name, target],
+                ["wrk", f"-t{min(c, threads)}", f"-c{c}", f"-d{duration}s", "-s", f.name, url],
                 capture_output=True,
                 text=True,
                 timeout=duration + 60,
@@ -199,7 +198,7 @@ def bench_gateway_wrk(
             )
             m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
             if m is None:
-                raise RuntimeError(f"unexpected wrk output: {r.stdout}")
+                raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
             n, errors, micros = int(m[1]), int(m[2]), int(m[3])
             if errors:
                 print(f"warning: {errors} errors at concurrency {c}", file=sys.stderr)
@@ -211,6 +210,14 @@ def bench_gateway_wrk(
                 "errors": errors,
             }
     return out
+
+
+def bench_gateway_wrk(
+    url: str, server: str, duration: int, levels: list[int]
+) -> dict[int, dict[str, float]]:
+    _, tool, args = SERVERS[server]
+    script = WRK_SCRIPT % json.dumps({"arguments": args})
+    return run_wrk(f"{url}/api/v1/mcp/servers/s/tools/{tool}", script, duration, levels)
 
 
 async def bench_gateway_httpx(

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from bench_echo import REPO, SERVERS, bench_direct
+from bench_echo import REPO, SERVERS, bench_direct, run_wrk
 from meshgate.testing.gateway import start_gateway
 
 STATELESS = "2026-07-28"
@@ -63,39 +62,12 @@ def _lua_table(headers: dict[str, str]) -> str:
     return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
 
 
-def run_wrk(
+def run_mcp_wrk(
     url: str, headers: dict[str, str], meta: str, duration: int, levels: list[int]
 ) -> dict[int, dict[str, float]]:
-    out: dict[int, dict[str, float]] = {}
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(WRK_SCRIPT % (_lua_table(headers), meta))
-        script.flush()
-        for c in levels:
-            subprocess.run(
-                ["wrk", "-t1", "-c1", "-d1s", "-s", script.name, url],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )  # warm-up
-            r = subprocess.run(
-                ["wrk", "-t1", f"-c{c}", f"-d{duration}s", "-s", script.name, url],
-                capture_output=True,
-                text=True,
-                timeout=duration + 60,
-                check=True,
-            )
-            m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
-            if m is None:
-                raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
-            n, errors, micros = int(m[1]), int(m[2]), int(m[3])
-            out[c] = {
-                "p50_ms": float(m[4]) / 1e3,
-                "p95_ms": float(m[5]) / 1e3,
-                "p99_ms": float(m[6]) / 1e3,
-                "calls_per_s": n / (micros / 1e6),
-                "errors": errors,
-            }
-    return out
+    """tools/call echo with a fresh id per request, one wrk thread (ids are per thread)."""
+    script = WRK_SCRIPT % (_lua_table(headers), meta)
+    return run_wrk(url, script, duration, levels, threads=1)
 
 
 def open_session(url: str, version: str = HANDSHAKE) -> dict[str, str]:
@@ -179,7 +151,7 @@ def bench_peer(
         url = f"http://127.0.0.1:{port}{path}"
         headers = open_session(url)
         check_echo(url, headers, None)
-        return run_wrk(url, headers, "", args.duration, args.concurrency)
+        return run_mcp_wrk(url, headers, "", args.duration, args.concurrency)
     except (RuntimeError, httpx.HTTPError) as e:
         print(f"{name}: skipped, {e}", file=sys.stderr)
         return None
@@ -209,7 +181,7 @@ def main() -> int:
             url = f"{gw.url}/mcp/s"
             headers = open_session(url)
             check_echo(url, headers, None)
-            rows["meshgate /mcp/s session"] = run_wrk(
+            rows["meshgate /mcp/s session"] = run_mcp_wrk(
                 url, headers, "", args.duration, args.concurrency
             )
             meta = {
@@ -225,7 +197,7 @@ def main() -> int:
             }
             check_echo(url, stateless, meta)
             meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
-            rows["meshgate /mcp/s stateless"] = run_wrk(
+            rows["meshgate /mcp/s stateless"] = run_mcp_wrk(
                 url, stateless, meta_json, args.duration, args.concurrency
             )
         finally:

@@ -239,6 +239,17 @@ class McpHttp:
             response = r.response()
         await response(scope, receive, send)
 
+    async def _read_json(self, request: Request) -> Any:
+        """The body as JSON, within the size limit; 413 or a parse error otherwise."""
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+        except PayloadTooLarge as e:
+            raise _Reject(413, INVALID_REQUEST, e.detail) from None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise _Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+
     def _check_origin(self, request: Request) -> None:
         origin = request.headers.get("origin")
         if origin is None or origin in self.allowed_origins or "*" in self.allowed_origins:
@@ -262,14 +273,7 @@ class McpHttp:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if ctype.lower() != "application/json":
             raise _Reject(415, INVALID_REQUEST, "Content-Type must be application/json")
-        try:
-            raw = await read_body(request, self.max_body_bytes)
-        except PayloadTooLarge as e:
-            raise _Reject(413, INVALID_REQUEST, e.detail) from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise _Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+        body = await self._read_json(request)
 
         first = body[0] if isinstance(body, list) and body else body
         is_init = isinstance(first, dict) and first.get("method") == "initialize"
@@ -541,14 +545,7 @@ class McpHttp:
             session = self.sessions.get(request.query_params.get("session_id", ""))
             if session is None or not session.legacy:
                 raise _Reject(404, INVALID_REQUEST, "no HTTP+SSE session with that session_id")
-            try:
-                raw = await read_body(request, self.max_body_bytes)
-            except PayloadTooLarge as e:
-                raise _Reject(413, INVALID_REQUEST, e.detail) from None
-            try:
-                msg = json.loads(raw)
-            except (ValueError, RecursionError) as e:
-                raise _Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+            msg = await self._read_json(request)
         except _Reject as r:
             return r.response()
         kind = _kind(msg)

@@ -65,6 +65,27 @@ class McpConnection(Protocol):
     def close_stdin(self) -> None: ...
 
 
+def outgoing_params(conn: McpConnection, params: JSON | None, progress_token: int | None) -> JSON:
+    """A request's params as this connection sends them: for a stateless server the envelope
+    (the caller's keys on top), for a handshake-era one no envelope keys; and the
+    connection's own progress token in place of the caller's."""
+    out = dict(params) if params else {}
+    if conn.meta is None and progress_token is None and "_meta" not in out:
+        return out
+    meta = dict(out.get("_meta") or {})
+    if conn.meta is not None:
+        meta = {**conn.meta, **meta}
+    elif conn.handshake:
+        meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
+    if progress_token is not None:
+        meta["progressToken"] = progress_token
+    if meta:
+        out["_meta"] = meta
+    else:
+        out.pop("_meta", None)
+    return out
+
+
 class ConnectionLost(Exception):
     """The process went away before it answered.
 
@@ -369,20 +390,9 @@ class StdioConnection(asyncio.SubprocessProtocol):
                 await self._can_write.wait()
         self._next_id += 1
         id_ = self._next_id
-        params = dict(params) if params else {}
-        if self.meta is not None or on_progress is not None or "_meta" in params:
-            meta = dict(params.get("_meta") or {})
-            if self.meta is not None:  # stateless: the envelope, with the caller's keys on top
-                meta = {**self.meta, **meta}
-            elif self.handshake:  # handshake era: no envelope keys
-                meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
-            if on_progress is not None:
-                meta["progressToken"] = id_
-                self._progress[id_] = on_progress
-            if meta:
-                params["_meta"] = meta
-            else:
-                params.pop("_meta", None)
+        params = outgoing_params(self, params, id_ if on_progress is not None else None)
+        if on_progress is not None:
+            self._progress[id_] = on_progress
         fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self._pending[id_] = fut
         if internal:

@@ -31,10 +31,14 @@ from mcp.shared.inbound import (
 )
 
 from meshgate.mcp import jsonrpc
-from meshgate.mcp.connection import ConnectionLost, NotificationHandler, RequestHandler
+from meshgate.mcp.connection import (
+    ConnectionLost,
+    NotificationHandler,
+    RequestHandler,
+    outgoing_params,
+)
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
 
-ENVELOPE_PREFIX = "io.modelcontextprotocol/"  # the stateless era's per-request keys
 log = logging.getLogger("meshgate.upstream")
 
 ACCEPT = "application/json, text/event-stream"
@@ -135,19 +139,7 @@ class HttpUpstream:
             raise ConnectionLost(f"{self.label} is closed", sent=False)
         self._next_id += 1
         id_ = self._next_id
-        params = dict(params) if params else {}
-        if self.meta is not None or on_progress is not None or "_meta" in params:
-            meta = dict(params.get("_meta") or {})
-            if self.meta is not None:  # stateless: the envelope, with the caller's keys on top
-                meta = {**self.meta, **meta}
-            elif self.handshake:  # handshake era: no envelope keys
-                meta = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
-            if on_progress is not None:
-                meta["progressToken"] = id_
-            if meta:
-                params["_meta"] = meta
-            else:
-                params.pop("_meta", None)
+        params = outgoing_params(self, params, id_ if on_progress is not None else None)
         body = jsonrpc.request(id_, method, params)
         try:
             async with asyncio.timeout(timeout):
