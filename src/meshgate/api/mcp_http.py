@@ -183,7 +183,6 @@ class McpHttp:
         self.allowed_origins = set(allowed_origins)
         self.listeners: set[_Listener] = set()
         self.parked = ParkedCalls()
-        self.resource_subscriptions: dict[str, set[str]] = {}  # session id -> uris
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -209,7 +208,7 @@ class McpHttp:
         for session in list(self.sessions.sessions.values()):
             if session.target not in (None, server):
                 continue
-            if uri is not None and uri not in self.resource_subscriptions.get(session.id, ()):
+            if uri is not None and uri not in session.subscriptions:
                 continue
             session.standing.push(message)
         for listener in list(self.listeners):
@@ -503,9 +502,9 @@ class McpHttp:
     def _track_subscription(self, session: ClientSession, method: str, params: JSON) -> None:
         uri = params.get("uri")
         if method == "resources/subscribe" and isinstance(uri, str):
-            self.resource_subscriptions.setdefault(session.id, set()).add(uri)
+            session.subscriptions.add(uri)
         elif method == "resources/unsubscribe" and isinstance(uri, str):
-            self.resource_subscriptions.get(session.id, set()).discard(uri)
+            session.subscriptions.discard(uri)
 
     # -- the HTTP+SSE transport of 2024-11-05 ----------------------------------------------------
 
@@ -613,7 +612,6 @@ class McpHttp:
             raise _Reject(400, INVALID_REQUEST, "DELETE needs an Mcp-Session-Id header")
         self._session(session_id, target)
         self.sessions.end(session_id)
-        self.resource_subscriptions.pop(session_id, None)
         log.info("MCP session %s… ended by the client", session_id[:8])
         return Response(status_code=204)
 
