@@ -9,7 +9,7 @@ Every row calls `echo` of the same stdio server (meshgate's fault server) in the
 
     .venv/bin/python bench/bench_mcp.py [--duration 10] [--concurrency 1 16] [--peers DIR]
 
-HTTP load comes from `wrk` (Debian package) with one thread, keep-alive connections and a
+HTTP load comes from `wrk` (Debian package) with two threads, keep-alive connections and a
 fresh JSON-RPC id per request, all on one MCP session. Peers are looked for in `--peers`
 (default `.tools/peers`, filled by `make bench-peers`); a missing peer is skipped and said so.
 """
@@ -41,7 +41,14 @@ ACCEPT = "application/json, text/event-stream"
 
 WRK_SCRIPT = """
 local headers = %s
-local counter = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("base", threads * 1000000000)  -- ids stay unique across wrk threads
+end
+init = function(args)
+  counter = base or 0
+end
 request = function()
   counter = counter + 1
   local body = string.format(
@@ -65,9 +72,9 @@ def _lua_table(headers: dict[str, str]) -> str:
 def run_mcp_wrk(
     url: str, headers: dict[str, str], meta: str, duration: int, levels: list[int]
 ) -> dict[int, dict[str, float]]:
-    """tools/call echo with a fresh id per request, one wrk thread (ids are per thread)."""
+    """tools/call echo with a fresh id per request (unique across wrk's two threads)."""
     script = WRK_SCRIPT % (_lua_table(headers), meta)
-    return run_wrk(url, script, duration, levels, threads=1)
+    return run_wrk(url, script, duration, levels, threads=2)
 
 
 def open_session(url: str, version: str = HANDSHAKE) -> dict[str, str]:
@@ -230,7 +237,7 @@ def main() -> int:
 
 def report(rows: dict[str, dict[int, dict[str, float]]], args: argparse.Namespace) -> str:
     lines = [
-        f"fault server echo; direct: {args.calls} calls per row; HTTP rows: wrk, one thread, "
+        f"fault server echo; direct: {args.calls} calls per row; HTTP rows: wrk, two threads, "
         f"{args.duration} s per row; {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "",

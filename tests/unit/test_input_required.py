@@ -53,6 +53,8 @@ def test_an_abandoned_parked_call_expires_and_is_cancelled() -> None:
         calls = ParkedCalls(ttl_s=0.05)
         parked = calls.park("tools/call", "t")
         parked.task = asyncio.ensure_future(parked.ask("roots/list", {}))
+        assert await parked.next() is False
+        calls.state(parked)  # the question went back to the client, who never returns
         await asyncio.sleep(0.1)
         calls.expire()
         assert not calls.calls

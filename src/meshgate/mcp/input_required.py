@@ -81,7 +81,7 @@ class Parked:
         self.round = 0
         self.waiting = False  # a round went back to the client; its answers are awaited
         self._keys = itertools.count(1)
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Future[None] | None = None  # awaited by `next`
 
     # -- the upstream side -----------------------------------------------------------------------
 
@@ -153,15 +153,13 @@ class Parked:
                 # A server asking several things at once writes them back to back.
                 await asyncio.sleep(SETTLE_S)
                 return self.task.done()
-            self._changed.clear()
-            waiter = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({self.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+            self._changed = asyncio.get_running_loop().create_future()
+            waits: set[asyncio.Future[Any]] = {self.task, self._changed}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
 
     def _wake(self) -> None:
-        self._changed.set()
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
 
     def touch(self) -> None:
         self.expires_at = time.monotonic() + self.ttl_s
@@ -183,15 +181,18 @@ class ParkedCalls:
         self.calls: dict[str, Parked] = {}
 
     def park(self, method: str, name: Any) -> Parked:
-        self.expire()
-        if len(self.calls) >= self.limit:
-            raise JsonRpcError(-32603, "too many requests are waiting for client input")
-        parked = Parked(secrets.token_urlsafe(12), method, name, self.ttl_s)
-        self.calls[parked.id] = parked
-        return parked
+        """A call that may ask its client something; registered only once it does."""
+        return Parked("", method, name, self.ttl_s)
 
     def state(self, parked: Parked) -> str:
         """The `requestState` that names a parked call at its current round."""
+        if not parked.id:
+            self.expire()
+            if len(self.calls) >= self.limit:
+                raise JsonRpcError(-32603, "too many requests are waiting for client input")
+            parked.id = secrets.token_urlsafe(12)
+            self.calls[parked.id] = parked
+        parked.touch()
         parked.round += 1
         parked.waiting = True
         return self._sign(f"{parked.id}.{parked.round}")
@@ -221,7 +222,8 @@ class ParkedCalls:
         return parked
 
     def release(self, parked: Parked) -> None:
-        self.calls.pop(parked.id, None)
+        if parked.id:
+            self.calls.pop(parked.id, None)
 
     def expire(self) -> None:
         now = time.monotonic()
