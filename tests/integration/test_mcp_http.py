@@ -647,3 +647,14 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] != "Z"
+
+
+def test_a_stateless_server_announcing_changes_only_on_subscriptions(tmp_path: Path) -> None:
+    """The gateway holds a subscriptions/listen stream open to each stateless instance."""
+    with run_gateway(tmp_path, {"s": fault_server("--era", "stateless", "--listen-only")}) as gw:
+        gw.wait_for("s", lambda v: v["state"] == "healthy")
+        assert gw.call("s", "add_tool", {"name": "late"}).status_code == 200
+        view = gw.wait_for("s", lambda v: "late" in v["tools"])
+        assert view["instances"][0]["era"] == "stateless"
+        # The open subscription does not count as a call in flight.
+        assert view["instances"][0]["in_flight"] == 0

@@ -43,6 +43,7 @@ FORWARDED_NOTIFICATIONS = frozenset(
 Subscriber = Callable[[str, str, JSON], None]  # (server, method, params)
 
 STOP_GRACE_S = 5.0
+LISTEN_TIMEOUT_S = 365 * 24 * 3600.0  # a subscription lasts as long as its instance
 
 
 class Slot:
@@ -91,7 +92,7 @@ class ServerPool:
         self.subscribers: set[Subscriber] = set()
         self.dedicated: dict[str, Instance] = {}  # held by one client session each
         self._dedicated_ids = itertools.count(1)
-        self._dedicated_tasks: set[asyncio.Task[None]] = set()
+        self._instance_tasks: set[asyncio.Task[None]] = set()  # and other per-instance tasks
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: asyncio.Task[None] | None = None
@@ -191,7 +192,7 @@ class ServerPool:
             *(self._end(i) for i in list(self.dedicated.values())),
             return_exceptions=True,
         )
-        await asyncio.gather(*self._dedicated_tasks, return_exceptions=True)
+        await asyncio.gather(*self._instance_tasks, return_exceptions=True)
         for s in self.slots:
             s.state = InstanceState.STOPPED
         self.notify()
@@ -325,6 +326,8 @@ class ServerPool:
         if self.era_hint is None:
             self.era_hint = inst.identity.era
         self.identity = inst.identity
+        if inst.identity.era is protocol.Era.STATELESS:
+            self._listen(inst)
         self._set_catalog(tools)
         slot.last_error = None
         self._set_state(inst, InstanceState.HEALTHY)
@@ -337,6 +340,39 @@ class ServerPool:
             len(tools),
         )
         return inst
+
+    def _listen(self, inst: Instance) -> None:
+        """A stateless server announces catalog changes only on a `subscriptions/listen`
+        stream: keep one open per instance, for the lists it says can change."""
+        caps = inst.identity.capabilities if inst.identity else {}
+        wanted = {
+            key: True
+            for capability, key in (
+                ("tools", "toolsListChanged"),
+                ("prompts", "promptsListChanged"),
+                ("resources", "resourcesListChanged"),
+            )
+            if isinstance(caps.get(capability), dict) and caps[capability].get("listChanged")
+        }
+        if not wanted:
+            return
+
+        async def listen() -> None:
+            try:
+                await inst.conn.request(
+                    "subscriptions/listen",
+                    {"notifications": wanted},
+                    timeout=LISTEN_TIMEOUT_S,
+                    internal=True,
+                )
+            except JsonRpcError as e:
+                log.debug("%s: no subscriptions/listen (%s)", inst.id, e)
+            except ConnectionLost:
+                pass
+
+        task = asyncio.create_task(listen(), name=f"listen {inst.id}")
+        self._instance_tasks.add(task)
+        task.add_done_callback(self._instance_tasks.discard)
 
     async def _watch(self, inst: Instance) -> None:
         """Probe health until the process stops talking; then deregister and reap it."""
@@ -419,8 +455,8 @@ class ServerPool:
         slot.state = InstanceState.STARTING
         inst.detached.set()  # its slot's watcher lets go of it and starts the next spare
         task = asyncio.create_task(self._watch_dedicated(inst), name=f"dedicated {inst.id}")
-        self._dedicated_tasks.add(task)
-        task.add_done_callback(self._dedicated_tasks.discard)
+        self._instance_tasks.add(task)
+        task.add_done_callback(self._instance_tasks.discard)
         log.info("%s (pid %s) now serves one client session", inst.id, inst.pid)
         self.notify()
         return inst

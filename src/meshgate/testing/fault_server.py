@@ -92,6 +92,8 @@ class FaultServer:
         self.asked: dict[str, asyncio.Future[JSON]] = {}
         self.next_ask = 0
         self.initialized = False
+        self.listeners: set[int] = set()  # open subscriptions/listen requests
+        self.next_listen = 0
 
     # -- output -------------------------------------------------------------------------------
 
@@ -191,6 +193,8 @@ class FaultServer:
             if self.faults["hang_health"]:
                 await asyncio.Event().wait()
             return {}
+        if method == "subscriptions/listen" and era != "handshake":
+            return await self.listen(params)
         if method == "tools/list":
             result: JSON = {"tools": [self.describe(n) for n in [*TOOLS, *self.extra_tools]]}
             if META_VERSION in (params.get("_meta") or {}):
@@ -201,6 +205,29 @@ class FaultServer:
                 str(params.get("name")), params.get("arguments") or {}, params.get("_meta") or {}
             )
         raise RpcError(-32601, f"Method not found: {method}")
+
+    async def listen(self, params: JSON) -> JSON:
+        """A 2026-07-28 subscription: acknowledged, then open until cancelled."""
+        wanted = params.get("notifications") or {}
+        self.next_listen += 1
+        sub_id = self.next_listen
+        granted = {"toolsListChanged": True} if wanted.get("toolsListChanged") else {}
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/subscriptions/acknowledged",
+                "params": {
+                    "notifications": granted,
+                    "_meta": {"io.modelcontextprotocol/subscriptionId": sub_id},
+                },
+            }
+        )
+        self.listeners.add(sub_id)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.listeners.discard(sub_id)
+        raise AssertionError("unreachable")
 
     def describe(self, name: str) -> JSON:
         desc, schema, annotations = TOOLS.get(name, ("Echo (added at run time)", _TEXT, None))
@@ -303,7 +330,16 @@ class FaultServer:
 
     async def tool_add_tool(self, args: JSON, meta: JSON) -> JSON:
         self.extra_tools.append(str(args["name"]))
-        self.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        if not self.args.listen_only:
+            self.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        for sub_id in self.listeners:  # 2026-07-28: on subscriptions/listen streams
+            self.send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/tools/list_changed",
+                    "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": sub_id}},
+                }
+            )
         return self.text("added")
 
     async def ask(self, method: str, params: JSON) -> JSON:
@@ -381,6 +417,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exit-immediately", type=int, metavar="CODE")
     p.add_argument("--crash-after", type=int, metavar="N")
     p.add_argument("--garbage-on-start", action="store_true")
+    p.add_argument(
+        "--listen-only",
+        action="store_true",
+        help="send list_changed only on subscriptions/listen streams, as 2026-07-28 wants",
+    )
     p.add_argument("--stderr-lines", type=int, default=0)
     return p.parse_args(argv)
 
