@@ -658,3 +658,20 @@ def test_a_stateless_server_announcing_changes_only_on_subscriptions(tmp_path: P
         assert view["instances"][0]["era"] == "stateless"
         # The open subscription does not count as a call in flight.
         assert view["instances"][0]["in_flight"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sdk_client_cancelling_a_call_cancels_it_upstream(gw: Gateway, mode: str) -> None:
+    before = len(_stats(gw, "hs")["cancelled"])
+
+    async def main() -> None:
+        async with Client(f"{gw.url}/mcp/hs", mode=mode) as c:
+            with anyio.move_on_after(0.5):
+                await c.call_tool("hang", {})
+            assert _texts(await c.call_tool("echo", {"text": "still here"})) == ["still here"]
+
+    anyio.run(main)
+    deadline = time.monotonic() + 10
+    while len(_stats(gw, "hs")["cancelled"]) == before:
+        assert time.monotonic() < deadline, f"{mode}: the server never heard of the cancellation"
+        time.sleep(0.05)
