@@ -39,8 +39,8 @@ run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: setup
 	$(BIN)/mypy

@@ -22,7 +22,9 @@ from meshgate.mcp.frontend import McpFront
 from meshgate.mcp.sessions import SessionStore
 from meshgate.mcp.supervisor import Supervisor
 from meshgate.registry import open_registry
+from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
+from meshgate.transports.services import ServiceMesh
 
 log = logging.getLogger("meshgate")
 
@@ -32,6 +34,9 @@ def build_app(settings: Settings) -> FastAPI:
     registry = open_registry(settings.mesh.registry)
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
     router = Router(supervisor)
+    services = ServiceMesh(
+        RegistrationStore(settings.registrations_path), registry, node=settings.node_id
+    )
     mesh_settings = settings.mesh
     mcp_http = McpHttp(
         McpFront(router, separator=mesh_settings.namespace_separator),
@@ -47,6 +52,7 @@ def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting %d MCP servers", len(supervisor.pools))
+        await services.start()
         await supervisor.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
@@ -57,6 +63,8 @@ def build_app(settings: Settings) -> FastAPI:
             await router.drain(settings.mesh.shutdown_grace_s)
             await mcp_http.close()
             await supervisor.stop()
+            await services.stop()
+            services.store.close()
             registry.close()
             log.info("stopped")
 
@@ -72,7 +80,15 @@ def build_app(settings: Settings) -> FastAPI:
     # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
     app.state.before_shutdown = mcp_http.end_standing_streams
     problems.install(app)
-    app.include_router(mesh.build(router, registry, node=settings.node_id))
+    app.include_router(
+        mesh.build(
+            router,
+            registry,
+            services,
+            node=settings.node_id,
+            max_body_bytes=settings.mesh.max_body_bytes,
+        )
+    )
     app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),

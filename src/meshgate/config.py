@@ -181,6 +181,21 @@ class Settings:
     def node_id(self) -> str:
         return self.mesh.node_id or os.uname().nodename
 
+    @property
+    def data_dir(self) -> Path | None:
+        """Where durable state goes: `data_dir`, else the user's state directory
+        ($XDG_STATE_HOME/meshgate or ~/.local/state/meshgate); "" keeps it in memory."""
+        if self.mesh.data_dir == "":
+            return None
+        if self.mesh.data_dir:
+            return Path(self.mesh.data_dir).expanduser()
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "meshgate"
+
+    @property
+    def registrations_path(self) -> Path | None:
+        return self.data_dir / "registry.sqlite3" if self.data_dir is not None else None
+
 
 @dataclass(frozen=True)
 class Problem:

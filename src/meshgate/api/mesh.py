@@ -1,45 +1,187 @@
-"""The mesh API (`/api/v1/mesh/v2`): health for now; registration and tasks build on it."""
+"""The mesh API (`/api/v1/mesh/v2`): health, registration and discovery of services."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.responses import Response
 
+from meshgate.api.problems import read_json_object
+from meshgate.errors import InvalidArguments, NotFound, UnknownService
 from meshgate.registry.base import Registry
 from meshgate.router import Router
+from meshgate.transports.services import Registration, ServiceMesh
+
+_REGISTER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": Registration.model_json_schema()}},
+    }
+}
 
 
-def build(router: Router, registry: Registry, *, node: str) -> APIRouter:
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value), status_code=status, media_type="application/json")
+
+
+def build(
+    router: Router, registry: Registry, services: ServiceMesh, *, node: str, max_body_bytes: int
+) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
+
+    def mcp_view(name: str) -> dict[str, Any]:
+        view = router.supervisor.pools[name].view()
+        return {**view, "kind": "mcp"}
+
+    def http_view(name: str) -> dict[str, Any]:
+        instances = services.by_service().get(name, [])
+        states = {i.state.value for i in instances}
+        state = next((s for s in ("healthy", "starting", "unhealthy") if s in states), "stopped")
+        return {
+            "name": name,
+            "kind": "http",
+            "state": state,
+            "instances": [i.view() for i in instances],
+        }
+
+    def all_views() -> dict[str, dict[str, Any]]:
+        views = {name: mcp_view(name) for name in router.supervisor.pools}
+        for name in services.by_service():
+            views.setdefault(name, http_view(name))
+        return views
+
+    @api.post(
+        "/register",
+        summary="Register an HTTP service instance (idempotent); 201 new, 200 unchanged",
+        openapi_extra=_REGISTER_BODY,
+    )
+    async def register(request: Request) -> Response:
+        body = await read_json_object(request, max_body_bytes)
+        try:
+            reg = Registration.model_validate(body)
+        except ValidationError as e:
+            errors = [
+                {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in e.errors()
+            ]
+            raise InvalidArguments("invalid registration", extra={"errors": errors}) from None
+        if reg.name in router.supervisor.pools:
+            raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
+        inst, created = services.register(reg)
+        return _json(inst.view(), 201 if created else 200)
+
+    @api.delete(
+        "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
+    )
+    async def deregister(name: str, instance_id: str) -> Response:
+        if not services.deregister(name, instance_id):
+            raise NotFound(f"no instance {instance_id!r} of service {name!r}")
+        return Response(status_code=204)
+
+    @api.put(
+        "/services/{name}/instances/{instance_id}/heartbeat",
+        summary="Renew the TTL of an HTTP service instance",
+    )
+    async def heartbeat(name: str, instance_id: str) -> Response:
+        inst = services.heartbeat(name, instance_id)
+        if inst is None:
+            raise NotFound(
+                f"no instance {instance_id!r} of service {name!r} (expired? register again)"
+            )
+        return _json(inst.view())
+
+    @api.get("/services", summary="Services, MCP and HTTP, with filters and pagination")
+    async def list_services(
+        kind: str | None = None,
+        tag: str | None = None,
+        state: str | None = None,
+        prefix: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Response:
+        if kind not in (None, "mcp", "http"):
+            raise InvalidArguments("kind must be mcp or http")
+        if not 1 <= limit <= 1000:
+            raise InvalidArguments("limit must be between 1 and 1000")
+        after = _decode_cursor(cursor) if cursor else ""
+        items = []
+        for name, view in sorted(all_views().items()):
+            if name <= after:
+                continue
+            if kind and view["kind"] != kind:
+                continue
+            if prefix and not name.startswith(prefix):
+                continue
+            if state and view["state"] != state:
+                continue
+            if tag and not any(tag in (i.get("tags") or []) for i in view["instances"]):
+                continue
+            items.append(view)
+            if len(items) > limit:
+                break
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = _encode_cursor(items[-1]["name"]) if more else None
+        return _json({"items": items, "next_cursor": next_cursor})
+
+    @api.get("/services/{name}", summary="One service with its instances")
+    async def get_service(name: str) -> Response:
+        views = all_views()
+        if name not in views:
+            raise UnknownService(f"no service named {name!r}")
+        return _json(views[name])
+
+    services_mesh = services
 
     @api.get("/health", summary="Mesh status: registry and per-service instance counts")
     async def health() -> Response:
-        services: dict[str, dict[str, Any]] = {}
+        summary: dict[str, dict[str, Any]] = {}
         for name, pool in router.supervisor.pools.items():
             counts = Counter(s.state.value for s in pool.slots)
-            services[name] = {
+            summary[name] = {
                 "kind": "mcp",
                 "state": pool.state.value,
                 "instances": dict(counts),
                 "healthy": counts.get("healthy", 0),
                 "desired": len(pool.slots),
             }
-        degraded = any(s["healthy"] < s["desired"] for s in services.values())
-        down = any(s["healthy"] == 0 for s in services.values())
+        for name, instances in services_mesh.by_service().items():
+            counts = Counter(i.state.value for i in instances)
+            summary[name] = {
+                "kind": "http",
+                "state": http_view(name)["state"],
+                "instances": dict(counts),
+                "healthy": counts.get("healthy", 0),
+                "desired": len(instances),
+            }
+        degraded = any(s["healthy"] < s["desired"] for s in summary.values())
+        down = any(s["healthy"] == 0 for s in summary.values())
         status = "down" if down else "degraded" if degraded else "ok"
         if not router.accepting:
             status = "draining"
         body = {
             "status": status,
             "node": node,
-            "registry": registry.status(),
+            "registry": {**registry.status(), **services_mesh.store.status()},
             "in_flight": router.in_flight,
-            "services": services,
+            "services": summary,
         }
         return Response(json.dumps(body), media_type="application/json")
 
     return api
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArguments("cursor is not one this API gave out") from None

@@ -55,6 +55,8 @@ def start_gateway(
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, full_env.get("PYTHONPATH")) if p)
     full_env.pop("MESHGATE_PORT", None)
+    if "MESHGATE_DATA_DIR" not in (env or {}):  # durable state stays in the workdir
+        full_env["MESHGATE_DATA_DIR"] = str(workdir / "data")
     proc = subprocess.Popen(
         [
             sys.executable,

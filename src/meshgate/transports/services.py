@@ -1,0 +1,315 @@
+"""HTTP services of the mesh: registrations, executed health checks, TTLs.
+
+An HTTP service instance (an agent, a backend) registers itself with `POST /register`. The
+registration is stored durably first (`registry.store`), then the instance starts `starting`
+and only its checks move it: `healthy_after` passing checks make it `healthy`,
+`unhealthy_after` failing ones `unhealthy`, and back. A check is real: an HTTP GET of its health
+path that must answer 2xx in time, or a TCP connect. An instance registered with a TTL must
+send `PUT .../heartbeat` within it, or it is removed. Every transition is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections import Counter
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from meshgate.registry.base import InstanceRecord, InstanceState, Registry
+from meshgate.registry.store import RegistrationStore
+
+log = logging.getLogger("meshgate.services")
+
+NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/health"
+    interval_s: float = Field(5.0, ge=0.05, le=3600)
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    unhealthy_after: int = Field(3, ge=1, le=100)
+    healthy_after: int = Field(1, ge=1, le=100)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class Registration(BaseModel):
+    """What a service instance registers (`POST /api/v1/mesh/v2/register`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    url: str | None = None
+    address: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    weight: int = Field(1, ge=1, le=1000)
+    check: Check = Field(default_factory=Check)
+    ttl_s: float | None = Field(None, gt=0, le=86400)
+    depends_on: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        if any(not t or len(t) > 64 for t in value):
+            raise ValueError("each tag is 1 to 64 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _where(self) -> Registration:
+        if self.url is not None:
+            if self.address is not None or self.port is not None:
+                raise ValueError("give either url, or address and port, not both")
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("url must be an http:// or https:// URL with a host")
+        elif self.address is None or self.port is None:
+            raise ValueError("give url, or address and port")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.url is not None:
+            return self.url.rstrip("/")
+        host = f"[{self.address}]" if self.address and ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        """The id the client gave, or one derived from name and URL: registering the same
+        service at the same URL again is idempotent."""
+        if self.id is not None:
+            return self.id
+        return f"{self.name}-{hashlib.sha1(self.base_url.encode()).hexdigest()[:6]}"
+
+
+class ServiceInstance:
+    """One registered endpoint and what its checks found."""
+
+    def __init__(self, reg: Registration, heartbeat_at: float) -> None:
+        self.reg = reg
+        self.id = reg.instance_id
+        self.service = reg.name
+        self.state = InstanceState.STARTING
+        self.heartbeat_at = heartbeat_at
+        self.registered_at = time.time()
+        self.ok_streak = 0
+        self.fail_streak = 0
+        self.last_check: dict[str, Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def view(self) -> dict[str, Any]:
+        reg = self.reg
+        return {
+            "id": self.id,
+            "name": self.service,
+            "kind": "http",
+            "url": reg.base_url,
+            "state": self.state.value,
+            "tags": reg.tags,
+            "metadata": reg.metadata,
+            "weight": reg.weight,
+            "check": reg.check.model_dump(),
+            "ttl_s": reg.ttl_s,
+            "depends_on": reg.depends_on,
+            "last_check": self.last_check,
+            "heartbeat_age_s": round(time.time() - self.heartbeat_at, 3),
+        }
+
+
+class ServiceMesh:
+    """Every registered HTTP service instance of this node, checked and persisted."""
+
+    def __init__(self, store: RegistrationStore, registry: Registry, *, node: str) -> None:
+        self.store = store
+        self.registry = registry
+        self.node = node
+        self.instances: dict[str, ServiceInstance] = {}
+        self.transitions: Counter[tuple[str, str]] = Counter()
+        self._client: httpx.AsyncClient | None = None
+        self._ttl_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(follow_redirects=False)
+        for id_, body, heartbeat_at in self.store.all():
+            try:
+                reg = Registration.model_validate(body)
+            except ValueError as e:
+                log.warning("stored registration %s is no longer valid; dropped: %s", id_, e)
+                self.store.delete(id_)
+                continue
+            self._add(reg, heartbeat_at)
+        if self.instances:
+            log.info("%d HTTP service instances reloaded from the store", len(self.instances))
+        self._ttl_task = asyncio.create_task(self._expire_loop(), name="service TTLs")
+
+    async def stop(self) -> None:
+        tasks = [i.task for i in self.instances.values() if i.task is not None]
+        if self._ttl_task is not None:
+            tasks.append(self._ttl_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- the API's operations ------------------------------------------------------------------
+
+    def register(self, reg: Registration) -> tuple[ServiceInstance, bool]:
+        """Store and start checking a registration; (instance, created). The same registration
+        again changes nothing; a changed one replaces the old and starts over."""
+        id_ = reg.instance_id
+        current = self.instances.get(id_)
+        if current is not None and current.reg == reg:
+            return current, False
+        self.store.put(id_, reg.name, reg.model_dump(mode="json"))
+        if current is not None:
+            self._remove(current, reason="registered again with changes")
+        return self._add(reg, time.time()), current is None
+
+    def deregister(self, service: str, id_: str) -> bool:
+        inst = self.instances.get(id_)
+        if inst is None or inst.service != service:
+            return False
+        self.store.delete(id_)
+        self._remove(inst, reason="deregistered")
+        return True
+
+    def heartbeat(self, service: str, id_: str) -> ServiceInstance | None:
+        inst = self.instances.get(id_)
+        if inst is None or inst.service != service:
+            return None
+        inst.heartbeat_at = time.time()
+        self.store.heartbeat(id_)
+        return inst
+
+    def by_service(self) -> dict[str, list[ServiceInstance]]:
+        out: dict[str, list[ServiceInstance]] = {}
+        for inst in sorted(self.instances.values(), key=lambda i: i.id):
+            out.setdefault(inst.service, []).append(inst)
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
+        inst = ServiceInstance(reg, heartbeat_at)
+        self.instances[inst.id] = inst
+        self.registry.register(self._record(inst))
+        inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
+        log.info("%s registered at %s (%s check)", inst.id, reg.base_url, reg.check.type)
+        return inst
+
+    def _remove(self, inst: ServiceInstance, *, reason: str) -> None:
+        self.instances.pop(inst.id, None)
+        if inst.task is not None:
+            inst.task.cancel()
+        self._transition(inst, InstanceState.STOPPED, reason)
+        self.registry.deregister(inst.id)
+
+    def _record(self, inst: ServiceInstance) -> InstanceRecord:
+        return InstanceRecord(
+            id=inst.id,
+            service=inst.service,
+            kind="http",
+            node=self.node,
+            state=inst.state,
+            address=inst.reg.base_url,
+            weight=inst.reg.weight,
+            metadata={"tags": inst.reg.tags, **inst.reg.metadata},
+        )
+
+    def _transition(self, inst: ServiceInstance, state: InstanceState, why: str) -> None:
+        if inst.state is state:
+            return
+        self.transitions[(inst.state.value, state.value)] += 1
+        log.info("%s: %s -> %s (%s)", inst.id, inst.state.value, state.value, why)
+        inst.state = state
+        if state is not InstanceState.STOPPED:
+            self.registry.update(self._record(inst))
+
+    async def _check_loop(self, inst: ServiceInstance) -> None:
+        check = inst.reg.check
+        while True:
+            started = time.monotonic()
+            error = await self._check(inst)
+            inst.last_check = {
+                "ok": error is None,
+                "error": error,
+                "latency_ms": round((time.monotonic() - started) * 1000, 3),
+                "at": time.time(),
+            }
+            if error is None:
+                inst.ok_streak, inst.fail_streak = inst.ok_streak + 1, 0
+                if (
+                    inst.state is not InstanceState.HEALTHY
+                    and inst.ok_streak >= check.healthy_after
+                ):
+                    self._transition(inst, InstanceState.HEALTHY, f"{inst.ok_streak} checks passed")
+            else:
+                inst.ok_streak, inst.fail_streak = 0, inst.fail_streak + 1
+                if (
+                    inst.state is not InstanceState.UNHEALTHY
+                    and inst.fail_streak >= check.unhealthy_after
+                ):
+                    self._transition(inst, InstanceState.UNHEALTHY, error)
+            await asyncio.sleep(check.interval_s * self._rng.uniform(0.9, 1.1))
+
+    async def _check(self, inst: ServiceInstance) -> str | None:
+        """None when the check passed, else why it failed."""
+        check, url = inst.reg.check, inst.reg.base_url
+        try:
+            async with asyncio.timeout(check.timeout_s):
+                if check.type == "tcp":
+                    parts = urlsplit(url)
+                    port = parts.port or (443 if parts.scheme == "https" else 80)
+                    _, writer = await asyncio.open_connection(parts.hostname, port)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return None
+                assert self._client is not None
+                r = await self._client.get(url + check.path)
+                if 200 <= r.status_code < 300:
+                    return None
+                return f"HTTP {r.status_code} from {check.path}"
+        except TimeoutError:
+            return f"no answer within {check.timeout_s}s"
+        except (OSError, httpx.HTTPError) as e:
+            return f"{type(e).__name__}: {e}".rstrip(": ")
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            for inst in list(self.instances.values()):
+                ttl = inst.reg.ttl_s
+                if ttl is not None and now - inst.heartbeat_at > ttl:
+                    log.warning(
+                        "%s: no heartbeat for %.1fs (TTL %.1fs); removed",
+                        inst.id,
+                        now - inst.heartbeat_at,
+                        ttl,
+                    )
+                    self.store.delete(inst.id)
+                    self._remove(inst, reason="TTL expired")

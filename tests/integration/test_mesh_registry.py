@@ -1,0 +1,159 @@
+"""HTTP services in the mesh: registration, executed health checks, TTLs, persistence."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway import REPO, Gateway, fault_server, run_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+API = "/api/v1/mesh/v2"
+AGENT = REPO / "examples" / "agents" / "agent.py"
+
+
+@contextmanager
+def agent(name: str, mesh: str, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The example agent: a real HTTP service that registers itself with the gateway."""
+    proc = subprocess.Popen(
+        [sys.executable, str(AGENT), name, "--mesh", mesh, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "registered as" in line, line + (proc.stderr.read() if proc.stderr else "")
+        port = line.split("port ")[1].split(",")[0]
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+
+
+def wait_service(gw: Gateway, name: str, predicate: Any, timeout: float = 30) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while True:
+        r = gw.get(f"{API}/services/{name}")
+        if r.status_code == 200 and predicate(r.json()):
+            body: dict[str, Any] = r.json()
+            return body
+        assert time.monotonic() < end, f"timed out on {name}: {r.status_code} {r.text}"
+        time.sleep(0.05)
+
+
+def test_a_registered_agent_is_checked_for_real_and_deregisters(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with agent("planner", gw.url) as (_, url):
+            view = wait_service(gw, "planner", lambda v: v["state"] == "healthy")
+            [inst] = view["instances"]
+            assert inst["url"] == url and inst["kind"] == "http"
+            assert inst["last_check"]["ok"] and "agent" in inst["tags"]
+            # It fails its checks: unhealthy after the threshold, with the reason.
+            httpx.post(f"{url}/sick")
+            view = wait_service(gw, "planner", lambda v: v["state"] == "unhealthy")
+            assert "HTTP 503" in view["instances"][0]["last_check"]["error"]
+            listed = gw.get(f"{API}/services", params={"kind": "http"}).json()["items"]
+            assert [s["name"] for s in listed] == ["planner"]
+            health = gw.get(f"{API}/health").json()
+            assert health["services"]["planner"]["kind"] == "http"
+        # SIGTERM: the agent deregistered itself.
+        assert gw.get(f"{API}/services/planner").status_code == 404
+
+
+def test_registration_is_idempotent_and_validated(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            body = {"name": "db", "address": "127.0.0.1", "port": port, "check": {"type": "tcp"}}
+            first = gw.http.post(f"{API}/register", json=body)
+            assert first.status_code == 201, first.text
+            again = gw.http.post(f"{API}/register", json=body)
+            assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+            wait_service(gw, "db", lambda v: v["state"] == "healthy")  # TCP connect passes
+
+        bad: list[tuple[dict[str, Any], str]] = [
+            ({"name": "x"}, "url, or address and port"),
+            ({"name": "x", "url": "ftp://h/"}, "http://"),
+            ({"name": "bad name", "url": "http://h"}, "name"),
+            ({"name": "x", "url": "http://h", "weight": 0}, "weight"),
+            ({"name": "x", "url": "http://h", "surprise": 1}, "surprise"),
+            ({"name": "x", "url": "http://h", "check": {"path": "health"}}, "path"),
+            ({"name": "fault", "url": "http://h"}, "MCP server"),
+        ]
+        for body, needle in bad:
+            r = gw.http.post(f"{API}/register", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert needle in r.text, (needle, r.text)
+        r = gw.http.post(
+            f"{API}/register", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400
+        r = gw.http.post(
+            f"{API}/register",
+            json={"name": "x", "url": "http://h", "metadata": {"a": "x" * 2_000_000}},
+        )
+        assert r.status_code == 413
+        assert gw.http.delete(f"{API}/services/db/instances/nope").status_code == 404
+        assert gw.http.put(f"{API}/services/db/instances/nope/heartbeat").status_code == 404
+        # nothing of the bad requests was registered
+        names = [s["name"] for s in gw.get(f"{API}/services").json()["items"]]
+        assert names == ["db", "fault"]
+
+
+def test_a_missed_ttl_removes_the_instance(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        body = {
+            "name": "cron",
+            "url": "http://127.0.0.1:9",
+            "ttl_s": 1.0,
+            "check": {"type": "tcp", "interval_s": 60},
+        }
+        r = gw.http.post(f"{API}/register", json=body)
+        assert r.status_code == 201
+        id_ = r.json()["id"]
+        for _ in range(3):  # heartbeats keep it
+            time.sleep(0.5)
+            assert gw.http.put(f"{API}/services/cron/instances/{id_}/heartbeat").status_code == 200
+        time.sleep(2.0)
+        assert gw.get(f"{API}/services/cron").status_code == 404
+        assert gw.http.put(f"{API}/services/cron/instances/{id_}/heartbeat").status_code == 404
+
+
+def test_registrations_survive_a_gateway_kill(tmp_path: Path) -> None:
+    data = tmp_path / "state"
+    env = {"MESHGATE_DATA_DIR": str(data)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        body = {"name": "kept", "address": "127.0.0.1", "port": port, "check": {"type": "tcp"}}
+        with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+            assert gw.http.post(f"{API}/register", json=body).status_code == 201
+            gw.process.stop(signal.SIGKILL)
+        with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+            view = wait_service(gw, "kept", lambda v: v["state"] == "healthy")
+            assert view["instances"][0]["url"] == f"http://127.0.0.1:{port}"
+            items = gw.get(f"{API}/services", params={"limit": 1}).json()
+            assert len(items["items"]) == 1 and items["next_cursor"]
+            rest = gw.get(f"{API}/services", params={"limit": 1, "cursor": items["next_cursor"]})
+            assert [s["name"] for s in rest.json()["items"]] == ["kept"]
+            bad = gw.get(f"{API}/services", params={"cursor": "%%%"})
+            assert bad.status_code == 422
+            assert json.loads(gw.get(f"{API}/health").text)["registry"]["registrations"] == 1
