@@ -2,7 +2,8 @@
 
     python examples/agents/agent.py NAME [--port 0] [--mesh http://127.0.0.1:8800] [--ttl 10]
 
-It serves `GET /health` (200, or 503 after `POST /sick`), `GET /whoami`, and `POST /echo`;
+It serves `GET /health` (200, or 503 after `POST /sick`), `GET /whoami`, `POST /echo`, and
+for fault drills `GET /sleep?seconds=N` and `GET /garbage` (an answer that is not HTTP);
 registers with the gateway at start (with a TTL it keeps alive with heartbeats), and
 deregisters on SIGTERM or Ctrl-C. Only the standard library: nothing to install.
 """
@@ -16,10 +17,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class Agent(BaseHTTPRequestHandler):
@@ -35,22 +38,33 @@ class Agent(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    @property
+    def route(self) -> str:
+        return urlsplit(self.path).path
+
     def do_GET(self) -> None:
-        if self.path == "/health":
+        if self.route == "/health":
             ok = type(self).healthy
             self._send(200 if ok else 503, {"status": "ok" if ok else "sick"})
-        elif self.path == "/whoami":
+        elif self.route == "/whoami":
             self._send(200, {"name": type(self).name, "pid": os.getpid()})
+        elif self.route == "/sleep":
+            seconds = float(self.path.partition("seconds=")[2] or 1)
+            time.sleep(seconds)
+            self._send(200, {"slept": seconds})
+        elif self.route == "/garbage":
+            self.wfile.write(b"this is not HTTP\r\n\r\n")
+            self.close_connection = True
         else:
             self._send(404, {"error": f"no route {self.path}"})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        if self.path == "/sick":
+        if self.route == "/sick":
             type(self).healthy = False
             self._send(200, {"status": "sick"})
-        elif self.path == "/echo":
+        elif self.route == "/echo":
             self._send(200, {"name": type(self).name, "echo": body.decode(errors="replace")})
         else:
             self._send(404, {"error": f"no route {self.path}"})

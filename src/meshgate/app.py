@@ -33,10 +33,10 @@ def build_app(settings: Settings) -> FastAPI:
     """The ASGI application for these settings; processes start in its lifespan."""
     registry = open_registry(settings.mesh.registry)
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
-    router = Router(supervisor)
     services = ServiceMesh(
         RegistrationStore(settings.registrations_path), registry, node=settings.node_id
     )
+    router = Router(supervisor, services)
     mesh_settings = settings.mesh
     mcp_http = McpHttp(
         McpFront(router, separator=mesh_settings.namespace_separator),

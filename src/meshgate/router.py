@@ -14,8 +14,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+import httpx
+
+from meshgate.balancer import Balancer
+from meshgate.config import ServerPolicy
 from meshgate.errors import (
     CircuitOpen,
     InvalidArguments,
@@ -34,10 +38,12 @@ from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.supervisor import ServerPool, Supervisor
 from meshgate.registry.base import InstanceState
-from meshgate.resilience import Deadline, backoff_delay
+from meshgate.resilience import CircuitBreaker, Deadline, backoff_delay
+from meshgate.transports.services import ServiceMesh
 
 log = logging.getLogger("meshgate.router")
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 ProgressHandler = Callable[[str, JSON], None]
 ServerRequestHandler = Callable[[str, JSON], Awaitable[JSON]]
 
@@ -65,6 +71,38 @@ def hash_key(
     return client
 
 
+class Pickable(Protocol):
+    """An instance the router can pick: an MCP Instance or an HTTP ServiceInstance."""
+
+    id: str
+    in_flight: int
+    breaker: CircuitBreaker
+
+    @property
+    def weight(self) -> int: ...
+
+    @property
+    def latency_ewma(self) -> float: ...
+
+
+P = TypeVar("P", bound=Pickable)
+
+
+class Balanced(Protocol[P]):
+    """A pool the router picks from: an MCP ServerPool or an HTTP ServicePool."""
+
+    name: str
+    policy: ServerPolicy
+    balancer: Balancer
+    waiters: int
+
+    def routable(self) -> list[P]: ...
+
+    def recoverable(self) -> bool: ...
+
+    async def wait_changed(self, timeout: float) -> None: ...
+
+
 class Pin:
     """The instance a client session is held to: in `sticky` mode the one its first call
     picked, in `dedicated` mode the process claimed for it (released when the session ends)."""
@@ -78,8 +116,9 @@ class Pin:
 class Router:
     """Routes MCP requests to instances of the supervisor's pools."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, services: ServiceMesh | None = None) -> None:
         self.supervisor = supervisor
+        self.services = services
         self.in_flight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -213,6 +252,87 @@ class Router:
         finally:
             self._leave()
 
+    async def proxy(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """Send one HTTP request to a healthy instance of an HTTP service; the same path as
+        MCP calls (breaker, balancer, in-flight limit, deadline), retried on another instance
+        only when that is safe: it never reached the instance, or the method is idempotent.
+
+        Returns the response with its body not yet read: the caller streams it, then closes it.
+        """
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down")
+        pool = self.services.pools.get(service) if self.services is not None else None
+        if pool is None or self.services is None:
+            raise UnknownService(f"no HTTP service named {service!r}")
+        client = self.services.client
+        policy = pool.policy
+        deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
+        safe_method = method.upper() in IDEMPOTENT_METHODS
+        pool.budget.record_request()
+        self._enter()
+        tried: set[int] = set()
+        try:
+            for attempt in range(1, policy.retry.max_attempts + 1):
+                inst = await self._acquire(pool, deadline, tried, None)
+                started = time.monotonic()
+                request = client.build_request(
+                    method,
+                    inst.reg.base_url + path + (f"?{query}" if query else ""),
+                    headers=headers,
+                    content=body,
+                    timeout=httpx.Timeout(max(0.001, deadline.remaining())),
+                )
+                reached = True
+                try:
+                    response = await client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    reached, error = False, f"{inst.id}: cannot connect: {e}"
+                except httpx.TimeoutException:
+                    inst.breaker.on_failure()
+                    raise UpstreamTimeout(
+                        f"{inst.id} did not answer {method} {path} within the deadline"
+                    ) from None
+                except httpx.HTTPError as e:
+                    error = f"{inst.id} failed mid-request: {type(e).__name__}: {e}"
+                except asyncio.CancelledError:
+                    inst.breaker.on_abandon()
+                    raise
+                else:
+                    elapsed = time.monotonic() - started
+                    if response.status_code in (502, 503, 504):
+                        inst.breaker.on_failure()
+                    else:
+                        inst.breaker.on_success(elapsed)
+                        inst.observe_latency(elapsed)
+                    return response
+                finally:
+                    inst.in_flight -= 1
+                    pool.notify()
+                inst.breaker.on_failure()
+                tried.add(id(inst))
+                if reached and not safe_method:
+                    raise UpstreamCrashed(
+                        f"{error}; not retried because {method} is not idempotent"
+                    )
+                if attempt >= policy.retry.max_attempts or not pool.budget.try_spend():
+                    raise UpstreamError(f"{error}; retries exhausted")
+                log.info("retrying %s %s on %s: %s", method, path, service, error)
+                delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
+                await asyncio.sleep(min(delay, deadline.remaining()))
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._leave()
+
     async def _acquire_pinned(
         self, pool: ServerPool, inst: Instance, deadline: Deadline
     ) -> Instance:
@@ -232,8 +352,8 @@ class Router:
             await pool.wait_changed(remaining)
 
     async def _acquire(
-        self, pool: ServerPool, deadline: Deadline, tried: set[int], key: str | None
-    ) -> Instance:
+        self, pool: Balanced[P], deadline: Deadline, tried: set[int], key: str | None
+    ) -> P:
         """Reserve an in-flight slot on an instance, waiting in the bounded queue if needed."""
         queued = False
         try:

@@ -157,3 +157,44 @@ def test_registrations_survive_a_gateway_kill(tmp_path: Path) -> None:
             bad = gw.get(f"{API}/services", params={"cursor": "%%%"})
             assert bad.status_code == 422
             assert json.loads(gw.get(f"{API}/health").text)["registry"]["registrations"] == 1
+
+
+def test_calls_through_the_router_spread_survive_a_kill_and_fail_clearly(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with agent("planner", gw.url) as (a, _), agent("planner", gw.url) as (b, _):
+            wait_service(
+                gw,
+                "planner",
+                lambda v: (
+                    len(v["instances"]) == 2
+                    and all(i["state"] == "healthy" for i in v["instances"])
+                ),
+            )
+            call = f"{API}/call/planner"
+            pids = {gw.get(f"{call}/whoami").json()["pid"] for _ in range(10)}
+            assert pids == {a.pid, b.pid}  # balanced over both
+            r = gw.http.post(f"{call}/echo?x=1", content=b"payload", headers={"x-trace": "t1"})
+            assert r.status_code == 200 and r.json()["echo"] == "payload"
+            assert gw.get(f"{call}/nope").status_code == 404  # the service's own 404
+
+            # A slow answer past the deadline: 504. Not HTTP at all: 502.
+            r = gw.get(f"{call}/sleep?seconds=3", headers={"x-meshgate-timeout": "0.5"})
+            assert r.status_code == 504 and r.json()["type"].endswith("upstream-timeout")
+            r = gw.get(f"{call}/garbage")
+            assert r.status_code == 502, r.text
+            assert gw.get(f"{call}/whoami", headers={"x-meshgate-timeout": "x"}).status_code == 422
+
+            # kill -9 one: GETs go on (retried on the other), and it is marked unhealthy.
+            a.kill()
+            a.wait(10)
+            for _ in range(20):
+                r = gw.get(f"{call}/whoami")
+                assert r.status_code == 200 and r.json()["pid"] == b.pid
+            dead = wait_service(
+                gw,
+                "planner",
+                lambda v: any(i["state"] == "unhealthy" for i in v["instances"]),
+            )
+            assert "ConnectError" in json.dumps(dead["instances"])
+        r = gw.get(f"{API}/call/nobody/x")
+        assert r.status_code == 404 and "nobody" in r.json()["detail"]

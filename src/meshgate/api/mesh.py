@@ -9,9 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.responses import Response
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
 
-from meshgate.api.problems import read_json_object
+from meshgate.api.problems import read_body, read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService
 from meshgate.registry.base import Registry
 from meshgate.router import Router
@@ -23,6 +24,38 @@ _REGISTER_BODY = {
         "content": {"application/json": {"schema": Registration.model_json_schema()}},
     }
 }
+
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and those the proxy sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+TIMEOUT_HEADER = "x-meshgate-timeout"  # seconds; the service's call_timeout_s otherwise
+
+
+def _timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise InvalidArguments(f"{TIMEOUT_HEADER} must be a number of seconds in (0, 3600]")
+    return seconds
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -127,6 +160,41 @@ def build(
         items = items[:limit]
         next_cursor = _encode_cursor(items[-1]["name"]) if more else None
         return _json({"items": items, "next_cursor": next_cursor})
+
+    @api.api_route(
+        "/call/{name}/{path:path}",
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
+    )
+    async def call(name: str, path: str, request: Request) -> Response:
+        body = await read_body(request, max_body_bytes)
+        timeout_s = _timeout(request.headers.get(TIMEOUT_HEADER))
+        headers = [
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() != TIMEOUT_HEADER
+        ]
+        client = request.client.host if request.client else ""
+        forwarded = request.headers.get("x-forwarded-for")
+        headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
+        headers.append(("x-forwarded-proto", request.url.scheme))
+        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        upstream = await router.proxy(
+            name,
+            request.method,
+            "/" + path,
+            query=request.url.query,
+            headers=headers,
+            body=body,
+            timeout_s=timeout_s,
+        )
+        out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            headers=dict(out),
+            background=BackgroundTask(upstream.aclose),
+        )
 
     @api.get("/services/{name}", summary="One service with its instances")
     async def get_service(name: str) -> Response:

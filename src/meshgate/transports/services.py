@@ -23,8 +23,12 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meshgate.balancer import Balancer, Ewma, make_balancer
+from meshgate.config import ServerPolicy
+from meshgate.mcp.instance import breaker_policy
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget
 
 log = logging.getLogger("meshgate.services")
 
@@ -102,12 +106,16 @@ class Registration(BaseModel):
 
 
 class ServiceInstance:
-    """One registered endpoint and what its checks found."""
+    """One registered endpoint and what its checks found; the router picks among these."""
 
-    def __init__(self, reg: Registration, heartbeat_at: float) -> None:
+    def __init__(self, reg: Registration, heartbeat_at: float, policy: ServerPolicy) -> None:
         self.reg = reg
         self.id = reg.instance_id
         self.service = reg.name
+        self.weight = reg.weight
+        self.breaker = CircuitBreaker(breaker_policy(policy))
+        self.in_flight = 0
+        self._latency = Ewma(alpha=0.2)
         self.state = InstanceState.STARTING
         self.heartbeat_at = heartbeat_at
         self.registered_at = time.time()
@@ -116,8 +124,20 @@ class ServiceInstance:
         self.last_check: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def latency_ewma(self) -> float:
+        return self._latency.value
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latency.update(seconds)
+
+    @property
+    def routable(self) -> bool:
+        return self.state is InstanceState.HEALTHY
+
     def view(self) -> dict[str, Any]:
         reg = self.reg
+        breaker = self.breaker.state
         return {
             "id": self.id,
             "name": self.service,
@@ -132,19 +152,66 @@ class ServiceInstance:
             "depends_on": reg.depends_on,
             "last_check": self.last_check,
             "heartbeat_age_s": round(time.time() - self.heartbeat_at, 3),
+            "breaker": getattr(breaker, "value", str(breaker)),
+            "in_flight": self.in_flight,
         }
+
+
+class ServicePool:
+    """The instances of one HTTP service, as the router sees them (like an MCP ServerPool)."""
+
+    def __init__(self, name: str, policy: ServerPolicy, rng: random.Random) -> None:
+        self.name = name
+        self.policy = policy
+        self.rng = rng
+        self.balancer: Balancer = make_balancer(policy.strategy, rng=rng)
+        r = policy.retry
+        self.retry_backoff = BackoffPolicy(r.backoff_base_s, r.backoff_cap_s)
+        self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
+        self.instances: dict[str, ServiceInstance] = {}
+        self.waiters = 0
+        self._changed = asyncio.Event()
+
+    def routable(self) -> list[ServiceInstance]:
+        return [i for i in self.instances.values() if i.routable]
+
+    def recoverable(self) -> bool:
+        """Whether an instance may yet become healthy (one is registered at all)."""
+        return bool(self.instances)
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
 
 class ServiceMesh:
     """Every registered HTTP service instance of this node, checked and persisted."""
 
-    def __init__(self, store: RegistrationStore, registry: Registry, *, node: str) -> None:
+    def __init__(
+        self,
+        store: RegistrationStore,
+        registry: Registry,
+        *,
+        node: str,
+        policy: ServerPolicy | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.node = node
+        self.policy = policy or ServerPolicy()
         self.instances: dict[str, ServiceInstance] = {}
+        self.pools: dict[str, ServicePool] = {}
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._client: httpx.AsyncClient | None = None
+        # For calls through the router (`/call`): pooled keep-alive connections.
+        self.client = httpx.AsyncClient(
+            follow_redirects=False, timeout=None, limits=httpx.Limits(max_connections=1000)
+        )
         self._ttl_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -173,6 +240,7 @@ class ServiceMesh:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+        await self.client.aclose()
 
     # -- the API's operations ------------------------------------------------------------------
 
@@ -213,8 +281,12 @@ class ServiceMesh:
     # -- internals -----------------------------------------------------------------------------
 
     def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
-        inst = ServiceInstance(reg, heartbeat_at)
+        inst = ServiceInstance(reg, heartbeat_at, self.policy)
         self.instances[inst.id] = inst
+        pool = self.pools.get(reg.name)
+        if pool is None:
+            pool = self.pools[reg.name] = ServicePool(reg.name, self.policy, self._rng)
+        pool.instances[inst.id] = inst
         self.registry.register(self._record(inst))
         inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
         log.info("%s registered at %s (%s check)", inst.id, reg.base_url, reg.check.type)
@@ -222,6 +294,12 @@ class ServiceMesh:
 
     def _remove(self, inst: ServiceInstance, *, reason: str) -> None:
         self.instances.pop(inst.id, None)
+        pool = self.pools.get(inst.service)
+        if pool is not None:
+            pool.instances.pop(inst.id, None)
+            pool.notify()
+            if not pool.instances:
+                del self.pools[inst.service]
         if inst.task is not None:
             inst.task.cancel()
         self._transition(inst, InstanceState.STOPPED, reason)
@@ -247,6 +325,9 @@ class ServiceMesh:
         inst.state = state
         if state is not InstanceState.STOPPED:
             self.registry.update(self._record(inst))
+        pool = self.pools.get(inst.service)
+        if pool is not None:
+            pool.notify()
 
     async def _check_loop(self, inst: ServiceInstance) -> None:
         check = inst.reg.check
