@@ -92,6 +92,7 @@ def main() -> int:
     p.add_argument("--mesh", default=os.environ.get("MESHGATE_URL", "http://127.0.0.1:8800"))
     p.add_argument("--ttl", type=float, default=10.0)
     p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--depends-on", action="append", default=[], help="a service it calls")
     args = p.parse_args()
 
     Agent.name = args.name
@@ -107,6 +108,7 @@ def main() -> int:
             "tags": ["agent", *args.tag],
             "check": {"type": "http", "path": "/health", "interval_s": 1, "timeout_s": 1},
             "ttl_s": args.ttl,
+            "depends_on": args.depends_on,
         },
     )
     if status not in (200, 201):

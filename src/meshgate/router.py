@@ -37,6 +37,7 @@ from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.supervisor import ServerPool, Supervisor
+from meshgate.observability.topology import EdgeLog
 from meshgate.registry.base import InstanceState
 from meshgate.resilience import CircuitBreaker, Deadline, backoff_delay
 from meshgate.transports.services import ServiceMesh
@@ -119,6 +120,7 @@ class Router:
     def __init__(self, supervisor: Supervisor, services: ServiceMesh | None = None) -> None:
         self.supervisor = supervisor
         self.services = services
+        self.edges = EdgeLog()
         self.in_flight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -139,6 +141,7 @@ class Router:
         timeout_s: float | None = None,
         key: str | None = None,
         on_progress: ProgressHandler | None = None,
+        caller: str | None = None,
     ) -> JSON:
         """Call one tool; returns the MCP `tools/call` result."""
         pool = self.pool(service)
@@ -154,6 +157,7 @@ class Router:
             key=key,
             retry_safe=tool_is_retry_safe(pool, tool),
             on_progress=on_progress,
+            caller=caller,
         )
 
     async def call(
@@ -169,6 +173,7 @@ class Router:
         on_server_request: ServerRequestHandler | None = None,
         pin: Pin | None = None,
         on_instance: Callable[[Instance], None] | None = None,
+        caller: str | None = None,
     ) -> JSON:
         """Send one request to a healthy instance of `service`, retrying only when safe.
 
@@ -183,6 +188,7 @@ class Router:
         pool.budget.record_request()
         self._enter()
         tried: set[int] = set()
+        ok = False
         try:
             for attempt in range(1, policy.retry.max_attempts + 1):
                 if pin is not None and pin.instance is not None:
@@ -244,6 +250,7 @@ class Router:
                     elapsed = time.monotonic() - started
                     inst.breaker.on_success(elapsed)
                     inst.observe_latency(elapsed)
+                    ok = True
                     return result
                 finally:
                     inst.in_flight -= 1
@@ -251,6 +258,7 @@ class Router:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._leave()
+            self.edges.record(caller, service, ok=ok)
 
     async def proxy(
         self,
@@ -262,6 +270,7 @@ class Router:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         timeout_s: float | None = None,
+        caller: str | None = None,
     ) -> httpx.Response:
         """Send one HTTP request to a healthy instance of an HTTP service; the same path as
         MCP calls (breaker, balancer, in-flight limit, deadline), retried on another instance
@@ -281,6 +290,7 @@ class Router:
         pool.budget.record_request()
         self._enter()
         tried: set[int] = set()
+        ok = False
         try:
             for attempt in range(1, policy.retry.max_attempts + 1):
                 inst = await self._acquire(pool, deadline, tried, None)
@@ -314,6 +324,7 @@ class Router:
                     else:
                         inst.breaker.on_success(elapsed)
                         inst.observe_latency(elapsed)
+                    ok = response.status_code < 500
                     return response
                 finally:
                     inst.in_flight -= 1
@@ -332,6 +343,7 @@ class Router:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._leave()
+            self.edges.record(caller, service, ok=ok)
 
     async def _acquire_pinned(
         self, pool: ServerPool, inst: Instance, deadline: Deadline

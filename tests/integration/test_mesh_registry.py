@@ -198,3 +198,45 @@ def test_calls_through_the_router_spread_survive_a_kill_and_fail_clearly(tmp_pat
             assert "ConnectError" in json.dumps(dead["instances"])
         r = gw.get(f"{API}/call/nobody/x")
         assert r.status_code == 404 and "nobody" in r.json()["detail"]
+
+
+def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with agent("writer", gw.url, "--depends-on", "researcher"):
+            wait_service(gw, "writer", lambda v: v["state"] == "healthy")
+            topo = gw.get(f"{API}/topology").json()
+            writer = next(s for s in topo["services"] if s["name"] == "writer")
+            assert writer["status"] == "degraded" and writer["depends_on"] == ["researcher"]
+            with agent("researcher", gw.url):
+                wait_service(gw, "researcher", lambda v: v["state"] == "healthy")
+                me = {"X-Meshgate-Caller": "writer"}
+                assert gw.get(f"{API}/call/researcher/whoami", headers=me).status_code == 200
+                assert (
+                    gw.call(
+                        "fault",
+                        "echo",
+                        {"text": "x"},
+                    ).status_code
+                    == 200
+                )  # no caller
+                r = gw.http.post(
+                    "/api/v1/mcp/servers/fault/tools/echo",
+                    json={"arguments": {"text": "x"}},
+                    headers=me,
+                )
+                assert r.status_code == 200
+                topo = gw.get(f"{API}/topology").json()
+                status = {s["name"]: s["status"] for s in topo["services"]}
+                assert status == {"fault": "ok", "researcher": "ok", "writer": "ok"}
+                edges = {(e["from"], e["to"], e["kind"]) for e in topo["edges"]}
+                assert edges == {
+                    ("writer", "researcher", "declared"),
+                    ("writer", "researcher", "observed"),
+                    ("writer", "fault", "observed"),
+                }
+                mermaid = gw.get(f"{API}/topology", params={"format": "mermaid"}).text
+                assert mermaid.startswith("flowchart LR") and "writer (ok)" in mermaid
+                assert "-.->" in mermaid and "-->" in mermaid
+                dot = gw.get(f"{API}/topology", params={"format": "dot"}).text
+                assert '"writer" -> "researcher" [style=dashed]' in dot
+                assert gw.get(f"{API}/topology", params={"format": "png"}).status_code == 422

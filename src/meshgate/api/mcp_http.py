@@ -53,12 +53,14 @@ from meshgate.mcp.jsonrpc import (
 from meshgate.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     META_CAPABILITIES,
+    META_CLIENT_INFO,
     META_SERVER_INFO,
     META_VERSION,
     STATELESS_VERSION,
 )
 from meshgate.mcp.sessions import ClientSession, EventStream, SessionStore
 from meshgate.mcp.supervisor import Supervisor
+from meshgate.observability.topology import CALLER_HEADER
 from meshgate.router import hash_key
 
 log = logging.getLogger("meshgate.mcp_http")
@@ -307,6 +309,7 @@ class McpHttp:
         info = _obj(params.get("clientInfo"))
         try:
             session = self.sessions.create(target, version, caps, info)
+            session.caller = request.headers.get(CALLER_HEADER) or info.get("name")
         except MeshgateError as e:
             code, message, data = json_rpc_error(e)
             headers = {"Retry-After": str(int(e.retry_after or 1))}
@@ -433,6 +436,7 @@ class McpHttp:
             ask=_session_asker(session, emit) if emit is not None else None,
             client_capabilities=session.client_capabilities,
             pins=session.pins,
+            caller=session.caller,
             session_ask=_session_asker(session, session.emit_standing),
             session_emit=session.emit_standing,
         )
@@ -684,6 +688,8 @@ class McpHttp:
             send_logs=level in LOG_LEVELS,
             key=self._key(target, None, request.client.host if request.client else None, params),
             client_capabilities=_obj(meta.get(META_CAPABILITIES)),
+            caller=request.headers.get(CALLER_HEADER)
+            or _obj(meta.get(META_CLIENT_INFO)).get("name"),
         )
         if method in INPUT_METHODS:
             # The server may ask the client something mid-call: the call is parked, and each

@@ -13,6 +13,7 @@ from meshgate.api.problems import read_json_object
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.mcp.supervisor import ServerPool
+from meshgate.observability.topology import CALLER_HEADER
 from meshgate.router import Router, hash_key
 
 _CALL_BODY = {
@@ -83,7 +84,8 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
             client=request.client.host if request.client else None,
             arguments=arguments,
         )
-        call = router.call_tool(name, tool, arguments, timeout_s=timeout_s, key=key)
+        caller = request.headers.get(CALLER_HEADER)
+        call = router.call_tool(name, tool, arguments, timeout_s=timeout_s, key=key, caller=caller)
         return _json(await unless_disconnected(request, call))
 
     api.add_api_route(

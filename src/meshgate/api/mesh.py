@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.problems import read_body, read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService
+from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import Router
 from meshgate.transports.services import Registration, ServiceMesh
@@ -187,6 +188,7 @@ def build(
             headers=headers,
             body=body,
             timeout_s=timeout_s,
+            caller=request.headers.get(CALLER_HEADER),
         )
         out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
         return StreamingResponse(
@@ -195,6 +197,62 @@ def build(
             headers=dict(out),
             background=BackgroundTask(upstream.aclose),
         )
+
+    @api.get("/topology", summary="Services, their states and caller -> callee edges")
+    async def topology(format: str = "json") -> Response:
+        views = all_views()
+        declared = {
+            (i.service, dep) for i in services.instances.values() for dep in i.reg.depends_on
+        }
+        status: dict[str, str] = {}
+        for name, view in views.items():
+            if view["state"] != "healthy":
+                status[name] = "down"
+            elif any(
+                src == name and views.get(dst, {}).get("state") != "healthy"
+                for src, dst in declared
+            ):
+                status[name] = "degraded"  # a dependency is down or unknown
+            else:
+                status[name] = "ok"
+        edges: list[dict[str, Any]] = [
+            {"from": src, "to": dst, "kind": "declared"} for src, dst in sorted(declared)
+        ]
+        for (src, dst), edge in sorted(router.edges.edges.items()):
+            edges.append(
+                {
+                    "from": src,
+                    "to": dst,
+                    "kind": "observed",
+                    "calls": edge.calls,
+                    "errors": edge.errors,
+                    "last_seen": edge.last_seen,
+                }
+            )
+        triples = [(e["from"], e["to"], e["kind"]) for e in edges]
+        nodes = {**{e["from"]: "caller" for e in edges}, **status}
+        if format == "mermaid":
+            return Response(mermaid(nodes, triples), media_type="text/plain")
+        if format == "dot":
+            return Response(dot(nodes, triples), media_type="text/vnd.graphviz")
+        if format != "json":
+            raise InvalidArguments("format must be json, mermaid or dot")
+        body = {
+            "services": [
+                {
+                    "name": name,
+                    "kind": view["kind"],
+                    "state": view["state"],
+                    "status": status[name],
+                    "instances": len(view["instances"]),
+                    "healthy": sum(i["state"] == "healthy" for i in view["instances"]),
+                    "depends_on": sorted(dst for src, dst in declared if src == name),
+                }
+                for name, view in sorted(views.items())
+            ],
+            "edges": edges,
+        }
+        return _json(body)
 
     @api.get("/services/{name}", summary="One service with its instances")
     async def get_service(name: str) -> Response:

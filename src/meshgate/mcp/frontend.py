@@ -85,6 +85,7 @@ class RequestContext:
     pins: dict[str, Pin] | None = None  # a session's sticky instances, by server
     session_ask: Ask | None = None  # asks the session's client on its standing stream
     session_emit: Emit | None = None  # notifies it there
+    caller: str | None = None  # who calls, for the topology
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -459,6 +460,7 @@ class McpFront:
                 on_server_request=self._asker(ctx),
                 pin=pin,
                 on_instance=chosen.append,
+                caller=ctx.caller,
             )
             if result.get("resultType") != "input_required" or not chosen:
                 return result

@@ -113,6 +113,7 @@ class ClientSession:
     legacy: bool = False  # the HTTP+SSE transport of 2024-11-05
     pins: dict[str, Pin] = field(default_factory=dict)  # sticky servers' instances
     subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
+    caller: str | None = None  # for the topology: X-Meshgate-Caller, or the client's name
 
     def __post_init__(self) -> None:
         self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
