@@ -73,7 +73,8 @@ def build(
         return {**view, "kind": "mcp"}
 
     def http_view(name: str) -> dict[str, Any]:
-        instances = services.by_service().get(name, [])
+        pool = services.pools.get(name)
+        instances = sorted(pool.instances.values(), key=lambda i: i.id) if pool else []
         states = {i.state.value for i in instances}
         state = next((s for s in ("healthy", "starting", "unhealthy") if s in states), "stopped")
         return {
@@ -85,7 +86,7 @@ def build(
 
     def all_views() -> dict[str, dict[str, Any]]:
         views = {name: mcp_view(name) for name in router.supervisor.pools}
-        for name in services.by_service():
+        for name in services.pools:
             views.setdefault(name, http_view(name))
         return views
 
@@ -256,10 +257,11 @@ def build(
 
     @api.get("/services/{name}", summary="One service with its instances")
     async def get_service(name: str) -> Response:
-        views = all_views()
-        if name not in views:
-            raise UnknownService(f"no service named {name!r}")
-        return _json(views[name])
+        if name in router.supervisor.pools:
+            return _json(mcp_view(name))
+        if name in services.pools:
+            return _json(http_view(name))
+        raise UnknownService(f"no service named {name!r}")
 
     services_mesh = services
 
@@ -275,7 +277,8 @@ def build(
                 "healthy": counts.get("healthy", 0),
                 "desired": len(pool.slots),
             }
-        for name, instances in services_mesh.by_service().items():
+        for name, service_pool in services_mesh.pools.items():
+            instances = list(service_pool.instances.values())
             counts = Counter(i.state.value for i in instances)
             summary[name] = {
                 "kind": "http",

@@ -64,6 +64,11 @@ class RegistrationStore:
             cur = self._db.execute("DELETE FROM registrations WHERE id = ?", (id_,))
         return cur.rowcount > 0
 
+    def get(self, id_: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM registrations WHERE id = ?", (id_,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def all(self) -> list[tuple[str, dict[str, Any], float]]:
         """(id, body, heartbeat_at) of every registration."""
         with self._lock:

@@ -272,12 +272,6 @@ class ServiceMesh:
         self.store.heartbeat(id_)
         return inst
 
-    def by_service(self) -> dict[str, list[ServiceInstance]]:
-        out: dict[str, list[ServiceInstance]] = {}
-        for inst in sorted(self.instances.values(), key=lambda i: i.id):
-            out.setdefault(inst.service, []).append(inst)
-        return out
-
     # -- internals -----------------------------------------------------------------------------
 
     def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
