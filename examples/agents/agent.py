@@ -2,7 +2,8 @@
 
     python examples/agents/agent.py NAME [--port 0] [--mesh http://127.0.0.1:8800] [--ttl 10]
 
-It serves `GET /health` (200, or 503 after `POST /sick`), `GET /whoami`, `POST /echo`, and
+It serves `GET /health` (200, or 503 after `POST /sick`), `GET /whoami`, `GET /headers` (what
+it received), `POST /echo`, and
 for fault drills `GET /sleep?seconds=N` and `GET /garbage` (an answer that is not HTTP);
 registers with the gateway at start (with a TTL it keeps alive with heartbeats), and
 deregisters on SIGTERM or Ctrl-C. Only the standard library: nothing to install.
@@ -48,6 +49,8 @@ class Agent(BaseHTTPRequestHandler):
             self._send(200 if ok else 503, {"status": "ok" if ok else "sick"})
         elif self.route == "/whoami":
             self._send(200, {"name": type(self).name, "pid": os.getpid()})
+        elif self.route == "/headers":
+            self._send(200, {k.lower(): v for k, v in self.headers.items()})
         elif self.route == "/sleep":
             seconds = float(self.path.partition("seconds=")[2] or 1)
             time.sleep(seconds)

@@ -18,6 +18,7 @@ from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, problems
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
+from meshgate.interceptors import build_chain
 from meshgate.mcp.frontend import McpFront
 from meshgate.mcp.sessions import SessionStore
 from meshgate.mcp.supervisor import Supervisor
@@ -37,6 +38,7 @@ def build_app(settings: Settings) -> FastAPI:
         RegistrationStore(settings.registrations_path), registry, node=settings.node_id
     )
     router = Router(supervisor, services)
+    router.interceptors = build_chain(list(settings.mesh.interceptors))
     mesh_settings = settings.mesh
     mcp_http = McpHttp(
         McpFront(router, separator=mesh_settings.namespace_separator),

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -120,6 +120,32 @@ class ServerPolicy(_Model):
         return value
 
 
+class HeadersInterceptor(_Model):
+    type: Literal["headers"]
+    set: dict[str, str]
+
+
+class CallerInterceptor(_Model):
+    type: Literal["caller"]
+    header: str = "X-Meshgate-Caller"
+    required: bool = False
+
+
+class TraceInterceptor(_Model):
+    type: Literal["trace"]
+
+
+class SizeLimitInterceptor(_Model):
+    type: Literal["size_limit"]
+    max_request_bytes: int = Field(ge=1)
+
+
+InterceptorSpec = Annotated[
+    HeadersInterceptor | CallerInterceptor | TraceInterceptor | SizeLimitInterceptor,
+    Field(discriminator="type"),
+]
+
+
 class MeshSettings(_Model):
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
@@ -135,6 +161,7 @@ class MeshSettings(_Model):
     max_sessions: int = Field(1000, ge=1)
     session_idle_timeout_s: float = Field(1800.0, gt=0)
     allowed_origins: list[str] = Field(default_factory=list)
+    interceptors: list[InterceptorSpec] = Field(default_factory=list)
 
     @field_validator("namespace_separator")
     @classmethod

@@ -33,6 +33,7 @@ from meshgate.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from meshgate.interceptors import Chain
 from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
@@ -121,6 +122,7 @@ class Router:
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
+        self.interceptors = Chain()
         self.in_flight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -142,6 +144,7 @@ class Router:
         key: str | None = None,
         on_progress: ProgressHandler | None = None,
         caller: str | None = None,
+        meta: JSON | None = None,
     ) -> JSON:
         """Call one tool; returns the MCP `tools/call` result."""
         pool = self.pool(service)
@@ -152,7 +155,7 @@ class Router:
         return await self.call(
             service,
             "tools/call",
-            {"name": tool, "arguments": arguments},
+            {"name": tool, "arguments": arguments, **({"_meta": meta} if meta else {})},
             timeout_s=timeout_s,
             key=key,
             retry_safe=tool_is_retry_safe(pool, tool),

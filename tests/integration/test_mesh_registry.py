@@ -240,3 +240,68 @@ def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_pa
                 dot = gw.get(f"{API}/topology", params={"format": "dot"}).text
                 assert '"writer" -> "researcher" [style=dashed]' in dot
                 assert gw.get(f"{API}/topology", params={"format": "png"}).status_code == 422
+
+
+def test_interceptors_run_in_order_on_proxy_and_tool_calls(tmp_path: Path) -> None:
+    policy = """
+[[mesh.interceptors]]
+type = "caller"
+required = true
+[[mesh.interceptors]]
+type = "headers"
+set = {"X-Env" = "test"}
+[[mesh.interceptors]]
+type = "trace"
+[[mesh.interceptors]]
+type = "size_limit"
+max_request_bytes = 100
+"""
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with run_gateway(tmp_path, {"fault": fault_server()}, policy) as gw:
+        with agent("svc", gw.url):
+            wait_service(gw, "svc", lambda v: v["state"] == "healthy")
+            me = {"X-Meshgate-Caller": "tester"}
+            seen = gw.get(f"{API}/call/svc/headers", headers=me).json()
+            assert seen["x-env"] == "test" and seen["x-meshgate-caller"] == "tester"
+            assert len(seen["traceparent"].split("-")) == 4  # a new trace
+            seen = gw.get(f"{API}/call/svc/headers", headers={**me, "traceparent": parent}).json()
+            assert seen["traceparent"] == parent  # the client's trace goes on
+            r = gw.get(f"{API}/call/svc/headers")
+            assert r.status_code == 401 and "x-meshgate-caller" in r.json()["detail"]
+            r = gw.http.post(f"{API}/call/svc/echo", content=b"x" * 200, headers=me)
+            assert r.status_code == 413
+
+            r = gw.http.post(
+                "/api/v1/mcp/servers/fault/tools/meta",
+                json={"arguments": {}},
+                headers={**me, "traceparent": parent},
+            )
+            assert r.status_code == 200, r.text
+            assert json.loads(r.json()["content"][0]["text"])["traceparent"] == parent
+            assert gw.call("fault", "echo", {"text": "x"}).status_code == 401  # no caller
+
+            envelope = {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+            msg = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "meta", "arguments": {}, "_meta": envelope},
+            }
+            mcp_headers = {
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "meta",
+                "traceparent": parent,
+            }
+            r = gw.http.post("/mcp/fault", json=msg, headers={**mcp_headers, **me})
+            meta = json.loads(r.json()["result"]["content"][0]["text"])
+            assert meta["traceparent"] == parent
+            r = gw.http.post("/mcp/fault", json=msg, headers=mcp_headers)  # no caller
+            assert r.json()["error"]["data"]["status"] == 401
+            big = {**msg, "params": {**msg["params"], "arguments": {"text": "x" * 200}}}
+            r = gw.http.post("/mcp/fault", json=big, headers={**mcp_headers, **me})
+            assert r.json()["error"]["data"]["status"] == 413

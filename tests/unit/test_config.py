@@ -197,3 +197,22 @@ mode = "exclusive"
         assert check_file(ok) == []
     _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "redis://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]
+
+
+def test_interceptors_are_validated_with_their_position(tmp_path: Path) -> None:
+    pol = write(
+        tmp_path / "meshgate.toml",
+        """
+[[mesh.interceptors]]
+type = "trace"
+[[mesh.interceptors]]
+type = "teleport"
+[[mesh.interceptors]]
+type = "size_limit"
+""",
+    )
+    text = "\n".join(str(p) for p in check_file(pol))
+    assert "mesh.interceptors.1" in text and "teleport" in text
+    assert "mesh.interceptors.2.size_limit.max_request_bytes" in text
+    ok = write(tmp_path / "ok.toml", '[[mesh.interceptors]]\ntype = "caller"\nrequired = true\n')
+    assert check_file(ok) == []

@@ -380,21 +380,20 @@ class McpHttp:
             if replies:
                 return _json(replies, 400)
             return Response(status_code=202)
-        client = request.client.host if request.client else None
         if len(requests) == 1 and not isinstance(body, list):
             msg = requests[0]
             channel = _Channel(msg["id"], session if wants_sse else None, sse=wants_sse)
             return await self._respond(
                 request,
                 channel,
-                _with_status(self._session_work(session, msg, channel.emit, client)),
+                _with_status(self._session_work(session, msg, channel.emit, request)),
                 session=session,
                 priming=session.protocol_version >= "2025-11-25",
             )
         # A 2025-03-26 batch: answered as a JSON array, without notifications.
         replies += await unless_disconnected(
             request,
-            asyncio.gather(*(self._session_work(session, m, None, client) for m in requests)),
+            asyncio.gather(*(self._session_work(session, m, None, request) for m in requests)),
         )
         return _json(replies)
 
@@ -412,7 +411,7 @@ class McpHttp:
                 task.cancel()
 
     async def _session_work(
-        self, session: ClientSession, msg: JSON, emit: Emit | None, client: str | None
+        self, session: ClientSession, msg: JSON, emit: Emit | None, request: Request
     ) -> JSON:
         """The reply to one request of a session."""
         id_, method = msg["id"], msg["method"]
@@ -432,11 +431,17 @@ class McpHttp:
             emit=emit,
             progress_token=_progress_token(msg),
             log_level=session.log_level,
-            key=self._key(session.target, session.id, client, params),
+            key=self._key(
+                session.target,
+                session.id,
+                request.client.host if request.client else None,
+                params,
+            ),
             ask=_session_asker(session, emit) if emit is not None else None,
             client_capabilities=session.client_capabilities,
             pins=session.pins,
             caller=session.caller,
+            headers=dict(request.headers),
             session_ask=_session_asker(session, session.emit_standing),
             session_emit=session.emit_standing,
         )
@@ -578,9 +583,8 @@ class McpHttp:
             result = {"protocolVersion": version, **self.front.describe(session.target)}
             emit(jsonrpc.result(msg["id"], result))
             return
-        client = request.client.host if request.client else None
         try:
-            reply = await self._session_work(session, msg, emit, client)
+            reply = await self._session_work(session, msg, emit, request)
         except asyncio.CancelledError:
             reply = jsonrpc.error(msg["id"], REQUEST_CANCELLED, "request cancelled")
         emit(reply)
@@ -690,6 +694,7 @@ class McpHttp:
             client_capabilities=_obj(meta.get(META_CAPABILITIES)),
             caller=request.headers.get(CALLER_HEADER)
             or _obj(meta.get(META_CLIENT_INFO)).get("name"),
+            headers=dict(request.headers),
         )
         if method in INPUT_METHODS:
             # The server may ask the client something mid-call: the call is parked, and each

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from meshgate.api.problems import read_json_object
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
+from meshgate.interceptors import Call
 from meshgate.mcp.supervisor import ServerPool
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.router import Router, hash_key
@@ -84,8 +85,25 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
             client=request.client.host if request.client else None,
             arguments=arguments,
         )
-        caller = request.headers.get(CALLER_HEADER)
-        call = router.call_tool(name, tool, arguments, timeout_s=timeout_s, key=key, caller=caller)
+        intercepted = router.interceptors.run(
+            Call(
+                service=name,
+                kind="mcp",
+                target=tool,
+                incoming=dict(request.headers),
+                caller=request.headers.get(CALLER_HEADER),
+                body_size=len(json.dumps(arguments)),
+            )
+        )
+        call = router.call_tool(
+            name,
+            tool,
+            arguments,
+            timeout_s=timeout_s,
+            key=key,
+            caller=intercepted.caller,
+            meta=intercepted.meta or None,
+        )
         return _json(await unless_disconnected(request, call))
 
     api.add_api_route(

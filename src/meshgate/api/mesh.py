@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.problems import read_body, read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService
+from meshgate.interceptors import Call
 from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import Router
@@ -171,11 +172,25 @@ def build(
     async def call(name: str, path: str, request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
         timeout_s = _timeout(request.headers.get(TIMEOUT_HEADER))
+        intercepted = router.interceptors.run(
+            Call(
+                service=name,
+                kind="http",
+                target="/" + path,
+                incoming=dict(request.headers),
+                caller=request.headers.get(CALLER_HEADER),
+                body_size=len(body),
+            )
+        )
+        added = {k.lower() for k in intercepted.headers}
         headers = [
             (k, v)
             for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP and k.lower() != TIMEOUT_HEADER
+            if k.lower() not in HOP_BY_HOP
+            and k.lower() != TIMEOUT_HEADER
+            and k.lower() not in added
         ]
+        headers += list(intercepted.headers.items())
         client = request.client.host if request.client else ""
         forwarded = request.headers.get("x-forwarded-for")
         headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
@@ -189,7 +204,7 @@ def build(
             headers=headers,
             body=body,
             timeout_s=timeout_s,
-            caller=request.headers.get(CALLER_HEADER),
+            caller=intercepted.caller,
         )
         out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
         return StreamingResponse(

@@ -12,6 +12,7 @@ and deadlines are the same as on the REST path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from meshgate.errors import (
     UnknownService,
     UnknownTool,
 )
+from meshgate.interceptors import Call
 from meshgate.mcp.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
@@ -86,6 +88,7 @@ class RequestContext:
     session_ask: Ask | None = None  # asks the session's client on its standing stream
     session_emit: Emit | None = None  # notifies it there
     caller: str | None = None  # who calls, for the topology
+    headers: dict[str, str] = field(default_factory=dict)  # the client's HTTP request headers
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -311,12 +314,21 @@ class McpFront:
         if tool not in pool.tools and not own_process:  # a session's own process may differ
             self._need_catalog(pool)
             raise UnknownTool(f"{server} has no tool named {tool!r}")
+        intercepted = self.router.interceptors.run(
+            Call(
+                service=server,
+                kind="mcp",
+                target=tool,
+                incoming=ctx.headers,
+                caller=ctx.caller,
+                body_size=len(json.dumps(arguments)),
+            )
+        )
+        ctx.caller = intercepted.caller
+        upstream = _upstream_params(params, ctx, name=tool, arguments=arguments)
+        upstream["_meta"] = {**upstream.get("_meta", {}), **intercepted.meta}
         return await self._upstream(
-            server,
-            "tools/call",
-            _upstream_params(params, ctx, name=tool, arguments=arguments),
-            ctx,
-            retry_safe=tool_is_retry_safe(pool, tool),
+            server, "tools/call", upstream, ctx, retry_safe=tool_is_retry_safe(pool, tool)
         )
 
     # -- prompts, resources, completions -------------------------------------------------------

@@ -46,6 +46,7 @@ TOOLS: dict[str, tuple[str, JSON, JSON | None]] = {
     "fail": ("Answer with a JSON-RPC error", _EMPTY, _READ_ONLY),
     "tool_error": ("Answer with isError true", _EMPTY, _READ_ONLY),
     "pid": ("Return the process id", _EMPTY, _READ_ONLY),
+    "meta": ("Return the request's params._meta", _EMPTY, _READ_ONLY),
     "stats": ("Return counters as JSON", _EMPTY, _READ_ONLY),
     "progress": ("Send progress notifications, then answer", _EMPTY, _READ_ONLY),
     "add_tool": (
@@ -294,6 +295,9 @@ class FaultServer:
 
     async def tool_tool_error(self, args: JSON, meta: JSON) -> JSON:
         return self.text("the tool failed on purpose", is_error=True)
+
+    async def tool_meta(self, args: JSON, meta: JSON) -> JSON:
+        return self.text(json.dumps(meta))
 
     async def tool_pid(self, args: JSON, meta: JSON) -> JSON:
         return self.text(str(os.getpid()))

@@ -1,0 +1,136 @@
+"""Request interceptors: an ordered chain applied to calls through the gateway.
+
+Configured in `meshgate.toml` as `[[mesh.interceptors]]` tables, run in that order on the HTTP
+proxy (`/call/{service}/...`) and on tool calls (REST and MCP). Each sees the outgoing call
+(`Call`) before it is sent and may change it or refuse it with an error:
+
+- `headers`: set headers on calls to HTTP services (`set = {"X-Env" = "prod"}`);
+- `caller`: take the caller's identity from a header (`header`, default `X-Meshgate-Caller`);
+  `required = true` refuses calls without one (401);
+- `trace`: carry W3C trace context: the client's `traceparent` (and `tracestate`), or a new
+  one, on the outgoing HTTP request and in MCP `params._meta`;
+- `size_limit`: refuse request bodies (for tool calls: the JSON of the arguments) over
+  `max_request_bytes` (413).
+
+Adding one: a class with `before(call)`, a config model for its table in `config.py` (added
+to `InterceptorSpec`), and a line in `build_chain`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshgate.config import (
+    CallerInterceptor,
+    HeadersInterceptor,
+    InterceptorSpec,
+    TraceInterceptor,
+)
+from meshgate.errors import MeshgateError, PayloadTooLarge
+
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class Unauthenticated(MeshgateError):
+    status = 401
+    type = "unauthenticated"
+    title = "Unauthenticated"
+    jsonrpc_code = -32600
+
+
+@dataclass
+class Call:
+    """One call as the interceptors see it."""
+
+    service: str
+    kind: str  # "http" (proxy) or "mcp" (tool call)
+    target: str  # the path (http) or the tool (mcp)
+    incoming: dict[str, str]  # the client's request headers, lower-case names
+    headers: dict[str, str] = field(default_factory=dict)  # to add on the outgoing request
+    meta: dict[str, Any] = field(default_factory=dict)  # to add to MCP params._meta
+    caller: str | None = None
+    body_size: int = 0  # the request body; for a tool call, its arguments as JSON
+
+
+class Interceptor(Protocol):
+    def before(self, call: Call) -> None: ...
+
+
+class Headers:
+    def __init__(self, set: dict[str, str]) -> None:
+        self.values = dict(set)
+
+    def before(self, call: Call) -> None:
+        if call.kind == "http":
+            call.headers.update(self.values)
+
+
+class Caller:
+    def __init__(self, header: str = "X-Meshgate-Caller", required: bool = False) -> None:
+        self.header = header.lower()
+        self.required = required
+
+    def before(self, call: Call) -> None:
+        caller = call.incoming.get(self.header)
+        if caller:
+            call.caller = caller
+        elif self.required and call.caller is None:
+            raise Unauthenticated(
+                f"calls through this gateway must name their caller in {self.header}"
+            )
+
+
+class Trace:
+    def before(self, call: Call) -> None:
+        parent = call.incoming.get("traceparent", "")
+        if not TRACEPARENT.match(parent):
+            parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        state = call.incoming.get("tracestate")
+        if call.kind == "http":
+            call.headers["traceparent"] = parent
+            if state:
+                call.headers["tracestate"] = state
+        else:
+            call.meta["traceparent"] = parent
+            if state:
+                call.meta["tracestate"] = state
+
+
+class SizeLimit:
+    def __init__(self, max_request_bytes: int) -> None:
+        self.max_request_bytes = max_request_bytes
+
+    def before(self, call: Call) -> None:
+        if call.body_size > self.max_request_bytes:
+            raise PayloadTooLarge(
+                f"the request body of {call.body_size} bytes exceeds the size_limit "
+                f"interceptor's {self.max_request_bytes}"
+            )
+
+
+class Chain:
+    def __init__(self, interceptors: list[Interceptor] | None = None) -> None:
+        self.interceptors = interceptors or []
+
+    def run(self, call: Call) -> Call:
+        for interceptor in self.interceptors:
+            interceptor.before(call)
+        return call
+
+
+def build_chain(specs: list[InterceptorSpec]) -> Chain:
+    """The chain from the validated `[[mesh.interceptors]]` tables, in their order."""
+    chain: list[Interceptor] = []
+    for spec in specs:
+        if isinstance(spec, HeadersInterceptor):
+            chain.append(Headers(spec.set))
+        elif isinstance(spec, CallerInterceptor):
+            chain.append(Caller(spec.header, spec.required))
+        elif isinstance(spec, TraceInterceptor):
+            chain.append(Trace())
+        else:
+            chain.append(SizeLimit(spec.max_request_bytes))
+    return Chain(chain)
