@@ -284,12 +284,8 @@ max_request_bytes = 100
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientCapabilities": {},
             }
-            msg = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "tools/call",
-                "params": {"name": "meta", "arguments": {}, "_meta": envelope},
-            }
+            params: dict[str, Any] = {"name": "meta", "arguments": {}, "_meta": envelope}
+            msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
             mcp_headers = {
                 "Accept": "application/json, text/event-stream",
                 "MCP-Protocol-Version": "2026-07-28",
@@ -302,6 +298,6 @@ max_request_bytes = 100
             assert meta["traceparent"] == parent
             r = gw.http.post("/mcp/fault", json=msg, headers=mcp_headers)  # no caller
             assert r.json()["error"]["data"]["status"] == 401
-            big = {**msg, "params": {**msg["params"], "arguments": {"text": "x" * 200}}}
+            big = {**msg, "params": {**params, "arguments": {"text": "x" * 200}}}
             r = gw.http.post("/mcp/fault", json=big, headers={**mcp_headers, **me})
             assert r.json()["error"]["data"]["status"] == 413
