@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -301,3 +302,41 @@ max_request_bytes = 100
             big = {**msg, "params": {**params, "arguments": {"text": "x" * 200}}}
             r = gw.http.post("/mcp/fault", json=big, headers={**mcp_headers, **me})
             assert r.json()["error"]["data"]["status"] == 413
+
+
+def test_the_sample_fleet_registers_is_balanced_and_routes_around_a_kill(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        fleet = subprocess.Popen(
+            [sys.executable, str(AGENT.with_name("fleet.py")), "--mesh", gw.url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert fleet.stdout is not None
+            lines = [fleet.stdout.readline() for _ in range(9)]
+            assert lines[-1].startswith("8 agents up"), lines
+            names = ["planner", "researcher", "writer", "critic", "coder", "tester", "summarizer"]
+            for name in names:
+                wait_service(
+                    gw, name, lambda v: all(i["state"] == "healthy" for i in v["instances"])
+                )
+            wait_service(gw, "researcher", lambda v: len(v["instances"]) == 2)
+            pids = {gw.get(f"{API}/call/researcher/whoami").json()["pid"] for _ in range(10)}
+            assert len(pids) == 2  # balanced
+            topo = gw.get(f"{API}/topology").json()
+            declared = {(e["from"], e["to"]) for e in topo["edges"] if e["kind"] == "declared"}
+            assert ("summarizer", "critic") in declared and len(declared) == 6
+            # one researcher killed mid-load: GETs keep working on the other
+            victim = pids.pop()
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(30):
+                r = gw.get(f"{API}/call/researcher/whoami")
+                assert r.status_code == 200 and r.json()["pid"] != victim
+        finally:
+            fleet.send_signal(signal.SIGTERM)
+            fleet.wait(30)
+        # every agent deregistered on its way out (the killed one waits for its TTL)
+        deadline = time.monotonic() + 30
+        while gw.get(f"{API}/services", params={"kind": "http"}).json()["items"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
