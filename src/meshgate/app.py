@@ -54,7 +54,7 @@ def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting %d MCP servers", len(supervisor.pools))
-        await services.start()
+        await services.start(list(settings.mesh.services))
         await supervisor.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))

@@ -7,6 +7,7 @@ problem it finds (file, key, reason) instead of stopping at the first, so that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,8 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meshgate.balancer import STRATEGIES
 from meshgate.errors import ConfigError
@@ -146,6 +155,79 @@ InterceptorSpec = Annotated[
 ]
 
 
+SERVICE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/health"
+    interval_s: float = Field(5.0, ge=0.05, le=3600)
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    unhealthy_after: int = Field(3, ge=1, le=100)
+    healthy_after: int = Field(1, ge=1, le=100)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class Registration(BaseModel):
+    """What a service instance registers (`POST /api/v1/mesh/v2/register`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SERVICE_NAME)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    url: str | None = None
+    address: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    weight: int = Field(1, ge=1, le=1000)
+    check: Check = Field(default_factory=Check)
+    ttl_s: float | None = Field(None, gt=0, le=86400)
+    depends_on: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        if any(not t or len(t) > 64 for t in value):
+            raise ValueError("each tag is 1 to 64 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _where(self) -> Registration:
+        if self.url is not None:
+            if self.address is not None or self.port is not None:
+                raise ValueError("give either url, or address and port, not both")
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("url must be an http:// or https:// URL with a host")
+        elif self.address is None or self.port is None:
+            raise ValueError("give url, or address and port")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.url is not None:
+            return self.url.rstrip("/")
+        host = f"[{self.address}]" if self.address and ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        """The id the client gave, or one derived from name and URL: registering the same
+        service at the same URL again is idempotent."""
+        if self.id is not None:
+            return self.id
+        return f"{self.name}-{hashlib.sha1(self.base_url.encode()).hexdigest()[:6]}"
+
+
 class MeshSettings(_Model):
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
@@ -162,6 +244,15 @@ class MeshSettings(_Model):
     session_idle_timeout_s: float = Field(1800.0, gt=0)
     allowed_origins: list[str] = Field(default_factory=list)
     interceptors: list[InterceptorSpec] = Field(default_factory=list)
+    services: list[Registration] = Field(default_factory=list)
+    """Static HTTP services, registered at every start ([[mesh.services]])."""
+
+    @field_validator("services")
+    @classmethod
+    def _static(cls, value: list[Registration]) -> list[Registration]:
+        if any(r.ttl_s is not None for r in value):
+            raise ValueError("a static service has no TTL: it is not expected to heartbeat")
+        return value
 
     @field_validator("namespace_separator")
     @classmethod

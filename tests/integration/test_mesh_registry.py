@@ -340,3 +340,26 @@ def test_the_sample_fleet_registers_is_balanced_and_routes_around_a_kill(tmp_pat
         while gw.get(f"{API}/services", params={"kind": "http"}).json()["items"]:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def test_static_services_from_the_policy_file(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        policy = f"""
+[[mesh.services]]
+name = "ledger"
+address = "127.0.0.1"
+port = {port}
+tags = ["static"]
+check = {{type = "tcp", interval_s = 0.2}}
+"""
+        with run_gateway(tmp_path, {"fault": fault_server()}, policy) as gw:
+            view = wait_service(gw, "ledger", lambda v: v["state"] == "healthy")
+            [inst] = view["instances"]
+            assert inst["static"] and inst["tags"] == ["static"]
+            r = gw.http.delete(f"{API}/services/ledger/instances/{inst['id']}")
+            assert r.status_code == 422 and "meshgate.toml" in r.text
+            health = gw.get(f"{API}/health").json()
+            assert health["registry"]["transitions"]["starting->healthy"] >= 1

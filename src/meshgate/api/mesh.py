@@ -13,12 +13,13 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.problems import read_body, read_json_object
+from meshgate.config import Registration
 from meshgate.errors import InvalidArguments, NotFound, UnknownService
 from meshgate.interceptors import Call
 from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import Router
-from meshgate.transports.services import Registration, ServiceMesh
+from meshgate.transports.services import ServiceMesh
 
 _REGISTER_BODY = {
     "requestBody": {
@@ -107,6 +108,8 @@ def build(
             raise InvalidArguments("invalid registration", extra={"errors": errors}) from None
         if reg.name in router.supervisor.pools:
             raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
+        if reg.instance_id in services.static:
+            raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
         inst, created = services.register(reg)
         return _json(inst.view(), 201 if created else 200)
 
@@ -114,6 +117,10 @@ def build(
         "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
     )
     async def deregister(name: str, instance_id: str) -> Response:
+        if instance_id in services.static:
+            raise InvalidArguments(
+                f"{instance_id!r} is defined in meshgate.toml ([[mesh.services]]); remove it there"
+            )
         if not services.deregister(name, instance_id):
             raise NotFound(f"no instance {instance_id!r} of service {name!r}")
         return Response(status_code=204)
@@ -310,7 +317,13 @@ def build(
         body = {
             "status": status,
             "node": node,
-            "registry": {**registry.status(), **services_mesh.store.status()},
+            "registry": {
+                **registry.status(),
+                **services_mesh.store.status(),
+                "transitions": {
+                    f"{a}->{b}": n for (a, b), n in sorted(services_mesh.transitions.items())
+                },
+            },
             "in_flight": router.in_flight,
             "services": summary,
         }

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.balancer import Balancer, Ewma, make_balancer
-from meshgate.config import ServerPolicy
+from meshgate.config import Registration, ServerPolicy
 from meshgate.mcp.instance import breaker_policy
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
@@ -32,84 +30,15 @@ from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget
 
 log = logging.getLogger("meshgate.services")
 
-NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-
-
-class Check(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["http", "tcp"] = "http"
-    path: str = "/health"
-    interval_s: float = Field(5.0, ge=0.05, le=3600)
-    timeout_s: float = Field(2.0, gt=0, le=60)
-    unhealthy_after: int = Field(3, ge=1, le=100)
-    healthy_after: int = Field(1, ge=1, le=100)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        return value
-
-
-class Registration(BaseModel):
-    """What a service instance registers (`POST /api/v1/mesh/v2/register`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=NAME)
-    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
-    url: str | None = None
-    address: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    tags: list[str] = Field(default_factory=list, max_length=32)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    weight: int = Field(1, ge=1, le=1000)
-    check: Check = Field(default_factory=Check)
-    ttl_s: float | None = Field(None, gt=0, le=86400)
-    depends_on: list[str] = Field(default_factory=list, max_length=64)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        if any(not t or len(t) > 64 for t in value):
-            raise ValueError("each tag is 1 to 64 characters")
-        return value
-
-    @model_validator(mode="after")
-    def _where(self) -> Registration:
-        if self.url is not None:
-            if self.address is not None or self.port is not None:
-                raise ValueError("give either url, or address and port, not both")
-            parts = urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("url must be an http:// or https:// URL with a host")
-        elif self.address is None or self.port is None:
-            raise ValueError("give url, or address and port")
-        return self
-
-    @property
-    def base_url(self) -> str:
-        if self.url is not None:
-            return self.url.rstrip("/")
-        host = f"[{self.address}]" if self.address and ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
-
-    @property
-    def instance_id(self) -> str:
-        """The id the client gave, or one derived from name and URL: registering the same
-        service at the same URL again is idempotent."""
-        if self.id is not None:
-            return self.id
-        return f"{self.name}-{hashlib.sha1(self.base_url.encode()).hexdigest()[:6]}"
-
 
 class ServiceInstance:
     """One registered endpoint and what its checks found; the router picks among these."""
 
-    def __init__(self, reg: Registration, heartbeat_at: float, policy: ServerPolicy) -> None:
+    def __init__(
+        self, reg: Registration, heartbeat_at: float, policy: ServerPolicy, *, static: bool
+    ) -> None:
         self.reg = reg
+        self.static = static
         self.id = reg.instance_id
         self.service = reg.name
         self.weight = reg.weight
@@ -148,6 +77,7 @@ class ServiceInstance:
             "metadata": reg.metadata,
             "weight": reg.weight,
             "check": reg.check.model_dump(),
+            "static": self.static,
             "ttl_s": reg.ttl_s,
             "depends_on": reg.depends_on,
             "last_check": self.last_check,
@@ -206,6 +136,7 @@ class ServiceMesh:
         self.policy = policy or ServerPolicy()
         self.instances: dict[str, ServiceInstance] = {}
         self.pools: dict[str, ServicePool] = {}
+        self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._client: httpx.AsyncClient | None = None
         # For calls through the router (`/call`): pooled keep-alive connections.
@@ -217,9 +148,14 @@ class ServiceMesh:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, static: list[Registration] | None = None) -> None:
         self._client = httpx.AsyncClient(follow_redirects=False)
+        for reg in static or []:
+            self.static.add(reg.instance_id)
+            self._add(reg, time.time())
         for id_, body, heartbeat_at in self.store.all():
+            if id_ in self.static:
+                continue
             try:
                 reg = Registration.model_validate(body)
             except ValueError as e:
@@ -275,7 +211,9 @@ class ServiceMesh:
     # -- internals -----------------------------------------------------------------------------
 
     def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
-        inst = ServiceInstance(reg, heartbeat_at, self.policy)
+        inst = ServiceInstance(
+            reg, heartbeat_at, self.policy, static=reg.instance_id in self.static
+        )
         self.instances[inst.id] = inst
         pool = self.pools.get(reg.name)
         if pool is None:
