@@ -5,6 +5,8 @@ Nothing here sleeps or does I/O; every class takes a `clock` so tests drive time
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -249,3 +251,20 @@ class Deadline:
     @property
     def expired(self) -> bool:
         return self._clock() >= self.at
+
+
+class Signal:
+    """Wakes every waiter when something changed (an instance's state, a freed slot)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next `notify`, or `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()

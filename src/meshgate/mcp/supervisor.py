@@ -26,7 +26,7 @@ from meshgate.mcp.connection import ConnectionLost, McpConnection, StdioConnecti
 from meshgate.mcp.instance import Instance, breaker_policy
 from meshgate.mcp.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.registry.base import InstanceState, Registry
-from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, backoff_delay
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal, backoff_delay
 from meshgate.transports.mcp_http import HttpUpstream
 
 log = logging.getLogger("meshgate.supervisor")
@@ -93,7 +93,7 @@ class ServerPool:
         self.dedicated: dict[str, Instance] = {}  # held by one client session each
         self._dedicated_ids = itertools.count(1)
         self._instance_tasks: set[asyncio.Task[None]] = set()  # and other per-instance tasks
-        self._changed = asyncio.Event()
+        self._changed = Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: asyncio.Task[None] | None = None
         self._catalog_stale = False
@@ -117,13 +117,10 @@ class ServerPool:
 
     def notify(self) -> None:
         """Wake every waiter: an instance changed state or freed an in-flight slot."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.notify()
 
     async def wait_changed(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+        await self._changed.wait(timeout)
 
     @property
     def state(self) -> InstanceState:

@@ -26,7 +26,7 @@ from meshgate.config import Registration, ServerPolicy
 from meshgate.mcp.instance import breaker_policy
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
-from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 
 log = logging.getLogger("meshgate.services")
 
@@ -100,7 +100,7 @@ class ServicePool:
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
         self.instances: dict[str, ServiceInstance] = {}
         self.waiters = 0
-        self._changed = asyncio.Event()
+        self._changed = Signal()
 
     def routable(self) -> list[ServiceInstance]:
         return [i for i in self.instances.values() if i.routable]
@@ -110,13 +110,11 @@ class ServicePool:
         return bool(self.instances)
 
     def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake every waiter: an instance changed state or freed an in-flight slot."""
+        self._changed.notify()
 
     async def wait_changed(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+        await self._changed.wait(timeout)
 
 
 class ServiceMesh:
