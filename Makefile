@@ -8,7 +8,7 @@ CONFIG ?= examples/mcp.json
 POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest bench bench-peers clean
+.PHONY: setup run test lint typecheck pytest bench bench-peers redis-server clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -35,6 +35,14 @@ $(NODE22):
 		node-linux-$(NODE22_ARCH)@$(NODE22_VERSION)
 	$@ --version
 
+# The Redis registry's tests start their own redis-server (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
 
@@ -45,7 +53,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup $(NODE22)
+pytest: setup $(NODE22) redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -132,9 +132,10 @@ def run_gateway(
     policy: str = "",
     *,
     env: Mapping[str, str] | None = None,
+    node: str = "test",
 ) -> Iterator[Gateway]:
     """Start a gateway on these servers; on exit stop it and assert nothing is left behind."""
-    process = start_gateway(tmp_path, servers, policy, env=env, args=["--node-id", "test"])
+    process = start_gateway(tmp_path, servers, policy, env=env, args=["--node-id", node])
     gw = Gateway(process)
     kids = descendants(process.proc.pid)
     try:

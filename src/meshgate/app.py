@@ -32,7 +32,9 @@ log = logging.getLogger("meshgate")
 
 def build_app(settings: Settings) -> FastAPI:
     """The ASGI application for these settings; processes start in its lifespan."""
-    registry = open_registry(settings.mesh.registry)
+    registry = open_registry(
+        settings.mesh.registry, node=settings.node_id, lease_s=settings.mesh.registry_lease_s
+    )
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
     services = ServiceMesh(
         RegistrationStore(settings.registrations_path), registry, node=settings.node_id
@@ -54,6 +56,7 @@ def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting %d MCP servers", len(supervisor.pools))
+        await registry.start()
         await services.start(list(settings.mesh.services))
         await supervisor.start()
         for pool in supervisor.pools.values():
@@ -67,6 +70,7 @@ def build_app(settings: Settings) -> FastAPI:
             await supervisor.stop()
             await services.stop()
             services.store.close()
+            await registry.stop()
             registry.close()
             log.info("stopped")
 

@@ -234,6 +234,8 @@ class MeshSettings(_Model):
     node_id: str | None = None
     data_dir: str | None = None
     registry: str = "embedded"
+    registry_lease_s: float = Field(15.0, ge=0.5, le=3600)
+    """A shared registry: how long a node's entries outlive its last renewal."""
     queue: str = "embedded"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
@@ -263,9 +265,18 @@ class MeshSettings(_Model):
             )
         return value
 
-    @field_validator("registry", "queue")
+    @field_validator("registry")
     @classmethod
-    def _available_backend(cls, value: str) -> str:
+    def _registry_backend(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"backend {value!r} is not available; use 'embedded' or a redis:// URL"
+            )
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_backend(cls, value: str) -> str:
         if value != "embedded":
             raise ValueError(f"backend {value!r} is not available yet; use 'embedded'")
         return value
@@ -551,6 +562,7 @@ _ENV_FIELDS = {
     "node_id": "MESHGATE_NODE_ID",
     "data_dir": "MESHGATE_DATA_DIR",
     "registry": "MESHGATE_REGISTRY",
+    "registry_lease_s": "MESHGATE_REGISTRY_LEASE_S",
     "queue": "MESHGATE_QUEUE",
     "log_level": "MESHGATE_LOG_LEVEL",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",

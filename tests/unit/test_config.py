@@ -184,13 +184,13 @@ def test_unavailable_modes_and_backends_are_refused_clearly(tmp_path: Path) -> N
         tmp_path / "meshgate.toml",
         """
 [mesh]
-registry = "redis://127.0.0.1:6379/0"
+registry = "consul://127.0.0.1:8500"
 [defaults]
 mode = "exclusive"
 """,
     )
     text = "\n".join(str(p) for p in check_file(pol))
-    assert "mesh.registry: backend 'redis://127.0.0.1:6379/0' is not available yet" in text
+    assert "mesh.registry: backend 'consul://127.0.0.1:8500' is not available" in text
     assert "defaults.mode: unknown mode 'exclusive'; expected shared, sticky or dedicated" in text
     for mode in ("shared", "sticky", "dedicated"):
         ok = write(tmp_path / f"{mode}.toml", f'[defaults]\nmode = "{mode}"\n')

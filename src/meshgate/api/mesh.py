@@ -86,10 +86,36 @@ def build(
             "instances": [i.view() for i in instances],
         }
 
+    def remote(views: dict[str, dict[str, Any]], only: str | None = None) -> None:
+        """Add the instances other nodes registered (a shared registry backend)."""
+        for r in registry.instances(only):
+            if r.node == node:
+                continue
+            view = views.setdefault(
+                r.service,
+                {"name": r.service, "kind": r.kind, "state": "stopped", "instances": []},
+            )
+            view["instances"].append(
+                {
+                    "id": r.id,
+                    "node": r.node,
+                    "kind": r.kind,
+                    "state": r.state.value,
+                    "url": r.address,
+                    "tags": r.metadata.get("tags", []),
+                    "remote": True,
+                }
+            )
+            if r.state.value == "healthy":
+                view["state"] = "healthy"
+            elif view["state"] == "stopped":
+                view["state"] = r.state.value
+
     def all_views() -> dict[str, dict[str, Any]]:
         views = {name: mcp_view(name) for name in router.supervisor.pools}
         for name in services.pools:
             views.setdefault(name, http_view(name))
+        remote(views)
         return views
 
     @api.post(
@@ -279,11 +305,15 @@ def build(
 
     @api.get("/services/{name}", summary="One service with its instances")
     async def get_service(name: str) -> Response:
+        views: dict[str, dict[str, Any]] = {}
         if name in router.supervisor.pools:
-            return _json(mcp_view(name))
-        if name in services.pools:
-            return _json(http_view(name))
-        raise UnknownService(f"no service named {name!r}")
+            views[name] = mcp_view(name)
+        elif name in services.pools:
+            views[name] = http_view(name)
+        remote(views, name)
+        if name not in views:
+            raise UnknownService(f"no service named {name!r}")
+        return _json(views[name])
 
     services_mesh = services
 

@@ -6,10 +6,14 @@ from meshgate.registry.embedded import EmbeddedRegistry
 __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "open_registry"]
 
 
-def open_registry(url: str) -> Registry:
-    """The registry backend named by a URL (`embedded` for now)."""
+def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
+    """The registry backend named by a URL: `embedded`, or `redis://` / `rediss://`."""
     from meshgate.errors import ConfigError
 
     if url == "embedded":
         return EmbeddedRegistry()
-    raise ConfigError(f"registry backend {url!r} is not available yet; use 'embedded'")
+    if url.startswith(("redis://", "rediss://")):
+        from meshgate.registry.redis import RedisRegistry
+
+        return RedisRegistry(url, node=node, lease_s=lease_s)
+    raise ConfigError(f"registry backend {url!r} is not available; use embedded or redis://")

@@ -49,6 +49,12 @@ class EmbeddedRegistry:
     def status(self) -> dict[str, Any]:
         return {"backend": self.name, "status": "ok", "instances": len(self._records)}
 
+    async def start(self) -> None:
+        pass  # nothing to connect to
+
+    async def stop(self) -> None:
+        pass
+
     def close(self) -> None:
         self._listeners.clear()
 
