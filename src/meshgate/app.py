@@ -37,7 +37,11 @@ def build_app(settings: Settings) -> FastAPI:
     )
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
     services = ServiceMesh(
-        RegistrationStore(settings.registrations_path), registry, node=settings.node_id
+        RegistrationStore(settings.registrations_path),
+        registry,
+        node=settings.node_id,
+        policy=settings.default_policy,
+        policies=settings.service_policies,
     )
     router = Router(supervisor, services)
     router.interceptors = build_chain(list(settings.mesh.interceptors))

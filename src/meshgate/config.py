@@ -303,6 +303,8 @@ class Settings:
 
     mesh: MeshSettings = field(default_factory=MeshSettings)
     servers: Mapping[str, ServerSpec] = field(default_factory=dict)
+    default_policy: ServerPolicy = field(default_factory=ServerPolicy)  # [defaults]
+    service_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)  # [services.*]
     config_path: str | None = None
     policy_path: str | None = None
 
@@ -526,25 +528,21 @@ def _parse_server(
 
 def _parse_policy(
     data: dict[str, Any], f: str, problems: list[Problem]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
-    """Split meshgate.toml into mesh settings, default policy and per-server policy tables."""
-    for key in sorted(set(data) - {"mesh", "defaults", "servers"}):
-        problems.append(Problem(f, key, "unknown table; expected mesh, defaults or servers"))
-    mesh, defaults, servers = (
-        data.get("mesh", {}),
-        data.get("defaults", {}),
-        data.get("servers", {}),
-    )
-    for key, value in (("mesh", mesh), ("defaults", defaults), ("servers", servers)):
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
+    servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
+    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services"}):
+        problems.append(
+            Problem(f, key, "unknown table; expected mesh, defaults, servers or services")
+        )
+    tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
+    for key, value in tables.items():
         if not isinstance(value, dict):
             problems.append(Problem(f, key, "expected a table"))
-    if not isinstance(mesh, dict):
-        mesh = {}
-    if not isinstance(defaults, dict):
-        defaults = {}
-    if not isinstance(servers, dict):
-        servers = {}
-    return mesh, defaults, {k: v for k, v in servers.items() if isinstance(v, dict)}
+            tables[key] = {}
+    servers = {k: v for k, v in tables["servers"].items() if isinstance(v, dict)}
+    services = {k: v for k, v in tables["services"].items() if isinstance(v, dict)}
+    return tables["mesh"], tables["defaults"], servers, services
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -598,11 +596,12 @@ def collect(
     mesh_raw: dict[str, Any] = {}
     defaults_raw: dict[str, Any] = {}
     per_server: dict[str, dict[str, Any]] = {}
+    per_service: dict[str, dict[str, Any]] = {}
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
         if toml is not None:
-            mesh_raw, defaults_raw, per_server = _parse_policy(toml, pf, problems)
+            mesh_raw, defaults_raw, per_server, per_service = _parse_policy(toml, pf, problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -645,12 +644,21 @@ def collect(
         assert raw.command is not None
         specs[raw.name] = ServerSpec(raw.name, raw.command, raw.args, raw.env, raw.cwd, pol)
 
+    service_policies: dict[str, ServerPolicy] = {}
+    for name, table in per_service.items():
+        try:
+            service_policies[name] = ServerPolicy(**_deep_merge(defaults_raw, table))
+        except ValidationError as e:
+            problems.extend(_pydantic_problems(pf, f"services.{name}", e))
+
     if any(p.severity == "error" for p in problems):
         return None, problems
     return (
         Settings(
             mesh=mesh,
             servers=specs,
+            default_policy=ServerPolicy(**defaults_raw),
+            service_policies=service_policies,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

@@ -363,3 +363,15 @@ check = {{type = "tcp", interval_s = 0.2}}
             assert r.status_code == 422 and "meshgate.toml" in r.text
             health = gw.get(f"{API}/health").json()
             assert health["registry"]["transitions"]["starting->healthy"] >= 1
+
+
+def test_per_service_policy_from_the_policy_file(tmp_path: Path) -> None:
+    policy = "[services.slowpoke]\ncall_timeout_s = 0.5\n"
+    with run_gateway(tmp_path, {"fault": fault_server()}, policy) as gw:
+        with agent("slowpoke", gw.url), agent("other", gw.url):
+            for name in ("slowpoke", "other"):
+                wait_service(gw, name, lambda v: v["state"] == "healthy")
+            r = gw.get(f"{API}/call/slowpoke/sleep?seconds=1.5")
+            assert r.status_code == 504  # its own deadline
+            r = gw.get(f"{API}/call/other/sleep?seconds=1.5")
+            assert r.status_code == 200  # the default deadline (30 s)

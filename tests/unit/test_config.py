@@ -216,3 +216,13 @@ type = "size_limit"
     assert "mesh.interceptors.2.size_limit.max_request_bytes" in text
     ok = write(tmp_path / "ok.toml", '[[mesh.interceptors]]\ntype = "caller"\nrequired = true\n')
     assert check_file(ok) == []
+
+
+def test_http_service_policy_tables_are_validated(tmp_path: Path) -> None:
+    pol = write(
+        tmp_path / "meshgate.toml",
+        "[defaults]\ncall_timeout_s = 5\n[services.a]\nmax_in_flight = 0\n"
+        "[services.b]\nretry = {max_attempts = 2}\n",
+    )
+    text = "\n".join(str(p) for p in check_file(pol))
+    assert "services.a.max_in_flight" in text and "services.b" not in text

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -127,11 +128,13 @@ class ServiceMesh:
         *,
         node: str,
         policy: ServerPolicy | None = None,
+        policies: Mapping[str, ServerPolicy] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.node = node
-        self.policy = policy or ServerPolicy()
+        self.policy = policy or ServerPolicy()  # [defaults]
+        self.policies = dict(policies or {})  # [services.NAME]
         self.instances: dict[str, ServiceInstance] = {}
         self.pools: dict[str, ServicePool] = {}
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
@@ -209,13 +212,12 @@ class ServiceMesh:
     # -- internals -----------------------------------------------------------------------------
 
     def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
-        inst = ServiceInstance(
-            reg, heartbeat_at, self.policy, static=reg.instance_id in self.static
-        )
+        policy = self.policies.get(reg.name, self.policy)
+        inst = ServiceInstance(reg, heartbeat_at, policy, static=reg.instance_id in self.static)
         self.instances[inst.id] = inst
         pool = self.pools.get(reg.name)
         if pool is None:
-            pool = self.pools[reg.name] = ServicePool(reg.name, self.policy, self._rng)
+            pool = self.pools[reg.name] = ServicePool(reg.name, policy, self._rng)
         pool.instances[inst.id] = inst
         self.registry.register(self._record(inst))
         inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
