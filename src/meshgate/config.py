@@ -161,8 +161,9 @@ SERVICE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 class Check(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["http", "tcp"] = "http"
+    type: Literal["http", "tcp", "mcp"] = "http"
     path: str = "/health"
+    """http: the path to GET; mcp: the MCP endpoint's path (e.g. /mcp)."""
     interval_s: float = Field(5.0, ge=0.05, le=3600)
     timeout_s: float = Field(2.0, gt=0, le=60)
     unhealthy_after: int = Field(3, ge=1, le=100)

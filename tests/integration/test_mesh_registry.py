@@ -375,3 +375,24 @@ def test_per_service_policy_from_the_policy_file(tmp_path: Path) -> None:
             assert r.status_code == 504  # its own deadline
             r = gw.get(f"{API}/call/other/sleep?seconds=1.5")
             assert r.status_code == 200  # the default deadline (30 s)
+
+
+def test_an_mcp_health_check_speaks_mcp(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        fast = {"interval_s": 0.2, "unhealthy_after": 2}
+        good = {
+            "name": "tools",
+            "url": gw.url,
+            "check": {"type": "mcp", "path": "/mcp/fault", **fast},
+        }
+        bad = {
+            "name": "ghost",
+            "url": gw.url,
+            "check": {"type": "mcp", "path": "/mcp/none", **fast},
+        }
+        assert gw.http.post(f"{API}/register", json=good).status_code == 201
+        assert gw.http.post(f"{API}/register", json=bad).status_code == 201
+        view = wait_service(gw, "tools", lambda v: v["state"] == "healthy")
+        assert view["instances"][0]["last_check"]["ok"]
+        view = wait_service(gw, "ghost", lambda v: v["state"] == "unhealthy")
+        assert "MCP check failed" in view["instances"][0]["last_check"]["error"]

@@ -4,7 +4,8 @@ An HTTP service instance (an agent, a backend) registers itself with `POST /regi
 registration is stored durably first (`registry.store`), then the instance starts `starting`
 and only its checks move it: `healthy_after` passing checks make it `healthy`,
 `unhealthy_after` failing ones `unhealthy`, and back. A check is real: an HTTP GET of its health
-path that must answer 2xx in time, or a TCP connect. An instance registered with a TTL must
+path that must answer 2xx in time, a TCP connect, or an MCP request (`server/discover` or
+`ping`, after discovery or the handshake). An instance registered with a TTL must
 send `PUT .../heartbeat` within it, or it is removed. Every transition is logged and counted.
 """
 
@@ -24,10 +25,14 @@ import httpx
 
 from meshgate.balancer import Balancer, Ewma, make_balancer
 from meshgate.config import Registration, ServerPolicy
+from meshgate.mcp import protocol
+from meshgate.mcp.connection import ConnectionLost
 from meshgate.mcp.instance import breaker_policy
+from meshgate.mcp.jsonrpc import JsonRpcError
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
+from meshgate.transports.mcp_http import HttpUpstream
 
 log = logging.getLogger("meshgate.services")
 
@@ -53,6 +58,8 @@ class ServiceInstance:
         self.fail_streak = 0
         self.last_check: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.mcp: HttpUpstream | None = None  # the MCP check's connection
+        self.mcp_era: protocol.Era | None = None
 
     @property
     def latency_ewma(self) -> float:
@@ -169,6 +176,9 @@ class ServiceMesh:
         self._ttl_task = asyncio.create_task(self._expire_loop(), name="service TTLs")
 
     async def stop(self) -> None:
+        for inst in self.instances.values():
+            if inst.mcp is not None:
+                inst.mcp.close_stdin()
         tasks = [i.task for i in self.instances.values() if i.task is not None]
         if self._ttl_task is not None:
             tasks.append(self._ttl_task)
@@ -226,6 +236,8 @@ class ServiceMesh:
 
     def _remove(self, inst: ServiceInstance, *, reason: str) -> None:
         self.instances.pop(inst.id, None)
+        if inst.mcp is not None:
+            inst.mcp.close_stdin()
         pool = self.pools.get(inst.service)
         if pool is not None:
             pool.instances.pop(inst.id, None)
@@ -301,6 +313,8 @@ class ServiceMesh:
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
                     return None
+                if check.type == "mcp":
+                    return await self._mcp_check(inst, url + check.path, check.timeout_s)
                 assert self._client is not None
                 r = await self._client.get(url + check.path)
                 if 200 <= r.status_code < 300:
@@ -310,6 +324,23 @@ class ServiceMesh:
             return f"no answer within {check.timeout_s}s"
         except (OSError, httpx.HTTPError) as e:
             return f"{type(e).__name__}: {e}".rstrip(": ")
+
+    async def _mcp_check(self, inst: ServiceInstance, url: str, timeout: float) -> str | None:
+        """A real MCP health check: discovery or the handshake once, then `server/discover`
+        or `ping` (per era) each time; a failure starts over with a new connection."""
+        try:
+            if inst.mcp is None or not inst.mcp.alive:
+                conn = HttpUpstream(url, label=inst.id)
+                inst.mcp_era = (await protocol.establish(conn, timeout=timeout)).era
+                inst.mcp = conn
+            assert inst.mcp_era is not None
+            await protocol.probe(inst.mcp, inst.mcp_era, timeout=timeout)
+            return None
+        except (ConnectionLost, JsonRpcError) as e:
+            if inst.mcp is not None:
+                inst.mcp.close_stdin()
+            inst.mcp = None
+            return f"MCP check failed: {e}"
 
     async def _expire_loop(self) -> None:
         while True:
