@@ -269,11 +269,13 @@ class MeshSettings(_Model):
     @field_validator("registry")
     @classmethod
     def _registry_backend(cls, value: str) -> str:
-        if value != "embedded" and not value.startswith(("redis://", "rediss://")):
-            raise ValueError(
-                f"backend {value!r} is not available; use 'embedded' or a redis:// URL"
-            )
-        return value
+        if value == "embedded" or value.startswith(("redis://", "rediss://")):
+            return value
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        raise ValueError(
+            f"backend {value!r} is not available; use embedded, sqlite:///PATH or redis://"
+        )
 
     @field_validator("queue")
     @classmethod
@@ -326,6 +328,10 @@ class Settings:
 
     @property
     def registrations_path(self) -> Path | None:
+        """The SQLite file of HTTP registrations: `sqlite:///PATH` names it, else the data dir
+        holds it."""
+        if self.mesh.registry.startswith("sqlite:///"):
+            return Path(self.mesh.registry.removeprefix("sqlite://")).expanduser()
         return self.data_dir / "registry.sqlite3" if self.data_dir is not None else None
 
 

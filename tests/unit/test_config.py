@@ -226,3 +226,14 @@ def test_http_service_policy_tables_are_validated(tmp_path: Path) -> None:
     )
     text = "\n".join(str(p) for p in check_file(pol))
     assert "services.a.max_in_flight" in text and "services.b" not in text
+
+
+def test_registry_urls(tmp_path: Path) -> None:
+    for url in ("embedded", "sqlite:///tmp/x.sqlite3", "redis://127.0.0.1:6379/0"):
+        settings, problems = collect(None, None, environ={"MESHGATE_REGISTRY": url})
+        assert problems == [] and settings is not None
+    assert settings is not None
+    settings, _ = collect(None, None, environ={"MESHGATE_REGISTRY": "sqlite:///tmp/x.sqlite3"})
+    assert settings is not None and str(settings.registrations_path) == "/tmp/x.sqlite3"
+    _, problems = collect(None, None, environ={"MESHGATE_REGISTRY": "sqlite://"})
+    assert "sqlite:///PATH" in problems[0].reason

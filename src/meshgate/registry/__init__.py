@@ -7,11 +7,12 @@ __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "o
 
 
 def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
-    """The registry backend named by a URL: `embedded`, or `redis://` / `rediss://`."""
+    """The registry backend named by a URL: `embedded` or `sqlite:///PATH` (this node only),
+    or `redis://` / `rediss://` (shared by several nodes)."""
     from meshgate.errors import ConfigError
 
-    if url == "embedded":
-        return EmbeddedRegistry()
+    if url == "embedded" or url.startswith("sqlite:///"):
+        return EmbeddedRegistry()  # (the registrations' SQLite file is the store's business)
     if url.startswith(("redis://", "rediss://")):
         from meshgate.registry.redis import RedisRegistry
 
