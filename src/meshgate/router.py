@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -271,7 +271,7 @@ class Router:
         *,
         query: str = "",
         headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"",
+        body: bytes | AsyncIterator[bytes] = b"",
         timeout_s: float | None = None,
         caller: str | None = None,
     ) -> httpx.Response:
@@ -280,6 +280,8 @@ class Router:
         only when that is safe: it never reached the instance, or the method is idempotent.
 
         Returns the response with its body not yet read: the caller streams it, then closes it.
+        A streamed request body (an iterator) is retried only when no connection was made,
+        when not a byte of it has been read.
         """
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")

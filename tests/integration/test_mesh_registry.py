@@ -396,3 +396,26 @@ def test_an_mcp_health_check_speaks_mcp(tmp_path: Path) -> None:
         assert view["instances"][0]["last_check"]["ok"]
         view = wait_service(gw, "ghost", lambda v: v["state"] == "unhealthy")
         assert "MCP check failed" in view["instances"][0]["last_check"]["error"]
+
+
+def test_request_bodies_stream_through_and_are_bounded(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with agent("sink", gw.url):
+            wait_service(gw, "sink", lambda v: v["state"] == "healthy")
+            payload = b"chunk-" * 50_000  # 300 kB, sent with its length, streamed on
+            r = gw.http.post(f"{API}/call/sink/echo", content=payload)
+            assert r.status_code == 200 and len(r.json()["echo"]) == len(payload)
+
+            def chunks() -> Iterator[bytes]:
+                for _ in range(20):
+                    yield b"x" * 100_000  # 2 MB, no declared length: cut at max_body_bytes
+
+            r = gw.http.post(f"{API}/call/sink/echo", content=chunks())
+            assert r.status_code == 413, r.text
+
+            def small() -> Iterator[bytes]:
+                yield from (b"ab", b"cd", b"ef")
+
+            r = gw.http.post(f"{API}/call/sink/echo", content=small())  # chunked, within bounds
+            assert r.status_code == 200 and r.json()["echo"] == "abcdef"
+            assert gw.get(f"{API}/call/sink/whoami").status_code == 200  # still fine

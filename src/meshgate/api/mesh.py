@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,11 +15,17 @@ from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.problems import read_body, read_json_object
 from meshgate.config import Registration
-from meshgate.errors import InvalidArguments, NotFound, UnknownService
+from meshgate.errors import (
+    InvalidArguments,
+    MeshgateError,
+    NotFound,
+    PayloadTooLarge,
+    UnknownService,
+)
 from meshgate.interceptors import Call
 from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
-from meshgate.router import Router
+from meshgate.router import IDEMPOTENT_METHODS, Router
 from meshgate.transports.services import ServiceMesh
 
 _REGISTER_BODY = {
@@ -203,7 +210,20 @@ def build(
         summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
     )
     async def call(name: str, path: str, request: Request) -> Response:
-        body = await read_body(request, max_body_bytes)
+        body: bytes | AsyncIterator[bytes]
+        limited: _Limited | None = None
+        if request.method.upper() in IDEMPOTENT_METHODS:
+            # Read whole: a request that failed after it was sent may be sent again.
+            body = await read_body(request, max_body_bytes)
+            size = len(body)
+        else:  # streamed on; never sent twice
+            size = int(request.headers.get("content-length") or 0)
+            if size > max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
+                )
+            limited = _Limited(request.stream(), max_body_bytes)
+            body = limited.chunks()
         timeout_s = _timeout(request.headers.get(TIMEOUT_HEADER))
         intercepted = router.interceptors.run(
             Call(
@@ -212,7 +232,7 @@ def build(
                 target="/" + path,
                 incoming=dict(request.headers),
                 caller=request.headers.get(CALLER_HEADER),
-                body_size=len(body),
+                body_size=size,
             )
         )
         added = {k.lower() for k in intercepted.headers}
@@ -224,21 +244,31 @@ def build(
             and k.lower() not in added
         ]
         headers += list(intercepted.headers.items())
+        if not isinstance(body, bytes) and "content-length" in request.headers:
+            # A streamed body keeps its declared length (so the service need not read chunks).
+            headers.append(("content-length", request.headers["content-length"]))
         client = request.client.host if request.client else ""
         forwarded = request.headers.get("x-forwarded-for")
         headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
         headers.append(("x-forwarded-proto", request.url.scheme))
         headers.append(("x-forwarded-host", request.headers.get("host", "")))
-        upstream = await router.proxy(
-            name,
-            request.method,
-            "/" + path,
-            query=request.url.query,
-            headers=headers,
-            body=body,
-            timeout_s=timeout_s,
-            caller=intercepted.caller,
-        )
+        try:
+            upstream = await router.proxy(
+                name,
+                request.method,
+                "/" + path,
+                query=request.url.query,
+                headers=headers,
+                body=body,
+                timeout_s=timeout_s,
+                caller=intercepted.caller,
+            )
+        except MeshgateError:
+            if limited is not None and limited.exceeded:  # cut short by us, not by the service
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {max_body_bytes} bytes"
+                ) from None
+            raise
         out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
         return StreamingResponse(
             upstream.aiter_raw(),
@@ -360,6 +390,24 @@ def build(
         return Response(json.dumps(body), media_type="application/json")
 
     return api
+
+
+class _Limited:
+    """A request body passed on as it arrives, cut off past `limit` bytes."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+        self._chunks = chunks
+        self.limit = limit
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._chunks:
+            size += len(chunk)
+            if size > self.limit:
+                self.exceeded = True
+                raise PayloadTooLarge(f"request body exceeds the limit of {self.limit} bytes")
+            yield chunk
 
 
 def _encode_cursor(name: str) -> str:
