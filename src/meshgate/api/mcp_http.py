@@ -35,7 +35,6 @@ from meshgate.mcp.frontend import (
     LATEST_HANDSHAKE,
     LOG_LEVELS,
     MISSING_CAPABILITY,
-    SUPPORTED_VERSIONS,
     Ask,
     Emit,
     McpFront,
@@ -78,7 +77,6 @@ VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
-DEFAULT_VERSION = "2025-03-26"  # assumed when a session's request has no version header
 HEARTBEAT_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -1044,5 +1042,3 @@ async def _owning(task: asyncio.Future[None], chunks: AsyncIterator[str]) -> Asy
         if not task.done():
             task.cancel()
 
-
-__all__ = ["DEFAULT_VERSION", "SUPPORTED_VERSIONS", "McpHttp"]
