@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from meshgate import __version__
-from meshgate.api import mcp_rest, mesh, problems
+from meshgate.api import mcp_rest, mesh, problems, tasks
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.interceptors import build_chain
@@ -25,6 +25,8 @@ from meshgate.mcp.supervisor import Supervisor
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
+from meshgate.tasks.store import TaskStore
+from meshgate.tasks.workers import Workers
 from meshgate.transports.services import ServiceMesh
 
 log = logging.getLogger("meshgate")
@@ -45,6 +47,13 @@ def build_app(settings: Settings) -> FastAPI:
     )
     router = Router(supervisor, services)
     router.interceptors = build_chain(list(settings.mesh.interceptors))
+    workers = Workers(
+        TaskStore(settings.tasks_path),
+        router,
+        node=settings.node_id,
+        concurrency=settings.mesh.task_concurrency,
+        lease_s=settings.mesh.task_lease_s,
+    )
     mesh_settings = settings.mesh
     mcp_http = McpHttp(
         McpFront(router, separator=mesh_settings.namespace_separator),
@@ -63,6 +72,7 @@ def build_app(settings: Settings) -> FastAPI:
         await registry.start()
         await services.start(list(settings.mesh.services))
         await supervisor.start()
+        await workers.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
         try:
@@ -70,6 +80,8 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down: draining %d calls in flight", router.in_flight)
             await router.drain(settings.mesh.shutdown_grace_s)
+            await workers.stop()
+            workers.store.close()
             await mcp_http.close()
             await supervisor.stop()
             await services.stop()
@@ -100,6 +112,7 @@ def build_app(settings: Settings) -> FastAPI:
         )
     )
     app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
+    app.include_router(tasks.build(router, workers, max_body_bytes=settings.mesh.max_body_bytes))
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

@@ -235,6 +235,10 @@ class MeshSettings(_Model):
     node_id: str | None = None
     data_dir: str | None = None
     registry: str = "embedded"
+    task_concurrency: int = Field(8, ge=1, le=1024)
+    """Tasks this node runs at once."""
+    task_lease_s: float = Field(30.0, ge=1, le=3600)
+    """A running task's lease: renewed while it runs; if its node dies, it runs again after."""
     registry_lease_s: float = Field(15.0, ge=0.5, le=3600)
     """A shared registry: how long a node's entries outlive its last renewal."""
     queue: str = "embedded"
@@ -325,6 +329,10 @@ class Settings:
             return Path(self.mesh.data_dir).expanduser()
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "meshgate"
+
+    @property
+    def tasks_path(self) -> Path | None:
+        return self.data_dir / "tasks.sqlite3" if self.data_dir is not None else None
 
     @property
     def registrations_path(self) -> Path | None:
@@ -568,6 +576,7 @@ _ENV_FIELDS = {
     "data_dir": "MESHGATE_DATA_DIR",
     "registry": "MESHGATE_REGISTRY",
     "registry_lease_s": "MESHGATE_REGISTRY_LEASE_S",
+    "task_concurrency": "MESHGATE_TASK_CONCURRENCY",
     "queue": "MESHGATE_QUEUE",
     "log_level": "MESHGATE_LOG_LEVEL",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",

@@ -1041,4 +1041,3 @@ async def _owning(task: asyncio.Future[None], chunks: AsyncIterator[str]) -> Asy
     finally:
         if not task.done():
             task.cancel()
-

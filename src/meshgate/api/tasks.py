@@ -1,0 +1,174 @@
+"""The task API (`/api/v1/mesh/v2`): enqueue, look up, wait for, cancel, list and retry tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.responses import Response
+
+from meshgate.api.problems import read_json_object
+from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
+from meshgate.router import Router
+from meshgate.tasks.store import FINAL
+from meshgate.tasks.workers import Workers
+
+
+class ToolTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    service: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    path: str = "/"
+    body: Any = None
+
+
+class Enqueue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: ToolTarget | HttpTarget
+    priority: int = Field(0, ge=-1000, le=1000)
+    max_attempts: int = Field(3, ge=1, le=100)
+    deadline_s: float | None = Field(None, gt=0, le=7 * 86400)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    callback_url: str | None = None
+
+    @model_validator(mode="after")
+    def _callback(self) -> Enqueue:
+        if self.callback_url is not None:
+            parts = urlsplit(self.callback_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("callback_url must be an http:// or https:// URL")
+        if isinstance(self.target, HttpTarget) and not self.target.path.startswith("/"):
+            raise ValueError("target.path must start with '/'")
+        return self
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value), status_code=status, media_type="application/json")
+
+
+def _view(task: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in task.items() if k != "idempotency_key"}
+    for key in ("created_at", "started_at", "finished_at", "deadline_at"):
+        value = out.get(key)
+        if value is not None:
+            out[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+    out["idempotency_key"] = task.get("idempotency_key")
+    return out
+
+
+def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter:
+    api = APIRouter(prefix="/api/v1/mesh/v2", tags=["tasks"])
+    store = workers.store
+
+    def check_target(target: ToolTarget | HttpTarget) -> str:
+        """Refuse at enqueue time what could never run."""
+        if isinstance(target, ToolTarget):
+            pool = router.pool(target.server)  # UnknownService
+            if pool.tools and target.tool not in pool.tools:
+                raise UnknownTool(f"{target.server} has no tool named {target.tool!r}")
+            return target.server
+        services = router.services
+        if services is None or target.service not in services.pools:
+            raise UnknownService(f"no HTTP service named {target.service!r}")
+        return target.service
+
+    @api.post("/enqueue", summary="Enqueue a task; 202 once it is durably stored")
+    async def enqueue(request: Request) -> Response:
+        body = await read_json_object(request, max_body_bytes)
+        try:
+            req = Enqueue.model_validate(body)
+        except ValidationError as e:
+            errors = [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in e.errors()]
+            raise InvalidArguments("invalid task", extra={"errors": errors}) from None
+        name = check_target(req.target)
+        target = req.target.model_dump()
+        if req.callback_url:
+            target["callback_url"] = req.callback_url
+        task_id, created = store.enqueue(
+            target,
+            name,
+            priority=req.priority,
+            max_attempts=req.max_attempts,
+            deadline_s=req.deadline_s,
+            idempotency_key=req.idempotency_key,
+        )
+        workers.wake()
+        return _json({"task_id": task_id, "created": created}, 202)
+
+    @api.get("/task/{task_id}", summary="A task; wait_s long-polls until it is final")
+    async def get_task(task_id: str, wait_s: float = 0) -> Response:
+        if not 0 <= wait_s <= 300:
+            raise InvalidArguments("wait_s must be between 0 and 300")
+        end = time.monotonic() + wait_s
+        task = store.get(task_id)
+        while task is not None and task["status"] not in FINAL and time.monotonic() < end:
+            async with workers.finished:
+                try:
+                    async with asyncio.timeout(min(1.0, end - time.monotonic())):
+                        await workers.finished.wait()
+                except TimeoutError:
+                    pass
+            task = store.get(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}")
+        return _json(_view(task))
+
+    @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
+    async def cancel_task(task_id: str) -> Response:
+        before = workers.cancel(task_id)
+        if before is None:
+            raise NotFound(f"no task {task_id!r}")
+        task = store.get(task_id)
+        assert task is not None
+        return _json({**_view(task), "was": before})
+
+    @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
+    async def retry_task(task_id: str) -> Response:
+        if store.get(task_id) is None:
+            raise NotFound(f"no task {task_id!r}")
+        if not store.retry_dead(task_id):
+            raise InvalidArguments("only a dead or failed task can be retried")
+        workers.wake()
+        task = store.get(task_id)
+        assert task is not None
+        return _json(_view(task), 202)
+
+    @api.get("/tasks", summary="Tasks, by id, with a status filter and cursor pagination")
+    async def list_tasks(
+        status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Response:
+        if status is not None and status not in ("queued", "running", *FINAL):
+            raise InvalidArguments(f"unknown status {status!r}")
+        if not 1 <= limit <= 1000:
+            raise InvalidArguments("limit must be between 1 and 1000")
+        after = ""
+        if cursor:
+            try:
+                padded = cursor + "=" * (-len(cursor) % 4)
+                after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArguments("cursor is not one this API gave out") from None
+        items = store.list(status, after, limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = (
+            base64.urlsafe_b64encode(items[-1]["id"].encode()).decode().rstrip("=")
+            if more
+            else None
+        )
+        return _json({"items": [_view(t) for t in items], "next_cursor": next_cursor})
+
+    return api

@@ -1,0 +1,1 @@
+"""The task queue: durable storage and the workers that run what it accepts."""

@@ -1,0 +1,220 @@
+"""The embedded task queue: tasks in SQLite (WAL) under the data dir, claimed with a lease.
+
+A task is committed before `POST /enqueue` answers 202, so an accepted task survives a restart
+or a `kill -9`. Workers claim queued tasks with a visibility lease (`visible_at`); a task whose
+worker died is claimed again once its lease runs out. Delivery is at least once: a task may run
+twice if its worker dies after the work and before recording it; idempotency keys make a second
+enqueue of the same work return the first task.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    deadline_at REAL,
+    idempotency_key TEXT UNIQUE,
+    result TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    visible_at REAL NOT NULL,
+    worker TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
+"""
+
+FINAL = ("succeeded", "failed", "cancelled", "dead")
+COLUMNS = (
+    "id, status, target, priority, max_attempts, attempts, deadline_at, idempotency_key, "
+    "result, error, created_at, started_at, finished_at"
+)
+
+
+class TaskStore:
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = str(path) if path is not None else ":memory:"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def enqueue(
+        self,
+        target: dict[str, Any],
+        target_name: str,
+        *,
+        priority: int,
+        max_attempts: int,
+        deadline_s: float | None,
+        idempotency_key: str | None,
+    ) -> tuple[str, bool]:
+        """(task id, created); an idempotency key seen before returns that task."""
+        now = time.time()
+        with self._lock:
+            if idempotency_key is not None:
+                row = self._db.execute(
+                    "SELECT id FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                if row:
+                    return str(row[0]), False
+            id_ = f"t-{secrets.token_hex(8)}"
+            self._db.execute(
+                "INSERT INTO tasks (id, status, target, target_name, priority, max_attempts, "
+                "deadline_at, idempotency_key, created_at, visible_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    id_,
+                    json.dumps(target),
+                    target_name,
+                    priority,
+                    max_attempts,
+                    now + deadline_s if deadline_s else None,
+                    idempotency_key,
+                    now,
+                    now,
+                ),
+            )
+        return id_, True
+
+    def claim(self, worker: str, n: int, lease_s: float) -> list[dict[str, Any]]:
+        """Up to `n` ready tasks (queued, or running with an expired lease), now running."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"SELECT {COLUMNS} FROM tasks WHERE status IN ('queued', 'running') "
+                    "AND visible_at <= ? ORDER BY priority DESC, created_at LIMIT ?",
+                    (now, n),
+                ).fetchall()
+                for row in rows:
+                    self._db.execute(
+                        "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
+                        "started_at = ?, visible_at = ?, worker = ? WHERE id = ?",
+                        (now, now + lease_s, worker, row[0]),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        tasks = [self._row(r) for r in rows]
+        for t in tasks:
+            t["attempts"] += 1
+            t["status"] = "running"
+        return tasks
+
+    def extend(self, id_: str, lease_s: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET visible_at = ? WHERE id = ? AND status = 'running'",
+                (time.time() + lease_s, id_),
+            )
+
+    def finish(self, id_: str, status: str, *, result: Any = None, error: Any = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ? "
+                "WHERE id = ? AND status NOT IN ('succeeded', 'failed', 'cancelled', 'dead')",
+                (
+                    status,
+                    json.dumps(result) if result is not None else None,
+                    json.dumps(error) if error is not None else None,
+                    time.time(),
+                    id_,
+                ),
+            )
+
+    def retry_later(self, id_: str, delay_s: float, error: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET status = 'queued', visible_at = ?, error = ? "
+                "WHERE id = ? AND status = 'running'",
+                (time.time() + delay_s, json.dumps(error), id_),
+            )
+
+    def cancel(self, id_: str) -> str | None:
+        """The status before cancelling (None: no such task); final tasks stay as they are."""
+        with self._lock:
+            row = self._db.execute("SELECT status FROM tasks WHERE id = ?", (id_,)).fetchone()
+            if row is None:
+                return None
+            if row[0] not in FINAL:
+                self._db.execute(
+                    "UPDATE tasks SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                    (time.time(), id_),
+                )
+            return str(row[0])
+
+    def requeue_own(self, worker: str) -> int:
+        """Tasks this node was running when it stopped: ready again at once."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tasks SET status = 'queued', visible_at = ? "
+                "WHERE status = 'running' AND worker = ?",
+                (time.time(), worker),
+            )
+        return cur.rowcount
+
+    def retry_dead(self, id_: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tasks SET status = 'queued', attempts = 0, visible_at = ?, "
+                "finished_at = NULL WHERE id = ? AND status IN ('dead', 'failed')",
+                (time.time(), id_),
+            )
+        return cur.rowcount > 0
+
+    def get(self, id_: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (id_,)).fetchone()
+        return self._row(row) if row else None
+
+    def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        query = f"SELECT {COLUMNS} FROM tasks WHERE id > ?"
+        args: list[Any] = [after]
+        if status is not None:
+            query += " AND status = ?"
+            args.append(status)
+        query += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [self._row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+        keys = [c.strip() for c in COLUMNS.split(",")]
+        out = dict(zip(keys, row, strict=True))
+        out["target"] = json.loads(out["target"])
+        for key in ("result", "error"):
+            out[key] = json.loads(out[key]) if out[key] is not None else None
+        return out
