@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--args", default="{}", help="the tool's arguments as a JSON object")
     c.add_argument("--timeout", type=float, help="deadline in seconds")
 
+    t = client("tasks", "list, show, cancel or retry tasks of the queue")
+    t.add_argument("action", nargs="?", default="list", choices=["list", "show", "cancel", "retry"])
+    t.add_argument("task_id", nargs="?")
+    t.add_argument("--status", help="list: only tasks in this state")
+    t.add_argument("--limit", type=int, default=50)
+
     k = sub.add_parser("check-config", help="validate a .mcp.json or meshgate.toml")
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--json", action="store_true")
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "services": _services,
         "call": _call,
+        "tasks": _tasks,
         "check-config": _check_config,
     }[args.command]
     try:
@@ -231,6 +238,43 @@ def _call(args: argparse.Namespace) -> int:
         if "structuredContent" in result and not result.get("content"):
             print(json.dumps(result["structuredContent"], indent=2))
     return 1 if result.get("isError") else 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    api = "/api/v1/mesh/v2"
+    if args.action != "list" and not args.task_id:
+        print(f"error: tasks {args.action} needs a TASK_ID", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+        status, body = _request(args, "GET", f"{api}/tasks{query}")
+    elif args.action == "show":
+        status, body = _request(args, "GET", f"{api}/task/{args.task_id}")
+    elif args.action == "cancel":
+        status, body = _request(args, "DELETE", f"{api}/task/{args.task_id}")
+    else:
+        status, body = _request(args, "POST", f"{api}/task/{args.task_id}/retry")
+    if status not in (200, 202):
+        return _fail(status, body)
+    if args.json or args.action == "show":
+        print(json.dumps(body, indent=2))
+        return 0
+    items = body["items"] if args.action == "list" else [body]
+    rows = [("TASK", "STATUS", "ATTEMPTS", "TARGET", "CREATED")]
+    for task in items:
+        target = task["target"]
+        name = (
+            f"{target['server']}/{target['tool']}"
+            if "server" in target
+            else f"{target['service']} {target.get('method', 'POST')} {target.get('path', '/')}"
+        )
+        rows.append(
+            (task["id"], task["status"], str(task["attempts"]), name, task["created_at"] or "")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -81,3 +81,25 @@ def test_client_commands_explain_an_unreachable_gateway() -> None:
     r = meshgate("services", "--url", "http://127.0.0.1:9")
     assert r.returncode == 2
     assert "cannot reach the gateway" in r.stderr
+
+
+def test_tasks_command(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        api = "/api/v1/mesh/v2"
+        dead = gw.http.post(
+            f"{api}/enqueue", json={"target": {"server": "f", "tool": "fail"}, "max_attempts": 1}
+        ).json()["task_id"]
+        assert gw.get(f"{api}/task/{dead}", params={"wait_s": 30}).json()["status"] == "dead"
+        r = meshgate("tasks", "--url", gw.url)
+        assert r.returncode == 0, r.stderr
+        assert dead in r.stdout and "dead" in r.stdout and "f/fail" in r.stdout
+        r = meshgate("tasks", "list", "--status", "succeeded", "--url", gw.url, "--json")
+        assert json.loads(r.stdout)["items"] == []
+        r = meshgate("tasks", "show", dead, "--url", gw.url)
+        assert json.loads(r.stdout)["status"] == "dead"
+        r = meshgate("tasks", "retry", dead, "--url", gw.url)
+        assert r.returncode == 0 and "queued" in r.stdout
+        r = meshgate("tasks", "cancel", "t-nope", "--url", gw.url)
+        assert r.returncode == 1 and "404" in r.stderr
+        r = meshgate("tasks", "show", "--url", gw.url)
+        assert r.returncode == 2 and "TASK_ID" in r.stderr
