@@ -109,6 +109,7 @@ def build_app(settings: Settings) -> FastAPI:
             services,
             node=settings.node_id,
             max_body_bytes=settings.mesh.max_body_bytes,
+            queue_status=workers.status,
         )
     )
     app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))

@@ -49,6 +49,8 @@ def test_tasks_run_and_answer_with_their_result(tmp_path: Path) -> None:
         assert again.json() == {"task_id": task_id, "created": False}
         listed = gw.get(f"{API}/tasks", params={"status": "succeeded"}).json()["items"]
         assert [t["id"] for t in listed] == [task_id]
+        queue = gw.get(f"{API}/health").json()["queue"]
+        assert queue["tasks"] == {"succeeded": 1} and queue["backend"] == "embedded"
 
 
 def test_bad_tasks_are_refused_at_enqueue(tmp_path: Path) -> None:

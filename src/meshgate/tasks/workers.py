@@ -72,6 +72,16 @@ class Workers:
     def wake(self) -> None:
         self._wake.set()
 
+    def status(self) -> dict[str, Any]:
+        """For /health: the backend, tasks by status, and what this node runs now."""
+        return {
+            "backend": "embedded",
+            "store": self.store.path,
+            "tasks": self.store.counts(),
+            "running_here": len(self.running),
+            "concurrency": self.concurrency,
+        }
+
     async def stop(self) -> None:
         """Stop claiming; tasks still running stay `running` and are queued again at start."""
         self._stopping = True
