@@ -165,8 +165,13 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+# Appended to every wrk script by run_wrk: prints the line it parses.
+WRK_DONE = """
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%d %%f %%f %%f\\n", summary.requests,
+  io.write(string.format("RESULT %d %d %d %f %f %f\\n", summary.requests,
     summary.errors.status + summary.errors.connect + summary.errors.read
       + summary.errors.write + summary.errors.timeout,
     summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
@@ -177,10 +182,10 @@ end
 def run_wrk(
     url: str, script: str, duration: int, levels: list[int], *, threads: int = 2
 ) -> dict[int, dict[str, float]]:
-    """Run wrk with a Lua script (which must print the RESULT line) at each concurrency."""
+    """Run wrk with a Lua script (WRK_DONE added) at each concurrency."""
     out: dict[int, dict[str, float]] = {}
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
-        f.write(script)
+        f.write(script + WRK_DONE)
         f.flush()
         for c in levels:
             subprocess.run(

@@ -56,12 +56,6 @@ request = function()
     .. '"arguments":{"text":"hi"}%s}}', counter)
   return wrk.format("POST", nil, headers, body)
 end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%d %%f %%f %%f\\n", summary.requests,
-    summary.errors.status + summary.errors.connect + summary.errors.read
-      + summary.errors.write + summary.errors.timeout,
-    summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
-end
 """
 
 

@@ -232,3 +232,17 @@ def make_balancer(strategy: str, *, rng: random.Random | None = None) -> Balance
     if strategy == "p2c":
         return PowerOfTwo(rng)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+class LatencyTracked:
+    """The latency average an instance keeps for `p2c` (and the views)."""
+
+    def __init__(self) -> None:
+        self._latency = Ewma(alpha=0.2)
+
+    @property
+    def latency_ewma(self) -> float:
+        return self._latency.value
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latency.update(seconds)

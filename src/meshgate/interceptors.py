@@ -18,8 +18,10 @@ to `InterceptorSpec`), and a line in `build_chain`.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,11 +50,17 @@ class Call:
     service: str
     kind: str  # "http" (proxy) or "mcp" (tool call)
     target: str  # the path (http) or the tool (mcp)
-    incoming: dict[str, str]  # the client's request headers, lower-case names
+    incoming: Mapping[str, str]  # the client's request headers, lower-case names
     headers: dict[str, str] = field(default_factory=dict)  # to add on the outgoing request
     meta: dict[str, Any] = field(default_factory=dict)  # to add to MCP params._meta
     caller: str | None = None
-    body_size: int = 0  # the request body; for a tool call, its arguments as JSON
+    body_size: int = 0  # the request body (HTTP)
+    arguments: Any = None  # a tool call's arguments (MCP), measured as JSON only if needed
+
+    def size(self) -> int:
+        if self.arguments is not None:
+            return len(json.dumps(self.arguments))
+        return self.body_size
 
 
 class Interceptor(Protocol):
@@ -104,9 +112,10 @@ class SizeLimit:
         self.max_request_bytes = max_request_bytes
 
     def before(self, call: Call) -> None:
-        if call.body_size > self.max_request_bytes:
+        size = call.size()
+        if size > self.max_request_bytes:
             raise PayloadTooLarge(
-                f"the request body of {call.body_size} bytes exceeds the size_limit "
+                f"the request body of {size} bytes exceeds the size_limit "
                 f"interceptor's {self.max_request_bytes}"
             )
 

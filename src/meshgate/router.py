@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -40,7 +41,13 @@ from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpc
 from meshgate.mcp.supervisor import ServerPool, Supervisor
 from meshgate.observability.topology import EdgeLog
 from meshgate.registry.base import InstanceState
-from meshgate.resilience import CircuitBreaker, Deadline, backoff_delay
+from meshgate.resilience import (
+    BackoffPolicy,
+    CircuitBreaker,
+    Deadline,
+    RetryBudget,
+    backoff_delay,
+)
 from meshgate.transports.services import ServiceMesh
 
 log = logging.getLogger("meshgate.router")
@@ -96,6 +103,9 @@ class Balanced(Protocol[P]):
     name: str
     policy: ServerPolicy
     balancer: Balancer
+    budget: RetryBudget
+    retry_backoff: BackoffPolicy
+    rng: random.Random
     waiters: int
 
     def routable(self) -> list[P]: ...
@@ -237,14 +247,9 @@ class Router:
                             f"{inst.id} exited while {method} was in flight; not retried because "
                             "the tool is not marked read-only or idempotent"
                         ) from None
-                    if attempt >= policy.retry.max_attempts or not pool.budget.try_spend():
-                        raise UpstreamError(
-                            f"{inst.id} exited while {method} was in flight and retries are "
-                            "exhausted"
-                        ) from None
-                    log.info("retrying %s on %s after %s", method, service, e)
-                    delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
-                    await asyncio.sleep(min(delay, deadline.remaining()))
+                    await self._before_retry(
+                        pool, attempt, deadline, f"{inst.id} exited while {method} was in flight"
+                    )
                     continue
                 except asyncio.CancelledError:
                     inst.breaker.on_abandon()
@@ -340,15 +345,22 @@ class Router:
                     raise UpstreamCrashed(
                         f"{error}; not retried because {method} is not idempotent"
                     )
-                if attempt >= policy.retry.max_attempts or not pool.budget.try_spend():
-                    raise UpstreamError(f"{error}; retries exhausted")
-                log.info("retrying %s %s on %s: %s", method, path, service, error)
-                delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
-                await asyncio.sleep(min(delay, deadline.remaining()))
+                await self._before_retry(pool, attempt, deadline, f"{method} {path}: {error}")
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._leave()
             self.edges.record(caller, service, ok=ok)
+
+    async def _before_retry(
+        self, pool: Balanced[P], attempt: int, deadline: Deadline, why: str
+    ) -> None:
+        """Wait out the backoff before another attempt, or raise if none is left (attempts,
+        or the pool's retry budget)."""
+        if attempt >= pool.policy.retry.max_attempts or not pool.budget.try_spend():
+            raise UpstreamError(f"{why}; retries exhausted")
+        log.info("retrying on %s: %s", pool.name, why)
+        delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
+        await asyncio.sleep(min(delay, deadline.remaining()))
 
     async def _acquire_pinned(
         self, pool: ServerPool, inst: Instance, deadline: Deadline

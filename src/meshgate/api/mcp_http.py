@@ -439,7 +439,7 @@ class McpHttp:
             client_capabilities=session.client_capabilities,
             pins=session.pins,
             caller=session.caller,
-            headers=dict(request.headers),
+            headers=request.headers,
             session_ask=_session_asker(session, session.emit_standing),
             session_emit=session.emit_standing,
         )
@@ -692,15 +692,12 @@ class McpHttp:
             client_capabilities=_obj(meta.get(META_CAPABILITIES)),
             caller=request.headers.get(CALLER_HEADER)
             or _obj(meta.get(META_CLIENT_INFO)).get("name"),
-            headers=dict(request.headers),
+            headers=request.headers,
         )
         if method in INPUT_METHODS:
             # The server may ask the client something mid-call: the call is parked, and each
             # question comes back to the client as an input_required result.
-            try:
-                parked = self.parked.park(method, name)
-            except jsonrpc.JsonRpcError as e:
-                raise _Reject(503, e.code, e.message, id_) from None
+            parked = self.parked.park(method, name)
             parked.emit = channel.emit
             ctx.emit, ctx.ask, ctx.waiting = parked.relay, parked.ask, parked.is_waiting
             parked.task = asyncio.ensure_future(self.front.dispatch(target, method, params, ctx))
@@ -731,10 +728,15 @@ class McpHttp:
             self.parked.release(parked)
             raise
         if not done:
+            try:
+                state = self.parked.state(parked)
+            except jsonrpc.JsonRpcError as e:  # too many calls wait for their clients already
+                parked.cancel(e.message)
+                return 503, jsonrpc.error(id_, e.code, e.message)
             result: JSON = {
                 "resultType": "input_required",
                 "inputRequests": parked.open_questions(),
-                "requestState": self.parked.state(parked),
+                "requestState": state,
                 "_meta": {META_SERVER_INFO: self.front.server_info(target)},
             }
             return 200, jsonrpc.result(id_, result)

@@ -90,9 +90,9 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
                 service=name,
                 kind="mcp",
                 target=tool,
-                incoming=dict(request.headers),
+                incoming=request.headers,
                 caller=request.headers.get(CALLER_HEADER),
-                body_size=len(json.dumps(arguments)),
+                arguments=arguments,
             )
         )
         call = router.call_tool(

@@ -236,7 +236,7 @@ def build(
                 service=name,
                 kind="http",
                 target="/" + path,
-                incoming=dict(request.headers),
+                incoming=request.headers,
                 caller=request.headers.get(CALLER_HEADER),
                 body_size=size,
             )

@@ -12,10 +12,9 @@ and deadlines are the same as on the REST path.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +87,7 @@ class RequestContext:
     session_ask: Ask | None = None  # asks the session's client on its standing stream
     session_emit: Emit | None = None  # notifies it there
     caller: str | None = None  # who calls, for the topology
-    headers: dict[str, str] = field(default_factory=dict)  # the client's HTTP request headers
+    headers: Mapping[str, str] = field(default_factory=dict)  # the client's HTTP headers
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
 
@@ -321,7 +320,7 @@ class McpFront:
                 target=tool,
                 incoming=ctx.headers,
                 caller=ctx.caller,
-                body_size=len(json.dumps(arguments)),
+                arguments=arguments,
             )
         )
         ctx.caller = intercepted.caller

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from meshgate.balancer import Ewma
+from meshgate.balancer import LatencyTracked
 from meshgate.config import ServerPolicy
 from meshgate.mcp.connection import McpConnection
 from meshgate.mcp.process import is_running
@@ -28,7 +28,7 @@ def breaker_policy(policy: ServerPolicy) -> BreakerPolicy:
     )
 
 
-class Instance:
+class Instance(LatencyTracked):
     """One process incarnation. A restart makes a new Instance in the same slot and id."""
 
     def __init__(
@@ -40,6 +40,7 @@ class Instance:
         breaker: CircuitBreaker,
         restarts: int,
     ) -> None:
+        super().__init__()
         self.id = f"{server}-{slot}"
         self.server = server
         self.slot = slot
@@ -54,14 +55,6 @@ class Instance:
         self.started_at = time.monotonic()
         self.detached = asyncio.Event()  # taken out of its slot for one client session
         self.last_health: dict[str, Any] | None = None
-        self._latency = Ewma(alpha=0.2)
-
-    @property
-    def latency_ewma(self) -> float:
-        return self._latency.value
-
-    def observe_latency(self, seconds: float) -> None:
-        self._latency.update(seconds)
 
     @property
     def pid(self) -> int | None:

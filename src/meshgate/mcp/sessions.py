@@ -69,11 +69,6 @@ class EventStream:
         self._wake.set()
         self._wake = asyncio.Event()
 
-    async def wait_any(self) -> None:
-        """Wait until the stream has an event or is closed."""
-        while not self.events and self.closed_at is None:
-            await self._wake.wait()
-
     def close(self) -> None:
         if self.closed_at is None:
             self.closed_at = time.monotonic()

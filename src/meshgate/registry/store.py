@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshgate.storage import open_sqlite
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS registrations (
     id TEXT PRIMARY KEY,
@@ -32,15 +34,8 @@ class RegistrationStore:
 
     def __init__(self, path: str | Path | None) -> None:
         """`path` None keeps them in memory only (tests, `--data-dir ''`)."""
-        self.path = str(path) if path is not None else ":memory:"
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process kill
-        self._db.executescript(SCHEMA)
+        self.path, self._db = open_sqlite(path, SCHEMA)
 
     def put(self, id_: str, service: str, body: dict[str, Any]) -> None:
         now = time.time()

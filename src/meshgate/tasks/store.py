@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from meshgate.storage import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -48,15 +49,8 @@ COLUMNS = (
 
 class TaskStore:
     def __init__(self, path: str | Path | None) -> None:
-        self.path = str(path) if path is not None else ":memory:"
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.path, self._db = open_sqlite(path, SCHEMA)
 
     def enqueue(
         self,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from meshgate.balancer import Balancer, Ewma, make_balancer
+from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
 from meshgate.mcp import protocol
 from meshgate.mcp.connection import ConnectionLost
@@ -37,12 +37,13 @@ from meshgate.transports.mcp_http import HttpUpstream
 log = logging.getLogger("meshgate.services")
 
 
-class ServiceInstance:
+class ServiceInstance(LatencyTracked):
     """One registered endpoint and what its checks found; the router picks among these."""
 
     def __init__(
         self, reg: Registration, heartbeat_at: float, policy: ServerPolicy, *, static: bool
     ) -> None:
+        super().__init__()
         self.reg = reg
         self.static = static
         self.id = reg.instance_id
@@ -50,7 +51,6 @@ class ServiceInstance:
         self.weight = reg.weight
         self.breaker = CircuitBreaker(breaker_policy(policy))
         self.in_flight = 0
-        self._latency = Ewma(alpha=0.2)
         self.state = InstanceState.STARTING
         self.heartbeat_at = heartbeat_at
         self.registered_at = time.time()
@@ -60,13 +60,6 @@ class ServiceInstance:
         self.task: asyncio.Task[None] | None = None
         self.mcp: HttpUpstream | None = None  # the MCP check's connection
         self.mcp_era: protocol.Era | None = None
-
-    @property
-    def latency_ewma(self) -> float:
-        return self._latency.value
-
-    def observe_latency(self, seconds: float) -> None:
-        self._latency.update(seconds)
 
     @property
     def routable(self) -> bool:
@@ -146,8 +139,7 @@ class ServiceMesh:
         self.pools: dict[str, ServicePool] = {}
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
         self.transitions: Counter[tuple[str, str]] = Counter()
-        self._client: httpx.AsyncClient | None = None
-        # For calls through the router (`/call`): pooled keep-alive connections.
+        # For checks and for calls through the router (`/call`): pooled keep-alive connections.
         self.client = httpx.AsyncClient(
             follow_redirects=False, timeout=None, limits=httpx.Limits(max_connections=1000)
         )
@@ -157,7 +149,6 @@ class ServiceMesh:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, static: list[Registration] | None = None) -> None:
-        self._client = httpx.AsyncClient(follow_redirects=False)
         for reg in static or []:
             self.static.add(reg.instance_id)
             self._add(reg, time.time())
@@ -185,8 +176,6 @@ class ServiceMesh:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
         await self.client.aclose()
 
     # -- the API's operations ------------------------------------------------------------------
@@ -315,8 +304,7 @@ class ServiceMesh:
                     return None
                 if check.type == "mcp":
                     return await self._mcp_check(inst, url + check.path, check.timeout_s)
-                assert self._client is not None
-                r = await self._client.get(url + check.path)
+                r = await self.client.get(url + check.path)
                 if 200 <= r.status_code < 300:
                     return None
                 return f"HTTP {r.status_code} from {check.path}"
