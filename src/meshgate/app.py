@@ -25,7 +25,7 @@ from meshgate.mcp.supervisor import Supervisor
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
-from meshgate.tasks.store import TaskStore
+from meshgate.tasks import open_queue
 from meshgate.tasks.workers import Workers
 from meshgate.transports.services import ServiceMesh
 
@@ -48,11 +48,13 @@ def build_app(settings: Settings) -> FastAPI:
     router = Router(supervisor, services)
     router.interceptors = build_chain(list(settings.mesh.interceptors))
     workers = Workers(
-        TaskStore(settings.tasks_path),
+        open_queue(settings.mesh.queue, settings.tasks_path),
         router,
         node=settings.node_id,
         concurrency=settings.mesh.task_concurrency,
         lease_s=settings.mesh.task_lease_s,
+        result_ttl_s=settings.mesh.task_result_ttl_s,
+        limits=settings.task_limit,
     )
     mesh_settings = settings.mesh
     mcp_http = McpHttp(
@@ -81,7 +83,6 @@ def build_app(settings: Settings) -> FastAPI:
             log.info("shutting down: draining %d calls in flight", router.in_flight)
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
-            workers.store.close()
             await mcp_http.close()
             await supervisor.stop()
             await services.stop()

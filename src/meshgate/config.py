@@ -86,6 +86,9 @@ class ServerPolicy(_Model):
     max_in_flight: int = Field(16, ge=1)
     queue_size: int = Field(256, ge=0)
     idempotent_tools: tuple[str, ...] = ()
+    task_concurrency: int | None = Field(None, ge=1, le=1024)
+    """Tasks with this target running at once on each node (default: only the node's
+    `task_concurrency` bounds them)."""
     hash_key: str = "client_ip"
     """consistent_hash key: `client_ip`, `session` or `arg:NAME` (a tool argument)."""
     namespace: str | None = None
@@ -239,9 +242,12 @@ class MeshSettings(_Model):
     """Tasks this node runs at once."""
     task_lease_s: float = Field(30.0, ge=1, le=3600)
     """A running task's lease: renewed while it runs; if its node dies, it runs again after."""
+    task_result_ttl_s: float = Field(7 * 86400.0, ge=1)
+    """How long a final task (and its result) is kept before it is forgotten."""
     registry_lease_s: float = Field(15.0, ge=0.5, le=3600)
     """A shared registry: how long a node's entries outlive its last renewal."""
     queue: str = "embedded"
+    """`embedded` (SQLite in the data dir) or `redis://...` (Redis Streams, shared by nodes)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
@@ -284,9 +290,9 @@ class MeshSettings(_Model):
     @field_validator("queue")
     @classmethod
     def _queue_backend(cls, value: str) -> str:
-        if value != "embedded":
-            raise ValueError(f"backend {value!r} is not available yet; use 'embedded'")
-        return value
+        if value == "embedded" or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError(f"backend {value!r} is not available; use embedded or redis://")
 
 
 @dataclass(frozen=True)
@@ -329,6 +335,12 @@ class Settings:
             return Path(self.mesh.data_dir).expanduser()
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "meshgate"
+
+    def task_limit(self, target: str) -> int | None:
+        """The per-node task concurrency of an MCP server or HTTP service, if it has one."""
+        if target in self.servers:
+            return self.servers[target].policy.task_concurrency
+        return self.service_policies.get(target, self.default_policy).task_concurrency
 
     @property
     def tasks_path(self) -> Path | None:
@@ -577,6 +589,8 @@ _ENV_FIELDS = {
     "registry": "MESHGATE_REGISTRY",
     "registry_lease_s": "MESHGATE_REGISTRY_LEASE_S",
     "task_concurrency": "MESHGATE_TASK_CONCURRENCY",
+    "task_lease_s": "MESHGATE_TASK_LEASE_S",
+    "task_result_ttl_s": "MESHGATE_TASK_RESULT_TTL_S",
     "queue": "MESHGATE_QUEUE",
     "log_level": "MESHGATE_LOG_LEVEL",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",

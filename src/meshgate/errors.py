@@ -149,6 +149,15 @@ class ShuttingDown(Unavailable):
     reason = "shutting_down"
 
 
+class QueueUnavailable(Unavailable):
+    """The task queue's backend (Redis) cannot be reached; nothing was stored."""
+
+    type = "queue-unavailable"
+    title = "Task queue unavailable"
+    jsonrpc_code = -32007
+    reason = "queue_unavailable"
+
+
 class UpstreamError(MeshgateError):
     """The upstream answered, but with an error or something that is not MCP."""
 

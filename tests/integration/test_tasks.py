@@ -1,4 +1,9 @@
-"""The task queue: every accepted task runs to a final state, through the router, durably."""
+"""The task queue: every accepted task runs to a final state, through the router, durably.
+
+The behaviour tests run against both backends (`embedded` SQLite, and Redis Streams on a real
+redis-server); the tests at the end are what only a shared backend does: a second node takes
+over a dead node's tasks, a cancel reaches the node running the task, Redis goes away.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.gateway import Gateway, fault_server, run_gateway
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,23 +45,48 @@ def stats(gw: Gateway) -> dict[str, Any]:
     return result
 
 
-def test_tasks_run_and_answer_with_their_result(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+def until_status(gw: Gateway, task_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task: dict[str, Any] = gw.get(f"{API}/task/{task_id}").json()
+        if task["status"] == status:
+            return task
+        assert time.monotonic() < deadline, task
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The gateway environment that selects a queue backend (a fresh redis-server for redis)."""
+    if request.param == "embedded":
+        yield {}
+        return
+    server = RedisServer(tmp_path).start()
+    try:
+        yield {"MESHGATE_QUEUE": server.url}
+    finally:
+        server.stop()
+
+
+def test_tasks_run_and_answer_with_their_result(tmp_path: Path, queue: dict[str, str]) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=queue) as gw:
         target = {"server": "fault", "tool": "echo", "arguments": {"text": "queued"}}
         task_id = enqueue(gw, {"target": target, "idempotency_key": "k1"})
         task = wait(gw, task_id)
         assert task["status"] == "succeeded" and task["attempts"] == 1
+        assert task["worker"] == "test" and task["idempotency_key"] == "k1"
         assert task["result"]["content"][0]["text"] == "queued"
         again = gw.http.post(f"{API}/enqueue", json={"target": target, "idempotency_key": "k1"})
         assert again.json() == {"task_id": task_id, "created": False}
         listed = gw.get(f"{API}/tasks", params={"status": "succeeded"}).json()["items"]
         assert [t["id"] for t in listed] == [task_id]
-        queue = gw.get(f"{API}/health").json()["queue"]
-        assert queue["tasks"] == {"succeeded": 1} and queue["backend"] == "embedded"
+        health = gw.get(f"{API}/health").json()["queue"]
+        assert health["tasks"] == {"succeeded": 1}
+        assert health["backend"] == ("redis" if queue else "embedded")
 
 
-def test_bad_tasks_are_refused_at_enqueue(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+def test_bad_tasks_are_refused_at_enqueue(tmp_path: Path, queue: dict[str, str]) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=queue) as gw:
         cases: list[tuple[dict[str, Any], int]] = [
             ({"target": {"server": "nope", "tool": "echo"}}, 404),
             ({"target": {"server": "fault", "tool": "nope"}}, 404),
@@ -75,15 +107,13 @@ def test_bad_tasks_are_refused_at_enqueue(tmp_path: Path) -> None:
         assert gw.http.delete(f"{API}/task/t-nope").status_code == 404
 
 
-def test_cancelling_queued_and_running_tasks(tmp_path: Path) -> None:
-    env = {"MESHGATE_TASK_CONCURRENCY": "1"}
+def test_cancelling_queued_and_running_tasks(tmp_path: Path, queue: dict[str, str]) -> None:
+    env = {"MESHGATE_TASK_CONCURRENCY": "1", **queue}
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
         running = enqueue(gw, {"target": {"server": "fault", "tool": "hang"}})
         queued = enqueue(gw, {"target": {"server": "fault", "tool": "write"}})
+        until_status(gw, running, "running")
         deadline = time.monotonic() + 10
-        while gw.get(f"{API}/task/{running}").json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         cancelled_before = len(stats(gw)["cancelled"])
         r = gw.http.delete(f"{API}/task/{queued}")
         assert r.json()["status"] == "cancelled" and r.json()["was"] == "queued"
@@ -98,8 +128,10 @@ def test_cancelling_queued_and_running_tasks(tmp_path: Path) -> None:
         assert wait(gw, queued)["status"] == "cancelled"
 
 
-def test_failing_tasks_retry_then_die_and_can_be_retried(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+def test_failing_tasks_retry_then_die_and_can_be_retried(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=queue) as gw:
         task_id = enqueue(gw, {"target": {"server": "fault", "tool": "fail"}, "max_attempts": 2})
         task = wait(gw, task_id)
         assert task["status"] == "dead" and task["attempts"] == 2
@@ -116,8 +148,12 @@ def test_failing_tasks_retry_then_die_and_can_be_retried(tmp_path: Path) -> None
         assert gw.http.post(f"{API}/task/{wait(gw, ok)['id']}/retry").status_code == 422
 
 
-def test_accepted_tasks_survive_a_gateway_kill(tmp_path: Path) -> None:
-    env = {"MESHGATE_TASK_CONCURRENCY": "2", "MESHGATE_DATA_DIR": str(tmp_path / "state")}
+def test_accepted_tasks_survive_a_gateway_kill(tmp_path: Path, queue: dict[str, str]) -> None:
+    env = {
+        "MESHGATE_TASK_CONCURRENCY": "2",
+        "MESHGATE_DATA_DIR": str(tmp_path / "state"),
+        **queue,
+    }
     target = {"server": "fault", "tool": "sleep", "arguments": {"seconds": 0.3}}
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
         ids = [enqueue(gw, {"target": target}) for _ in range(10)]
@@ -126,6 +162,33 @@ def test_accepted_tasks_survive_a_gateway_kill(tmp_path: Path) -> None:
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
         finals = [wait(gw, task_id, timeout=60) for task_id in ids]
         assert [t["status"] for t in finals] == ["succeeded"] * 10
+
+
+def test_a_target_runs_at_most_its_task_concurrency(tmp_path: Path, queue: dict[str, str]) -> None:
+    policy = "[servers.fault]\ntask_concurrency = 2\n"
+    with run_gateway(tmp_path, {"fault": fault_server()}, policy, env=queue) as gw:
+        target = {"server": "fault", "tool": "sleep", "arguments": {"seconds": 0.3}}
+        ids = [enqueue(gw, {"target": target}) for _ in range(6)]
+        assert [wait(gw, task_id)["status"] for task_id in ids] == ["succeeded"] * 6
+        assert stats(gw)["peak_sleeping"] == 2
+
+
+def test_final_tasks_are_forgotten_after_the_result_ttl(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    env = {"MESHGATE_TASK_RESULT_TTL_S": "1", **queue}
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+        target = {"server": "fault", "tool": "echo", "arguments": {"text": "x"}}
+        task_id = enqueue(gw, {"target": target, "idempotency_key": "once"})
+        assert wait(gw, task_id)["status"] == "succeeded"
+        deadline = time.monotonic() + 15
+        while gw.get(f"{API}/task/{task_id}").status_code != 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert gw.get(f"{API}/tasks").json()["items"] == []
+        assert gw.get(f"{API}/health").json()["queue"]["tasks"] == {}
+        again = gw.http.post(f"{API}/enqueue", json={"target": target, "idempotency_key": "once"})
+        assert again.json()["created"] is True  # the key went with the task
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -141,11 +204,12 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-def test_http_targets_and_callbacks(tmp_path: Path) -> None:
+def test_http_targets_and_callbacks(tmp_path: Path, queue: dict[str, str]) -> None:
+    _Sink.received = []
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
-        with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        with run_gateway(tmp_path, {"fault": fault_server()}, env=queue) as gw:
             reg = {
                 "name": "hook",
                 "url": f"http://127.0.0.1:{sink.server_address[1]}",
@@ -178,3 +242,89 @@ def test_http_targets_and_callbacks(tmp_path: Path) -> None:
             assert _Sink.received[1]["id"] == task_id and _Sink.received[1]["status"] == "succeeded"
     finally:
         sink.shutdown()
+
+
+# -- what only a shared (Redis) queue does -------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_dead_nodes_tasks_are_taken_over_by_another(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {
+        "MESHGATE_QUEUE": redis_server.url,
+        "MESHGATE_TASK_LEASE_S": "2",
+        "MESHGATE_TASK_CONCURRENCY": "2",
+    }
+    target = {"server": "fault", "tool": "sleep", "arguments": {"seconds": 1.0}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with run_gateway(tmp_path / "a", {"fault": fault_server()}, env=env, node="a") as a:
+        ids = [enqueue(a, {"target": target}) for _ in range(8)]
+        deadline = time.monotonic() + 10
+        while (
+            len(running := a.get(f"{API}/tasks", params={"status": "running"}).json()["items"]) < 2
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        orphans = {t["id"] for t in running}
+        assert {t["worker"] for t in running} == {"a"}
+        a.process.stop(signal.SIGKILL)
+    with run_gateway(tmp_path / "b", {"fault": fault_server()}, env=env, node="b") as b:
+        finals = {task_id: wait(b, task_id, timeout=60) for task_id in ids}
+        assert [t["status"] for t in finals.values()] == ["succeeded"] * 8
+        for task_id in orphans:  # taken over once a's lease ran out, and run again
+            assert finals[task_id]["worker"] == "b" and finals[task_id]["attempts"] == 2
+
+
+def test_a_cancel_and_a_long_poll_reach_across_nodes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {"MESHGATE_QUEUE": redis_server.url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        run_gateway(tmp_path / "a", {"fault": fault_server()}, env=env, node="a") as a,
+        run_gateway(tmp_path / "b", {"fault": fault_server()}, env=env, node="b") as b,
+    ):
+        nodes = {"a": a, "b": b}
+        task_id = enqueue(a, {"target": {"server": "fault", "tool": "hang"}})
+        worker = until_status(a, task_id, "running")["worker"]
+        runner, other = nodes[worker], nodes["b" if worker == "a" else "a"]
+        r = other.http.delete(f"{API}/task/{task_id}")
+        assert r.json()["status"] == "cancelled" and r.json()["was"] == "running"
+        deadline = time.monotonic() + 10
+        while not stats(runner)["cancelled"]:  # the server on the running node heard of it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        echo = {"server": "fault", "tool": "sleep", "arguments": {"seconds": 0.5}}
+        quick = enqueue(a, {"target": echo})
+        started = time.monotonic()
+        assert wait(b, quick)["status"] == "succeeded"  # wherever it ran, b's poll saw it
+        assert time.monotonic() - started < 5
+
+
+def test_redis_going_away_is_a_clear_503_and_work_resumes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {"MESHGATE_QUEUE": redis_server.url}
+    target = {"server": "fault", "tool": "echo", "arguments": {"text": "after"}}
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+        redis_server.stop()
+        r = gw.http.post(f"{API}/enqueue", json={"target": target})
+        assert r.status_code == 503, r.text
+        assert r.json()["type"].endswith("/queue-unavailable") and "Retry-After" in r.headers
+        assert gw.get(f"{API}/task/t-any").status_code == 503
+        health = gw.get(f"{API}/health").json()["queue"]
+        assert health["tasks"] is None and "unreachable" in health["error"]
+        redis_server.start()
+        task_id = enqueue(gw, {"target": target})
+        assert wait(gw, task_id)["result"]["content"][0]["text"] == "after"

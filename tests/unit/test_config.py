@@ -195,8 +195,24 @@ mode = "exclusive"
     for mode in ("shared", "sticky", "dedicated"):
         ok = write(tmp_path / f"{mode}.toml", f'[defaults]\nmode = "{mode}"\n')
         assert check_file(ok) == []
-    _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "redis://x"})
+    _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "kafka://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]
+    assert "not available; use embedded or redis://" in problems[0].reason
+
+
+def test_queue_urls_and_per_target_task_limits(tmp_path: Path) -> None:
+    for url in ("embedded", "redis://127.0.0.1:6379/0", "rediss://h:6380/1"):
+        settings, problems = collect(None, None, environ={"MESHGATE_QUEUE": url})
+        assert problems == [] and settings is not None and settings.mesh.queue == url
+    pol = write(
+        tmp_path / "meshgate.toml",
+        "[defaults]\ntask_concurrency = 4\n[services.api]\ntask_concurrency = 1\n",
+    )
+    settings, problems = collect(None, pol)
+    assert problems == [] and settings is not None
+    assert settings.task_limit("api") == 1 and settings.task_limit("other") == 4
+    bad = write(tmp_path / "bad.toml", "[defaults]\ntask_concurrency = 0\n")
+    assert "defaults.task_concurrency" in str(check_file(bad)[0])
 
 
 def test_interceptors_are_validated_with_their_position(tmp_path: Path) -> None:

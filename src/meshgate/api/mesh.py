@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -79,7 +79,7 @@ def build(
     *,
     node: str,
     max_body_bytes: int,
-    queue_status: Callable[[], dict[str, Any]] | None = None,
+    queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
 
@@ -391,7 +391,7 @@ def build(
                 },
             },
             "in_flight": router.in_flight,
-            "queue": queue_status() if queue_status is not None else None,
+            "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }
         return Response(json.dumps(body), media_type="application/json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -16,7 +15,7 @@ from starlette.responses import Response
 from meshgate.api.problems import read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.router import Router
-from meshgate.tasks.store import FINAL
+from meshgate.tasks.base import FINAL
 from meshgate.tasks.workers import Workers
 
 
@@ -97,7 +96,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
         target = req.target.model_dump()
         if req.callback_url:
             target["callback_url"] = req.callback_url
-        task_id, created = store.enqueue(
+        task_id, created = await store.enqueue(
             target,
             name,
             priority=req.priority,
@@ -113,36 +112,31 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
         if not 0 <= wait_s <= 300:
             raise InvalidArguments("wait_s must be between 0 and 300")
         end = time.monotonic() + wait_s
-        task = store.get(task_id)
+        task = await store.get(task_id)
         while task is not None and task["status"] not in FINAL and time.monotonic() < end:
-            async with workers.finished:
-                try:
-                    async with asyncio.timeout(min(1.0, end - time.monotonic())):
-                        await workers.finished.wait()
-                except TimeoutError:
-                    pass
-            task = store.get(task_id)
+            await workers.changed(min(1.0, end - time.monotonic()))
+            task = await store.get(task_id)
         if task is None:
             raise NotFound(f"no task {task_id!r}")
         return _json(_view(task))
 
     @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
     async def cancel_task(task_id: str) -> Response:
-        before = workers.cancel(task_id)
+        before = await workers.cancel(task_id)
         if before is None:
             raise NotFound(f"no task {task_id!r}")
-        task = store.get(task_id)
+        task = await store.get(task_id)
         assert task is not None
         return _json({**_view(task), "was": before})
 
     @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
     async def retry_task(task_id: str) -> Response:
-        if store.get(task_id) is None:
+        if await store.get(task_id) is None:
             raise NotFound(f"no task {task_id!r}")
-        if not store.retry_dead(task_id):
+        if not await store.retry_dead(task_id):
             raise InvalidArguments("only a dead or failed task can be retried")
         workers.wake()
-        task = store.get(task_id)
+        task = await store.get(task_id)
         assert task is not None
         return _json(_view(task), 202)
 
@@ -161,7 +155,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
                 after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArguments("cursor is not one this API gave out") from None
-        items = store.list(status, after, limit + 1)
+        items = await store.list(status, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]
         next_cursor = (

@@ -36,7 +36,7 @@ PREFIX = "meshgate:inst:"
 CHANNEL = "meshgate:registry"
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
         netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
@@ -118,7 +118,7 @@ class RedisRegistry:
     def status(self) -> dict[str, Any]:
         return {
             "backend": self.name,
-            "url": _redact(self.url),
+            "url": redact_url(self.url),
             "status": "ok" if self.connected else "stale",
             "instances": len(self.view),
             "nodes": len({r.node for r in self.view.values()}),
@@ -185,7 +185,7 @@ class RedisRegistry:
             await self._flush(client)
             await self._resync(client)
             self.connected, self.last_error = True, None
-            log.info("redis registry connected to %s", _redact(self.url))
+            log.info("redis registry connected to %s", redact_url(self.url))
             renew_at = time.monotonic() + self.lease_s / 3
             resync_at = time.monotonic() + self.lease_s
             while True:

@@ -1,1 +1,22 @@
 """The task queue: durable storage and the workers that run what it accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshgate.errors import ConfigError
+from meshgate.tasks.base import TaskQueue
+
+
+def open_queue(url: str, path: Path | None) -> TaskQueue:
+    """The queue backend named by a URL: `embedded` (SQLite at `path`, or in memory when there
+    is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes)."""
+    if url == "embedded":
+        from meshgate.tasks.embedded import EmbeddedQueue
+
+        return EmbeddedQueue(path)
+    if url.startswith(("redis://", "rediss://")):
+        from meshgate.tasks.redis import RedisQueue
+
+        return RedisQueue(url)
+    raise ConfigError(f"queue backend {url!r} is not available; use embedded or redis://")

@@ -6,7 +6,9 @@ reports as retryable (no healthy instance, an open breaker, overload, a timeout,
 failure) is tried again after an exponential backoff, up to `max_attempts`, then the task is
 `dead`; anything else (bad arguments, an unknown tool, a 4xx answer) makes it `failed`. A
 running task's lease is renewed while it runs; cancelling it cancels the call (the MCP server
-gets `notifications/cancelled`). When it is final, its `callback_url` (if any) gets the task.
+gets `notifications/cancelled`), on whichever node runs it. When it is final, its
+`callback_url` (if any) gets the task. A target's `task_concurrency` bounds how many of its
+tasks run at once on each node. Final tasks are forgotten after `task_result_ttl_s`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 
-from meshgate.errors import MeshgateError, Unavailable, UpstreamError, UpstreamTimeout
+from meshgate.errors import (
+    MeshgateError,
+    QueueUnavailable,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
-from meshgate.tasks.store import FINAL, TaskStore
+from meshgate.tasks.base import FINAL, TaskQueue
+
+T = TypeVar("T")
 
 log = logging.getLogger("meshgate.tasks")
 
@@ -42,12 +54,14 @@ class PermanentFailure(Exception):
 class Workers:
     def __init__(
         self,
-        store: TaskStore,
+        store: TaskQueue,
         router: Router,
         *,
         node: str,
         concurrency: int = 8,
         lease_s: float = 30.0,
+        result_ttl_s: float = 7 * 86400,
+        limits: Callable[[str], int | None] = lambda target: None,
         backoff: BackoffPolicy | None = None,
     ) -> None:
         self.store = store
@@ -55,32 +69,55 @@ class Workers:
         self.node = node
         self.concurrency = concurrency
         self.lease_s = lease_s
+        self.result_ttl_s = result_ttl_s
+        self.limits = limits
         self.backoff = backoff or BackoffPolicy(0.2, 30.0)
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.finished = asyncio.Condition()
+        self.per_target: Counter[str] = Counter()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._rng = random.Random()
+        store.subscribe(self._on_event)
 
     async def start(self) -> None:
-        requeued = self.store.requeue_own(self.node)
-        if requeued:
-            log.info("%d tasks this node was running when it stopped are queued again", requeued)
+        await self.store.start()
+        try:
+            requeued = await self.store.requeue_own(self.node)
+            if requeued:
+                log.info(
+                    "%d tasks this node was running when it stopped are queued again", requeued
+                )
+        except QueueUnavailable as e:
+            log.warning("%s; its tasks run again once their lease runs out", e.detail)
         self._loop_task = asyncio.create_task(self._loop(), name="task workers")
 
     def wake(self) -> None:
         self._wake.set()
 
-    def status(self) -> dict[str, Any]:
+    async def changed(self, timeout_s: float) -> None:
+        """Return when some task became final (on any node the backend reports), or after
+        `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+
+    async def status(self) -> dict[str, Any]:
         """For /health: the backend, tasks by status, and what this node runs now."""
-        return {
-            "backend": "embedded",
-            "store": self.store.path,
-            "tasks": self.store.counts(),
+        out: dict[str, Any] = {
+            **self.store.status(),
             "running_here": len(self.running),
             "concurrency": self.concurrency,
         }
+        try:
+            async with asyncio.timeout(1.0):
+                out["tasks"] = await self.store.counts()
+        except (QueueUnavailable, TimeoutError) as e:
+            out["tasks"] = None
+            out["error"] = getattr(e, "detail", None) or "the queue did not answer within 1 s"
+        return out
 
     async def stop(self) -> None:
         """Stop claiming; tasks still running stay `running` and are queued again at start."""
@@ -91,71 +128,139 @@ class Workers:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
 
-    def cancel(self, task_id: str) -> str | None:
-        before = self.store.cancel(task_id)
-        running = self.running.get(task_id)
-        if running is not None:
-            running.cancel()
+    async def cancel(self, task_id: str) -> str | None:
+        before = await self.store.cancel(task_id)
+        self._on_event("cancel", task_id)
         return before
 
+    def _on_event(self, kind: str, task_id: str) -> None:
+        if kind == "cancel":
+            running = self.running.get(task_id)
+            if running is not None and not running.cancelling():
+                running.cancel()
+        elif kind == "done":
+            self._changed.set()
+            self._changed = asyncio.Event()
+
     async def _loop(self) -> None:
+        failures = 0
+        swept_at = 0.0
         while True:
-            free = self.concurrency - len(self.running)
-            if free > 0:
-                for task in self.store.claim(self.node, free, self.lease_s):
-                    self.running[task["id"]] = asyncio.create_task(
-                        self._run(task), name=f"task {task['id']}"
+            try:
+                free = self.concurrency - len(self.running)
+                if free > 0:
+                    skip = frozenset(
+                        name
+                        for name, n in self.per_target.items()
+                        if (limit := self.limits(name)) is not None and n >= limit
                     )
+                    for task in await self.store.claim(self.node, free, self.lease_s, skip):
+                        self.running[task["id"]] = asyncio.create_task(
+                            self._run(task), name=f"task {task['id']}"
+                        )
+                if time.monotonic() - swept_at > min(60.0, self.result_ttl_s / 10):
+                    swept_at = time.monotonic()
+                    if forgotten := await self.store.sweep(self.result_ttl_s):
+                        log.info("forgot %d final tasks older than the result TTL", forgotten)
+                failures = 0
+            except QueueUnavailable as e:
+                failures += 1
+                if failures == 1:
+                    log.warning("%s; retrying", e.detail)
+                await asyncio.sleep(backoff_delay(failures, self.backoff, self._rng))
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self._wake.wait()
             self._wake.clear()
 
+    def _slot(self, target: str) -> asyncio.Semaphore | None:
+        limit = self.limits(target)
+        if limit is None:
+            return None
+        if target not in self._slots:
+            self._slots[target] = asyncio.Semaphore(limit)
+        return self._slots[target]
+
     async def _run(self, task: dict[str, Any]) -> None:
         id_ = task["id"]
+        target = task["target"]
+        name = target.get("server") or target.get("service") or ""
+        self.per_target[name] += 1
         renew = asyncio.create_task(self._renew(id_))
+        try:
+            slot = self._slot(name)  # a backend that cannot skip busy targets waits here
+            async with slot if slot is not None else contextlib.nullcontext():
+                await self._attempt(task)
+        except asyncio.CancelledError:
+            if not self._stopping:  # DELETE /task/{id}: marked cancelled already
+                await self._durably(self.store.finish, id_, "cancelled")
+        finally:
+            renew.cancel()
+            self.running.pop(id_, None)
+            self.per_target[name] -= 1
+            if not self.per_target[name]:
+                del self.per_target[name]
+            self._wake.set()
+        callback = target.get("callback_url")
+        if callback and not self._stopping:
+            final = await self._durably(self.store.get, id_)
+            if final is not None and final["status"] in FINAL:
+                await self._callback(callback, final)
+
+    async def _attempt(self, task: dict[str, Any]) -> None:
+        id_ = task["id"]
+        finish = self.store.finish
         try:
             deadline_at = task["deadline_at"]
             remaining = deadline_at - time.time() if deadline_at else None
             if remaining is not None and remaining <= 0:
-                self.store.finish(id_, "failed", error={"detail": "the task's deadline passed"})
-            else:
-                result = await self._execute(task["target"], remaining)
-                self.store.finish(id_, "succeeded", result=result)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self.store.finish(id_, "cancelled")  # DELETE /task/{id} (already marked)
+                error = {"detail": "the task's deadline passed"}
+                await self._durably(finish, id_, "failed", error=error)
+                return
+            result = await self._execute(task["target"], remaining)
         except PermanentFailure as e:
-            self.store.finish(id_, "failed", error=e.error)
+            await self._durably(finish, id_, "failed", error=e.error)
         except (Unavailable, UpstreamTimeout, UpstreamError) as e:
             error = _error(e)
             if task["attempts"] >= task["max_attempts"]:
                 log.warning("task %s is dead after %d attempts: %s", id_, task["attempts"], e)
-                self.store.finish(id_, "dead", error=error)
+                await self._durably(finish, id_, "dead", error=error)
             else:
                 delay = backoff_delay(task["attempts"], self.backoff, self._rng)
-                self.store.retry_later(id_, delay, error)
+                await self._durably(self.store.retry_later, id_, delay, error)
         except MeshgateError as e:
-            self.store.finish(id_, "failed", error=_error(e))
+            await self._durably(finish, id_, "failed", error=_error(e))
+        except asyncio.CancelledError:
+            raise
         except Exception as e:  # a bug must not lose the task: it is failed, with the reason
             log.exception("task %s failed unexpectedly", id_)
-            self.store.finish(id_, "failed", error={"detail": f"{type(e).__name__}: {e}"})
-        finally:
-            renew.cancel()
-            self.running.pop(id_, None)
-            self._wake.set()
-            async with self.finished:
-                self.finished.notify_all()
-        final = self.store.get(id_)
-        callback = task["target"].get("callback_url")
-        if callback and final is not None and final["status"] in FINAL:
-            await self._callback(callback, final)
+            error = {"detail": f"{type(e).__name__}: {e}"}
+            await self._durably(finish, id_, "failed", error=error)
+        else:
+            await self._durably(finish, id_, "succeeded", result=result)
+
+    async def _durably(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Record an outcome, waiting out a short outage of the backend; past one lease the
+        task is someone else's (it runs again: at least once)."""
+        end = time.monotonic() + self.lease_s
+        attempt = 0
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except QueueUnavailable:
+                attempt += 1
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(backoff_delay(attempt, self.backoff, self._rng))
 
     async def _renew(self, id_: str) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            self.store.extend(id_, self.lease_s)
+            with contextlib.suppress(QueueUnavailable):
+                await self.store.extend(id_, self.node, self.lease_s)
 
     async def _execute(self, target: dict[str, Any], timeout_s: float | None) -> Any:
         if "server" in target:

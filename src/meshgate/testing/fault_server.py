@@ -85,6 +85,8 @@ class FaultServer:
         self.tool_calls = 0
         self.cancelled: list[Any] = []
         self.counter = 0
+        self.sleeping = 0
+        self.peak_sleeping = 0
         self.pings = 0
         self.discovers = 0
         self.extra_tools: list[str] = []
@@ -271,7 +273,12 @@ class FaultServer:
         return await self.tool_write(args, meta)
 
     async def tool_sleep(self, args: JSON, meta: JSON) -> JSON:
-        await asyncio.sleep(float(args.get("seconds", 1.0)))
+        self.sleeping += 1
+        self.peak_sleeping = max(self.peak_sleeping, self.sleeping)
+        try:
+            await asyncio.sleep(float(args.get("seconds", 1.0)))
+        finally:
+            self.sleeping -= 1
         return self.text("slept")
 
     async def tool_hang(self, args: JSON, meta: JSON) -> JSON:
@@ -309,6 +316,7 @@ class FaultServer:
                     "calls": dict(self.calls),
                     "tool_calls": self.tool_calls,
                     "counter": self.counter,
+                    "peak_sleeping": self.peak_sleeping,
                     "cancelled": self.cancelled,
                     "pings": self.pings,
                     "discovers": self.discovers,

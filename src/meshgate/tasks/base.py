@@ -1,0 +1,98 @@
+"""The TaskQueue protocol: what workers and the task API need of a queue backend.
+
+Two backends keep it: `embedded` (SQLite WAL, one node) and `redis://` (Redis Streams with a
+consumer group, shared by several nodes). Both give the same behaviour, which one test suite
+checks: a task is stored before `enqueue` returns; `claim` hands each ready task to one worker
+with a lease; a task whose lease runs out (its node died) is handed out again; a final task
+never changes again (except `retry_dead`, which queues a dead or failed task anew).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+FINAL = ("succeeded", "failed", "cancelled", "dead")
+STATUSES = ("queued", "running", *FINAL)
+FIELDS = (
+    "id",
+    "status",
+    "target",
+    "priority",
+    "max_attempts",
+    "attempts",
+    "deadline_at",
+    "idempotency_key",
+    "result",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "worker",
+)
+
+Event = Callable[[str, str], None]
+"""(kind, task id): `done` when a task became final, `cancel` when one was cancelled; a shared
+backend reports other nodes' events too."""
+
+
+class TaskQueue(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    def subscribe(self, listener: Event) -> None: ...
+
+    async def enqueue(
+        self,
+        target: dict[str, Any],
+        target_name: str,
+        *,
+        priority: int,
+        max_attempts: int,
+        deadline_s: float | None,
+        idempotency_key: str | None,
+    ) -> tuple[str, bool]:
+        """(task id, created); an idempotency key seen before returns that task."""
+        ...
+
+    async def claim(
+        self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        """Up to `n` ready tasks, now `running` under `worker` with a lease of `lease_s`; a
+        backend that can leaves out tasks whose target is in `skip`."""
+        ...
+
+    async def extend(self, id_: str, worker: str, lease_s: float) -> None:
+        """Renew the lease of a task `worker` runs."""
+        ...
+
+    async def finish(self, id_: str, status: str, *, result: Any = None, error: Any = None) -> bool:
+        """Make a running or queued task final; False when it was final already."""
+        ...
+
+    async def retry_later(self, id_: str, delay_s: float, error: Any) -> None: ...
+
+    async def cancel(self, id_: str) -> str | None:
+        """The status before cancelling (None: no such task); a final task stays as it is."""
+        ...
+
+    async def requeue_own(self, worker: str) -> int:
+        """Tasks `worker` was running when it stopped: ready again at once."""
+        ...
+
+    async def retry_dead(self, id_: str) -> bool: ...
+
+    async def get(self, id_: str) -> dict[str, Any] | None: ...
+
+    async def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Forget final tasks that finished more than `older_than_s` ago; how many."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...

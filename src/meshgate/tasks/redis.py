@@ -1,0 +1,456 @@
+"""The Redis task queue: tasks shared by several nodes through Redis Streams.
+
+A task is a hash `meshgate:q:task:<id>`. A ready task is an entry in one of three streams, by
+priority band (`ready:1` above 0, `ready:2` at 0, `ready:3` below 0), read by the consumer
+group `workers` with each node as a consumer. Reading an entry is claiming the task; the entry
+stays pending for that node until the task is final, and the node renews it (`XCLAIM ... JUSTID`
+resets its idle time) every third of the lease. A node that dies stops renewing: once an
+entry has been idle for a lease, any node takes it over with `XAUTOCLAIM` and runs the task
+again. A retry waits in the sorted set `delayed` until its time, then goes back to a stream.
+
+Every change of a task is one Lua script, so a task's hash, its status index (`st:<status>`,
+sorted by id for cursor pagination) and its stream entry never disagree. Final tasks are kept in
+`done` by finish time, which the sweep uses to forget them after the result TTL. Changes are
+published on `meshgate:q:events` (`done <id>`, `cancel <id>`) so that long polls wake up and a
+cancelled task stops on whichever node runs it.
+
+Durability is Redis's: with `appendonly yes` and `appendfsync always` an acknowledged task
+survives a crash of Redis too; with the defaults, up to a second of writes can be lost. Keys are
+computed inside the scripts, so Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from meshgate.errors import QueueUnavailable
+from meshgate.registry.redis import redact_url
+from meshgate.tasks.base import STATUSES, Event
+
+log = logging.getLogger("meshgate.tasks.redis")
+
+PREFIX = "meshgate:q:"
+GROUP = "workers"
+STREAMS = tuple(f"{PREFIX}ready:{band}" for band in (1, 2, 3))
+
+_LIB = """
+local P = ARGV[1]
+local FINAL = {succeeded=true, failed=true, cancelled=true, dead=true}
+local function move(id, from, to)
+  redis.call('ZREM', P..'st:'..from, id)
+  redis.call('ZADD', P..'st:'..to, 0, id)
+  redis.call('HSET', P..'task:'..id, 'status', to)
+end
+local function push(id)
+  local key = P..'task:'..id
+  local priority = tonumber(redis.call('HGET', key, 'priority'))
+  local band = 2
+  if priority > 0 then band = 1 elseif priority < 0 then band = 3 end
+  local stream = P..'ready:'..band
+  local msg = redis.call('XADD', stream, '*', 'id', id)
+  redis.call('HSET', key, 'stream', stream, 'msg', msg)
+end
+local function drop_msg(id)
+  local key = P..'task:'..id
+  local stream = redis.call('HGET', key, 'stream')
+  local msg = redis.call('HGET', key, 'msg')
+  if stream and msg then
+    redis.call('XACK', stream, 'workers', msg)
+    redis.call('XDEL', stream, msg)
+    redis.call('HDEL', key, 'stream', 'msg')
+  end
+end
+local function finalize(id, from, to, now)
+  move(id, from, to)
+  redis.call('HSET', P..'task:'..id, 'finished_at', now)
+  drop_msg(id)
+  redis.call('ZREM', P..'delayed', id)
+  redis.call('ZADD', P..'done', now, id)
+  redis.call('PUBLISH', P..'events', 'done '..id)
+end
+"""
+
+_ENQUEUE = """
+local id, idem, now = ARGV[2], ARGV[3], ARGV[4]
+if idem ~= '' then
+  local seen = redis.call('GET', P..'idem:'..idem)
+  if seen and redis.call('EXISTS', P..'task:'..seen) == 1 then return {seen, 0} end
+  redis.call('SET', P..'idem:'..idem, id)
+end
+local key = P..'task:'..id
+redis.call('HSET', key, 'id', id, 'status', 'queued', 'target', ARGV[5], 'target_name', ARGV[6],
+  'priority', ARGV[7], 'max_attempts', ARGV[8], 'attempts', 0, 'created_at', now)
+if ARGV[9] ~= '' then redis.call('HSET', key, 'deadline_at', ARGV[9]) end
+if idem ~= '' then redis.call('HSET', key, 'idempotency_key', idem) end
+redis.call('ZADD', P..'ids', 0, id)
+redis.call('ZADD', P..'st:queued', 0, id)
+push(id)
+return {id, 1}
+"""
+
+_CLAIM = """
+local worker, n, now, lease = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P..'delayed', '-inf', now, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', P..'delayed', id)
+  if redis.call('HGET', P..'task:'..id, 'status') == 'queued' then push(id) end
+end
+local out = {}
+local function take(stream, entry)
+  local msg, fields = entry[1], entry[2]
+  local id = fields and fields[2]
+  local key = id and (P..'task:'..id)
+  local status = key and redis.call('HGET', key, 'status')
+  if (not status) or FINAL[status] or redis.call('HGET', key, 'msg') ~= msg then
+    redis.call('XACK', stream, 'workers', msg)
+    redis.call('XDEL', stream, msg)
+    return
+  end
+  if status ~= 'running' then move(id, status, 'running') end
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'started_at', now, 'worker', worker)
+  table.insert(out, redis.call('HGETALL', key))
+end
+for band = 1, 3 do
+  if #out < n then
+    local stream = P..'ready:'..band
+    local r = redis.call('XAUTOCLAIM', stream, 'workers', worker, lease, '0-0', 'COUNT', n - #out)
+    for _, entry in ipairs(r[2]) do if entry then take(stream, entry) end end
+  end
+end
+for band = 1, 3 do
+  if #out < n then
+    local stream = P..'ready:'..band
+    local r = redis.call('XREADGROUP', 'GROUP', 'workers', worker, 'COUNT', n - #out,
+      'STREAMS', stream, '>')
+    if r then for _, entry in ipairs(r[1][2]) do take(stream, entry) end end
+  end
+end
+return out
+"""
+
+_EXTEND = """
+local key = P..'task:'..ARGV[2]
+local stream, msg = redis.call('HGET', key, 'stream'), redis.call('HGET', key, 'msg')
+if stream and msg and redis.call('HGET', key, 'status') == 'running'
+    and redis.call('HGET', key, 'worker') == ARGV[3] then
+  redis.call('XCLAIM', stream, 'workers', ARGV[3], 0, msg, 'JUSTID')
+  return 1
+end
+return 0
+"""
+
+_FINISH = """
+local id = ARGV[2]
+local key = P..'task:'..id
+local status = redis.call('HGET', key, 'status')
+if (not status) or FINAL[status] then return 0 end
+redis.call('HDEL', key, 'result', 'error')
+if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', key, 'error', ARGV[6]) end
+finalize(id, status, ARGV[3], ARGV[4])
+return 1
+"""
+
+_RETRY_LATER = """
+local id = ARGV[2]
+local key = P..'task:'..id
+if redis.call('HGET', key, 'status') ~= 'running' then return 0 end
+move(id, 'running', 'queued')
+redis.call('HSET', key, 'error', ARGV[4])
+drop_msg(id)
+redis.call('ZADD', P..'delayed', ARGV[3], id)
+return 1
+"""
+
+_CANCEL = """
+local id = ARGV[2]
+local status = redis.call('HGET', P..'task:'..id, 'status')
+if not status then return false end
+if not FINAL[status] then
+  finalize(id, status, 'cancelled', ARGV[3])
+  redis.call('PUBLISH', P..'events', 'cancel '..id)
+end
+return status
+"""
+
+_REQUEUE_OWN = """
+local worker, count = ARGV[2], 0
+for band = 1, 3 do
+  local stream = P..'ready:'..band
+  for _, p in ipairs(redis.call('XPENDING', stream, 'workers', '-', '+', 10000, worker)) do
+    local msg = p[1]
+    local entry = redis.call('XRANGE', stream, msg, msg)[1]
+    redis.call('XACK', stream, 'workers', msg)
+    redis.call('XDEL', stream, msg)
+    local id = entry and entry[2][2]
+    local key = id and (P..'task:'..id)
+    if key and redis.call('HGET', key, 'msg') == msg
+        and redis.call('HGET', key, 'status') == 'running' then
+      move(id, 'running', 'queued')
+      push(id)
+      count = count + 1
+    end
+  end
+end
+return count
+"""
+
+_RETRY_DEAD = """
+local id = ARGV[2]
+local key = P..'task:'..id
+local status = redis.call('HGET', key, 'status')
+if status ~= 'dead' and status ~= 'failed' then return 0 end
+move(id, status, 'queued')
+redis.call('HSET', key, 'attempts', 0)
+redis.call('HDEL', key, 'finished_at')
+redis.call('ZREM', P..'done', id)
+push(id)
+return 1
+"""
+
+_SWEEP = """
+local ids = redis.call('ZRANGEBYSCORE', P..'done', '-inf', ARGV[2], 'LIMIT', 0, 1000)
+for _, id in ipairs(ids) do
+  local key = P..'task:'..id
+  local status = redis.call('HGET', key, 'status')
+  local idem = redis.call('HGET', key, 'idempotency_key')
+  if idem and redis.call('GET', P..'idem:'..idem) == id then redis.call('DEL', P..'idem:'..idem) end
+  redis.call('DEL', key)
+  redis.call('ZREM', P..'ids', id)
+  if status then redis.call('ZREM', P..'st:'..status, id) end
+  redis.call('ZREM', P..'done', id)
+end
+return #ids
+"""
+
+_INT = ("priority", "max_attempts", "attempts")
+_FLOAT = ("deadline_at", "created_at", "started_at", "finished_at")
+_JSON = ("target", "result", "error")
+
+
+def _decode(raw: Mapping[Any, Any] | list[Any]) -> dict[str, Any]:
+    if isinstance(raw, list):  # HGETALL inside a script: a flat list
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
+    out: dict[str, Any] = {"id": raw["id"], "status": raw["status"]}
+    for key in _INT:
+        out[key] = int(raw.get(key) or 0)
+    for key in _FLOAT:
+        out[key] = float(raw[key]) if raw.get(key) else None
+    for key in _JSON:
+        out[key] = json.loads(raw[key]) if raw.get(key) else None
+    out["idempotency_key"] = raw.get("idempotency_key")
+    out["worker"] = raw.get("worker")
+    return out
+
+
+@contextlib.contextmanager
+def _reachable(url: str) -> Any:
+    try:
+        yield
+    except (RedisError, OSError) as e:
+        raise QueueUnavailable(
+            f"the task queue at {redact_url(url)} is unreachable: {type(e).__name__}: {e}"
+        ) from None
+
+
+class RedisQueue:
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._r = aioredis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+        )
+        self._scripts = {
+            name: self._r.register_script(_LIB + body)
+            for name, body in (
+                ("enqueue", _ENQUEUE),
+                ("claim", _CLAIM),
+                ("extend", _EXTEND),
+                ("finish", _FINISH),
+                ("retry_later", _RETRY_LATER),
+                ("cancel", _CANCEL),
+                ("requeue_own", _REQUEUE_OWN),
+                ("retry_dead", _RETRY_DEAD),
+                ("sweep", _SWEEP),
+            )
+        }
+        self._listeners: list[Event] = []
+        self._events: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+        self.connected = False
+        self.last_error: str | None = None
+
+    def subscribe(self, listener: Event) -> None:
+        self._listeners.append(listener)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "url": redact_url(self.url),
+            "connected": self.connected,
+            "error": self.last_error,
+        }
+
+    async def start(self) -> None:
+        with contextlib.suppress(QueueUnavailable):  # the workers retry; /health says so
+            with _reachable(self.url):
+                await self._groups()
+        self._events = asyncio.create_task(self._listen(), name="redis task events")
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events
+        with contextlib.suppress(RedisError, OSError):
+            await self._r.aclose()
+
+    async def _groups(self) -> None:
+        for stream in STREAMS:
+            try:
+                await self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def _run(self, script: str, *args: Any) -> Any:
+        with _reachable(self.url):
+            try:
+                result = await self._scripts[script](args=[PREFIX, *args])
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                await self._groups()  # Redis lost its data (a restart without persistence)
+                result = await self._scripts[script](args=[PREFIX, *args])
+        self.connected, self.last_error = True, None
+        return result
+
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            pubsub = self._r.pubsub()
+            try:
+                await pubsub.subscribe(f"{PREFIX}events")
+                self.connected, self.last_error, attempt = True, None, 0
+                async for message in _messages(pubsub):
+                    kind, _, id_ = message.partition(" ")
+                    for listener in self._listeners:
+                        listener(kind, id_)
+            except (RedisError, OSError) as e:
+                if self.connected:
+                    log.warning("redis task queue unreachable (%s); retrying", e)
+                self.connected, self.last_error = False, f"{type(e).__name__}: {e}"
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            attempt = min(attempt + 1, 8)
+            await asyncio.sleep(min(5.0, 0.1 * 2**attempt) * self._rng.uniform(0.5, 1.0))
+
+    # -- the TaskQueue protocol ------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        target: dict[str, Any],
+        target_name: str,
+        *,
+        priority: int,
+        max_attempts: int,
+        deadline_s: float | None,
+        idempotency_key: str | None,
+    ) -> tuple[str, bool]:
+        now = time.time()
+        id_, created = await self._run(
+            "enqueue",
+            f"t-{secrets.token_hex(8)}",
+            idempotency_key or "",
+            repr(now),
+            json.dumps(target),
+            target_name,
+            priority,
+            max_attempts,
+            repr(now + deadline_s) if deadline_s else "",
+        )
+        return str(id_), bool(created)
+
+    async def claim(
+        self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        rows = await self._run("claim", worker, n, repr(time.time()), int(lease_s * 1000))
+        return [_decode(row) for row in rows]
+
+    async def extend(self, id_: str, worker: str, lease_s: float) -> None:
+        await self._run("extend", id_, worker)
+
+    async def finish(self, id_: str, status: str, *, result: Any = None, error: Any = None) -> bool:
+        changed = await self._run(
+            "finish",
+            id_,
+            status,
+            repr(time.time()),
+            json.dumps(result) if result is not None else "",
+            json.dumps(error) if error is not None else "",
+        )
+        return bool(changed)
+
+    async def retry_later(self, id_: str, delay_s: float, error: Any) -> None:
+        await self._run("retry_later", id_, repr(time.time() + delay_s), json.dumps(error))
+
+    async def cancel(self, id_: str) -> str | None:
+        before = await self._run("cancel", id_, repr(time.time()))
+        return str(before) if before else None
+
+    async def requeue_own(self, worker: str) -> int:
+        return int(await self._run("requeue_own", worker))
+
+    async def retry_dead(self, id_: str) -> bool:
+        return bool(await self._run("retry_dead", id_))
+
+    async def get(self, id_: str) -> dict[str, Any] | None:
+        with _reachable(self.url):
+            raw = await self._r.hgetall(f"{PREFIX}task:{id_}")
+        return _decode(raw) if raw else None
+
+    async def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        index = f"{PREFIX}st:{status}" if status is not None else f"{PREFIX}ids"
+        with _reachable(self.url):
+            ids = cast(
+                list[str],
+                await self._r.zrangebylex(
+                    index, f"({after}" if after else "-", "+", start=0, num=limit
+                ),
+            )
+            async with self._r.pipeline(transaction=False) as pipe:
+                for id_ in ids:
+                    pipe.hgetall(f"{PREFIX}task:{id_}")
+                rows = await pipe.execute()
+        return [_decode(row) for row in rows if row]
+
+    async def counts(self) -> dict[str, int]:
+        with _reachable(self.url):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for status in STATUSES:
+                    pipe.zcard(f"{PREFIX}st:{status}")
+                sizes = await pipe.execute()
+        return {s: int(n) for s, n in zip(STATUSES, sizes, strict=True) if n}
+
+    async def sweep(self, older_than_s: float) -> int:
+        return int(await self._run("sweep", repr(time.time() - older_than_s)))
+
+
+async def _messages(pubsub: Any) -> AsyncIterator[str]:
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+        if message is not None and message.get("type") == "message":
+            yield str(message["data"])
