@@ -12,7 +12,7 @@ import pytest
 
 from meshgate.registry import EmbeddedRegistry, InstanceRecord, InstanceState, Registry
 from meshgate.registry.redis import RedisRegistry
-from tests.redis_server import RedisServer
+from meshgate.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.gateway import Gateway, fault_server, run_gateway
-from tests.redis_server import RedisServer
+from meshgate.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 
