@@ -22,6 +22,7 @@ from meshgate.interceptors import build_chain
 from meshgate.mcp.frontend import McpFront
 from meshgate.mcp.sessions import SessionStore
 from meshgate.mcp.supervisor import Supervisor
+from meshgate.mcp.tasks import McpTasks
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
@@ -57,8 +58,10 @@ def build_app(settings: Settings) -> FastAPI:
         limits=settings.task_limit,
     )
     mesh_settings = settings.mesh
+    front = McpFront(router, separator=mesh_settings.namespace_separator, tasks=McpTasks(workers))
+    workers.tool_call = front.run_task
     mcp_http = McpHttp(
-        McpFront(router, separator=mesh_settings.namespace_separator),
+        front,
         SessionStore(
             max_sessions=mesh_settings.max_sessions,
             idle_timeout_s=mesh_settings.session_idle_timeout_s,

@@ -86,6 +86,14 @@ class ServerPolicy(_Model):
     max_in_flight: int = Field(16, ge=1)
     queue_size: int = Field(256, ge=0)
     idempotent_tools: tuple[str, ...] = ()
+    task_support: Literal["forbidden", "optional", "required"] = "forbidden"
+    """Whether MCP clients may run this server's tools as tasks (2025-11-25 `params.task`,
+    2026-07-28 tasks extension): `optional` runs a call as a task when the client can take
+    one, `required` only as a task."""
+    tool_task_support: dict[str, Literal["forbidden", "optional", "required"]] = Field(
+        default_factory=dict
+    )
+    """`task_support` per tool, over the server's."""
     task_concurrency: int | None = Field(None, ge=1, le=1024)
     """Tasks with this target running at once on each node (default: only the node's
     `task_concurrency` bounds them)."""

@@ -11,6 +11,10 @@ installs) runs every server scenario of both protocol eras against:
   `/mcp/conformance` (a remote stateless server, reached over HTTP): every request crosses two
   gateways and two era bridges.
 
+The tasks extension's scenarios (`tasks-*`, in the suite's `pending` set, always on
+2026-07-28) run against `/mcp/conformance` and `/mcp`, with the fixture's task tools made
+task-capable by policy; they count as version "tasks".
+
 Every failing check must be listed, with its reason, in `tests/conformance/expected.py`; a
 listed check that passes fails the test too. The pass counts go to the README.
 """
@@ -35,6 +39,16 @@ pytestmark = pytest.mark.timeout(900)
 SUITE = REPO / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 VERSIONS = ("2025-11-25", "2026-07-28")
 ENDPOINTS = ("/mcp/conformance", "/mcp", "/mcp/everything")
+# The fixture's tools of the tasks scenarios, as the suite expects them to run.
+TASK_TOOLS = """
+[servers.conformance.tool_task_support]
+slow_compute = "optional"
+protocol_error_job = "optional"
+confirm_delete = "optional"
+multi_input = "optional"
+failing_job = "required"
+test_tool_with_task = "required"
+"""
 
 
 def _node22() -> str:
@@ -47,14 +61,20 @@ def _node22() -> str:
 
 
 def _run_suite(url: str, version: str, out: Path) -> tuple[int, set[str], str]:
-    """(passed checks, failed check ids, log tail) of one run of every server scenario."""
-    cmd = [_node22(), str(SUITE), "server", "--url", url, "--suite", "all"]
-    cmd += ["--spec-version", version, "-o", str(out)]
+    """(passed checks, failed check ids, log tail) of one run of every server scenario of a
+    protocol version, or ("tasks") of the tasks extension's scenarios."""
+    cmd = [_node22(), str(SUITE), "server", "--url", url, "-o", str(out)]
+    if version == "tasks":
+        cmd += ["--suite", "pending"]  # extension scenarios pick their own version
+    else:
+        cmd += ["--suite", "all", "--spec-version", version]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent)
     passed, failed = 0, set()
     for path in glob.glob(str(out / "*" / "checks.json")):
         scenario = re.sub(r"-\d{4}-\d{2}-\d{2}T.*$", "", Path(path).parent.name)
         scenario = scenario.removeprefix("server-")
+        if (version == "tasks") != scenario.startswith("tasks-"):
+            continue
         for check in json.loads(Path(path).read_text()):
             if check["status"] == "SUCCESS":
                 passed += 1
@@ -71,7 +91,7 @@ def test_conformance_suite(tmp_path: Path) -> None:
         },
         "everything": npm_server("mcp-server-everything"),
     }
-    policy = '[servers.conformance]\nnamespace = ""\n'
+    policy = '[servers.conformance]\nnamespace = ""\n' + TASK_TOOLS
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with run_gateway(tmp_path / "a", servers, policy) as gw:
@@ -82,6 +102,9 @@ def test_conformance_suite(tmp_path: Path) -> None:
             (endpoint, version): _run_suite(gw.url + endpoint, version, tmp_path / f"out{i}")
             for i, (endpoint, version) in enumerate((e, v) for e in ENDPOINTS for v in VERSIONS)
         }
+        for endpoint in ("/mcp/conformance", "/mcp"):
+            out = tmp_path / f"out-tasks{endpoint.replace('/', '-')}"
+            results[(endpoint, "tasks")] = _run_suite(gw.url + endpoint, "tasks", out)
         remote = {"remote": {"type": "http", "url": f"{gw.url}/mcp/conformance"}}
         with run_gateway(tmp_path / "b", remote) as chained:
             chained.wait_for("remote", lambda v: v["state"] == "healthy", timeout=60)

@@ -11,15 +11,14 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.gateway import Gateway, fault_server, run_gateway
 from meshgate.testing.redis_server import RedisServer
+from tests.gateway import Gateway, fault_server, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,19 +52,6 @@ def until_status(gw: Gateway, task_id: str, status: str, timeout: float = 10) ->
             return task
         assert time.monotonic() < deadline, task
         time.sleep(0.05)
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The gateway environment that selects a queue backend (a fresh redis-server for redis)."""
-    if request.param == "embedded":
-        yield {}
-        return
-    server = RedisServer(tmp_path).start()
-    try:
-        yield {"MESHGATE_QUEUE": server.url}
-    finally:
-        server.stop()
 
 
 def test_tasks_run_and_answer_with_their_result(tmp_path: Path, queue: dict[str, str]) -> None:
@@ -245,15 +231,6 @@ def test_http_targets_and_callbacks(tmp_path: Path, queue: dict[str, str]) -> No
 
 
 # -- what only a shared (Redis) queue does -------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_dead_nodes_tasks_are_taken_over_by_another(

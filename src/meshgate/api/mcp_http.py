@@ -79,7 +79,14 @@ NAME_HEADER = "mcp-name"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 HEARTBEAT_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_BEARING = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
 CACHEABLE = frozenset(
     {
         "server/discover",
@@ -312,7 +319,7 @@ class McpHttp:
             code, message, data = json_rpc_error(e)
             headers = {"Retry-After": str(int(e.retry_after or 1))}
             return _json(jsonrpc.error(msg["id"], code, message, data), e.status, headers)
-        result = {"protocolVersion": version, **self.front.describe(target)}
+        result = {"protocolVersion": version, **self.front.describe(target, version)}
         log.info(
             "MCP session %s… for %s: %s (%s)",
             session.id[:8],
@@ -578,7 +585,7 @@ class McpHttp:
             session.protocol_version = str(version)
             session.client_capabilities = _obj(params.get("capabilities"))
             session.client_info = _obj(params.get("clientInfo"))
-            result = {"protocolVersion": version, **self.front.describe(session.target)}
+            result = {"protocolVersion": version, **self.front.describe(session.target, version)}
             emit(jsonrpc.result(msg["id"], result))
             return
         try:
@@ -674,7 +681,7 @@ class McpHttp:
                 self._next_round(parked, id_, target, method, params),
                 session=None,
             )
-        if not upstream_state:  # (a stateless server's own state goes back to it)
+        if not upstream_state and method != "tasks/update":  # (tasks/update: a task's answers)
             params = {
                 k: v for k, v in params.items() if k not in ("inputResponses", "requestState")
             }

@@ -32,6 +32,7 @@ from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
 from meshgate.mcp.supervisor import ServerPool
+from meshgate.mcp.tasks import McpTasks
 from meshgate.router import Pin, Router, tool_is_retry_safe
 
 log = logging.getLogger("meshgate.frontend")
@@ -121,9 +122,12 @@ def template_pattern(template: str) -> re.Pattern[str]:
 
 
 class McpFront:
-    def __init__(self, router: Router, *, separator: str = "__") -> None:
+    def __init__(
+        self, router: Router, *, separator: str = "__", tasks: McpTasks | None = None
+    ) -> None:
         self.router = router
         self.separator = separator
+        self.tasks = tasks
         self._agg = _Aggregate()
 
     # -- what servers and capabilities a target has --------------------------------------------
@@ -137,8 +141,10 @@ class McpFront:
         if target is not None:
             self.router.pool(target)  # raises UnknownService
 
-    def capabilities(self, target: str | None) -> JSON:
+    def capabilities(self, target: str | None, version: str | None = None) -> JSON:
         caps: JSON = {"tools": {"listChanged": True}}
+        if self.tasks is not None and version is not None:
+            caps.update(self.tasks.capabilities(version))
         for pool in self.pools(target):
             upstream = pool.identity.capabilities if pool.identity else {}
             for name in ("prompts", "resources"):
@@ -169,10 +175,10 @@ class McpFront:
                 parts.append(text if target is not None else f"[{pool.name}] {text}")
         return "\n\n".join(parts) or None
 
-    def describe(self, target: str | None) -> JSON:
+    def describe(self, target: str | None, version: str | None = None) -> JSON:
         """What `initialize` and `server/discover` share."""
         result: JSON = {
-            "capabilities": self.capabilities(target),
+            "capabilities": self.capabilities(target, version),
             "serverInfo": self.server_info(target),
         }
         text = self.instructions(target)
@@ -206,15 +212,22 @@ class McpFront:
         if method == "ping":
             return {}
         if method == "server/discover":
-            return {"supportedVersions": list(SUPPORTED_VERSIONS), **self.describe(target)}
+            return {
+                "supportedVersions": list(SUPPORTED_VERSIONS),
+                **self.describe(target, ctx.version),
+            }
         if method == "tools/list":
             own = target is not None and ctx.pins is not None
             if own and self.router.pool(target or "").policy.mode == "dedicated":
                 # The session's own process, whose tools may have changed on its own.
                 return {"tools": await self._list_all(target or "", method, "tools", ctx)}
-            return self._list_tools(target)
+            return self._list_tools(target, ctx.version)
         if method == "tools/call":
             return await self._call_tool(target, params, ctx)
+        if method.startswith("tasks/") and self.tasks is not None:
+            return await self.tasks.handle(
+                method, params, ctx.version, ctx.client_capabilities, ctx.ask
+            )
         if method in _LISTS:
             return await self._list(target, method, params, ctx)
         if method == "prompts/get":
@@ -231,16 +244,24 @@ class McpFront:
 
     # -- tools ---------------------------------------------------------------------------------
 
-    def _list_tools(self, target: str | None) -> JSON:
+    def _list_tools(self, target: str | None, version: str) -> JSON:
+        tasks = self.tasks
         if target is not None:
             pool = self.router.pool(target)
             self._need_catalog(pool)
-            return {"tools": [pool.tools[t] for t in sorted(pool.tools)]}
+            if tasks is None:
+                return {"tools": [pool.tools[t] for t in sorted(pool.tools)]}
+            return {
+                "tools": [
+                    tasks.annotate(pool, t, pool.tools[t], version) for t in sorted(pool.tools)
+                ]
+            }
         tools = []
         for public, (server, name) in self._aggregate_tools().items():
-            tool = dict(self.router.supervisor.pools[server].tools[name])
+            pool = self.router.supervisor.pools[server]
+            tool = dict(pool.tools[name])
             tool["name"] = public
-            tools.append(tool)
+            tools.append(tasks.annotate(pool, name, tool, version) if tasks is not None else tool)
         return {"tools": tools}
 
     def tool_schema(self, target: str | None, public: str) -> JSON | None:
@@ -324,10 +345,45 @@ class McpFront:
             )
         )
         ctx.caller = intercepted.caller
+        tasks = self.tasks
+        if tasks is not None and tasks.wants_task(
+            pool, tool, params, ctx.version, ctx.client_capabilities
+        ):
+            return await tasks.create(server, tool, arguments, ctx.version, bridgeable(ctx))
         upstream = _upstream_params(params, ctx, name=tool, arguments=arguments)
         upstream["_meta"] = {**upstream.get("_meta", {}), **intercepted.meta}
         return await self._upstream(
             server, "tools/call", upstream, ctx, retry_safe=tool_is_retry_safe(pool, tool)
+        )
+
+    async def run_task(self, task_id: str, target: JSON, timeout_s: float | None) -> JSON:
+        """A queued tool call (how task workers call a tool): like a client's, with the server's
+        questions put to the client through the task."""
+        server, tool = target["server"], target["tool"]
+        pool = self.router.pool(server)
+        if tool not in pool.tools:
+            self._need_catalog(pool)
+            raise UnknownTool(f"{server} has no tool named {tool!r}")
+        questions = (
+            self.tasks.questions(task_id, timeout_s or pool.policy.call_timeout_s)
+            if self.tasks is not None
+            else None
+        )
+        ctx = RequestContext(
+            LATEST_HANDSHAKE,
+            stateless=False,
+            ask=questions,
+            client_capabilities=target.get("client_capabilities") or {},
+            waiting=questions.waiting if questions is not None else None,
+            timeout_s=timeout_s,
+        )
+        params = {"name": tool, "arguments": target.get("arguments") or {}}
+        return await self._upstream(
+            server,
+            "tools/call",
+            _upstream_params(params, ctx),
+            ctx,
+            retry_safe=tool_is_retry_safe(pool, tool),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -506,20 +562,25 @@ class McpFront:
         return pin, params
 
     async def _answer_inputs(self, requests: Any, ctx: RequestContext) -> JSON:
-        """Ask a handshake-era client a stateless server's questions, one by one."""
+        """Ask a handshake-era client (or a task's client) a stateless server's questions, all
+        at once."""
         if not isinstance(requests, dict):
             return {}
         asker = _Asker(ctx)
-        answers: JSON = {}
-        for key, request in requests.items():
-            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-                continue
+
+        async def one(key: str, request: JSON) -> tuple[str, JSON]:
             params = request.get("params") if isinstance(request.get("params"), dict) else {}
             try:
-                answers[key] = await asker(request["method"], params or {})
+                return key, await asker(request["method"], params or {})
             except JsonRpcError as e:
-                answers[key] = {"error": {"code": e.code, "message": e.message}}
-        return answers
+                return key, {"error": {"code": e.code, "message": e.message}}
+
+        asked = [
+            one(key, request)
+            for key, request in requests.items()
+            if isinstance(request, dict) and isinstance(request.get("method"), str)
+        ]
+        return dict(await asyncio.gather(*asked))
 
     async def _pin(self, pool: ServerPool, ctx: RequestContext) -> Pin | None:
         """A handshake-era session's instance of a sticky or dedicated server. Requests

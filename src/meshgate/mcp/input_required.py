@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from meshgate.mcp.jsonrpc import JSON, JsonRpcError
@@ -66,6 +66,33 @@ SETTLE_S = 0.005  # questions asked together are sent together
 _KEY_PREFIX = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
 
 
+def name_question(method: str, params: JSON, taken: Container[str], n: int) -> tuple[str, JSON]:
+    """(key, params) of a server's question in `inputRequests`: `<kind>-<n>`, unless the server
+    names it in `params._meta["dev.meshgate/inputKey"]` (removed before the client sees it)."""
+    key = f"{_KEY_PREFIX.get(method, method.split('/')[0])}-{n}"
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and INPUT_KEY in meta:
+        named = meta[INPUT_KEY]
+        if isinstance(named, str) and named and named not in taken:
+            key = named
+        rest = {k: v for k, v in meta.items() if k != INPUT_KEY}
+        params = {k: v for k, v in params.items() if k != "_meta"}
+        if rest:
+            params["_meta"] = rest
+    return key, params
+
+
+def answer_of(value: Any) -> JSON:
+    """A client's answer to a question as the server gets it: the result, or JsonRpcError for
+    an `{"error": ...}` answer; ValueError for what is neither."""
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):
+        err = value["error"]
+        raise JsonRpcError(int(err.get("code", -32603)), str(err.get("message", "error")))
+    if not isinstance(value, dict):
+        raise ValueError("an answer must be an object")
+    return value
+
+
 class Parked:
     """One client request whose upstream call waits for the client's answers."""
 
@@ -86,21 +113,8 @@ class Parked:
     # -- the upstream side -----------------------------------------------------------------------
 
     async def ask(self, method: str, params: JSON) -> JSON:
-        """Called for a server's question: wait until a client round answers it.
-
-        The question's key in `inputRequests` is `<kind>-<n>`, unless the server names it in
-        `params._meta["dev.meshgate/inputKey"]` (removed before the client sees it).
-        """
-        key = f"{_KEY_PREFIX.get(method, method.split('/')[0])}-{next(self._keys)}"
-        meta = params.get("_meta")
-        if isinstance(meta, dict) and INPUT_KEY in meta:
-            named = meta[INPUT_KEY]
-            if isinstance(named, str) and named and named not in self.questions:
-                key = named
-            rest = {k: v for k, v in meta.items() if k != INPUT_KEY}
-            params = {k: v for k, v in params.items() if k != "_meta"}
-            if rest:
-                params["_meta"] = rest
+        """Called for a server's question: wait until a client round answers it."""
+        key, params = name_question(method, params, self.questions, next(self._keys))
         fut: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self.questions[key] = (method, params, fut)
         self._wake()
@@ -135,13 +149,12 @@ class Parked:
             if question is None or question[2].done():
                 continue
             fut = question[2]
-            if isinstance(value, dict) and isinstance(value.get("error"), dict):
-                err = value["error"]
-                fut.set_exception(
-                    JsonRpcError(int(err.get("code", -32603)), str(err.get("message", "error")))
-                )
-            elif isinstance(value, dict):
-                fut.set_result(value)
+            try:
+                fut.set_result(answer_of(value))
+            except JsonRpcError as e:
+                fut.set_exception(e)
+            except ValueError:
+                pass
 
     async def next(self) -> bool:
         """Wait until the call is done (True) or asks something not yet answered (False)."""

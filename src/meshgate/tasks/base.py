@@ -29,11 +29,13 @@ FIELDS = (
     "started_at",
     "finished_at",
     "worker",
+    "input_requests",
 )
 
 Event = Callable[[str, str], None]
-"""(kind, task id): `done` when a task became final, `cancel` when one was cancelled; a shared
-backend reports other nodes' events too."""
+"""(kind, task id): `done` when a task became final, `cancel` when one was cancelled, `input`
+when questions of a running task were answered; a shared backend reports other nodes' events
+too."""
 
 
 class TaskQueue(Protocol):
@@ -82,6 +84,22 @@ class TaskQueue(Protocol):
         ...
 
     async def retry_dead(self, id_: str) -> bool: ...
+
+    # The questions a running task's server asks its client (MCP sampling, elicitation, roots),
+    # and the client's answers; both are dropped whenever the task changes status.
+
+    async def ask_input(self, id_: str, key: str, request: dict[str, Any]) -> bool:
+        """Record an open question of a running task; False when it is not running."""
+        ...
+
+    async def answer_input(self, id_: str, responses: dict[str, Any]) -> int | None:
+        """Answers to open questions (others are ignored): how many were taken; None when there
+        is no such task."""
+        ...
+
+    async def take_input(self, id_: str, key: str) -> tuple[bool, Any]:
+        """(found, answer) of one question, handed out once."""
+        ...
 
     async def get(self, id_: str) -> dict[str, Any] | None: ...
 

@@ -36,13 +36,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at REAL,
     finished_at REAL,
     visible_at REAL NOT NULL,
-    worker TEXT
+    worker TEXT,
+    input_requests TEXT,
+    input_responses TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
 """
 
 COLUMNS = ", ".join(FIELDS)
+NO_INPUT = "input_requests = NULL, input_responses = NULL"
 
 
 class EmbeddedQueue:
@@ -54,6 +57,10 @@ class EmbeddedQueue:
     def __init__(self, path: str | Path | None) -> None:
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for added in ("input_requests", "input_responses"):  # files of earlier versions
+            if added not in columns:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT")
         self._listeners: list[Event] = []
 
     async def start(self) -> None:
@@ -125,7 +132,7 @@ class EmbeddedQueue:
                 for row in rows:
                     self._db.execute(
                         "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
-                        "started_at = ?, visible_at = ?, worker = ? WHERE id = ?",
+                        f"started_at = ?, visible_at = ?, worker = ?, {NO_INPUT} WHERE id = ?",
                         (now, now + lease_s, worker, row[0]),
                     )
                 self._db.execute("COMMIT")
@@ -149,7 +156,7 @@ class EmbeddedQueue:
     async def finish(self, id_: str, status: str, *, result: Any = None, error: Any = None) -> bool:
         with self._lock:
             cur = self._db.execute(
-                "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ? "
+                f"UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?, {NO_INPUT} "
                 "WHERE id = ? AND status NOT IN ('succeeded', 'failed', 'cancelled', 'dead')",
                 (
                     status,
@@ -166,7 +173,7 @@ class EmbeddedQueue:
     async def retry_later(self, id_: str, delay_s: float, error: Any) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE tasks SET status = 'queued', visible_at = ?, error = ? "
+                f"UPDATE tasks SET status = 'queued', visible_at = ?, error = ?, {NO_INPUT} "
                 "WHERE id = ? AND status = 'running'",
                 (time.time() + delay_s, json.dumps(error), id_),
             )
@@ -178,7 +185,8 @@ class EmbeddedQueue:
                 return None
             if row[0] not in FINAL:
                 self._db.execute(
-                    "UPDATE tasks SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                    f"UPDATE tasks SET status = 'cancelled', finished_at = ?, {NO_INPUT} "
+                    "WHERE id = ?",
                     (time.time(), id_),
                 )
         if row[0] not in FINAL:
@@ -189,7 +197,7 @@ class EmbeddedQueue:
     async def requeue_own(self, worker: str) -> int:
         with self._lock:
             cur = self._db.execute(
-                "UPDATE tasks SET status = 'queued', visible_at = ? "
+                f"UPDATE tasks SET status = 'queued', visible_at = ?, {NO_INPUT} "
                 "WHERE status = 'running' AND worker = ?",
                 (time.time(), worker),
             )
@@ -203,6 +211,55 @@ class EmbeddedQueue:
                 (time.time(), id_),
             )
         return cur.rowcount > 0
+
+    async def ask_input(self, id_: str, key: str, request: dict[str, Any]) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT input_requests FROM tasks WHERE id = ? AND status = 'running'", (id_,)
+            ).fetchone()
+            if row is None:
+                return False
+            asked = {**json.loads(row[0] or "{}"), key: request}
+            self._db.execute(
+                "UPDATE tasks SET input_requests = ? WHERE id = ?", (json.dumps(asked), id_)
+            )
+        return True
+
+    async def answer_input(self, id_: str, responses: dict[str, Any]) -> int | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT input_requests, input_responses FROM tasks WHERE id = ?", (id_,)
+            ).fetchone()
+            if row is None:
+                return None
+            asked, answered = json.loads(row[0] or "{}"), json.loads(row[1] or "{}")
+            taken = [key for key in responses if key in asked]
+            for key in taken:
+                del asked[key]
+                answered[key] = responses[key]
+            if taken:
+                self._db.execute(
+                    "UPDATE tasks SET input_requests = ?, input_responses = ? WHERE id = ?",
+                    (json.dumps(asked) if asked else None, json.dumps(answered), id_),
+                )
+        if taken:
+            self._emit("input", id_)
+        return len(taken)
+
+    async def take_input(self, id_: str, key: str) -> tuple[bool, Any]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT input_responses FROM tasks WHERE id = ?", (id_,)
+            ).fetchone()
+            answered = json.loads(row[0] or "{}") if row is not None else {}
+            if key not in answered:
+                return False, None
+            value = answered.pop(key)
+            self._db.execute(
+                "UPDATE tasks SET input_responses = ? WHERE id = ?",
+                (json.dumps(answered) if answered else None, id_),
+            )
+        return True, value
 
     async def get(self, id_: str) -> dict[str, Any] | None:
         with self._lock:
@@ -243,6 +300,6 @@ class EmbeddedQueue:
     def _row(row: tuple[Any, ...]) -> dict[str, Any]:
         out = dict(zip(FIELDS, row, strict=True))
         out["target"] = json.loads(out["target"])
-        for key in ("result", "error"):
+        for key in ("result", "error", "input_requests"):
             out[key] = json.loads(out[key]) if out[key] is not None else None
         return out

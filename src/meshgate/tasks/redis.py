@@ -32,6 +32,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from meshgate.errors import QueueUnavailable
@@ -47,7 +50,15 @@ STREAMS = tuple(f"{PREFIX}ready:{band}" for band in (1, 2, 3))
 _LIB = """
 local P = ARGV[1]
 local FINAL = {succeeded=true, failed=true, cancelled=true, dead=true}
+local function clear_input(id)
+  local key = P..'task:'..id
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    local kind = string.sub(field, 1, 4)
+    if kind == 'ask:' or kind == 'ans:' then redis.call('HDEL', key, field) end
+  end
+end
 local function move(id, from, to)
+  clear_input(id)
   redis.call('ZREM', P..'st:'..from, id)
   redis.call('ZADD', P..'st:'..to, 0, id)
   redis.call('HSET', P..'task:'..id, 'status', to)
@@ -116,7 +127,7 @@ local function take(stream, entry)
     redis.call('XDEL', stream, msg)
     return
   end
-  if status ~= 'running' then move(id, status, 'running') end
+  if status ~= 'running' then move(id, status, 'running') else clear_input(id) end
   redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'started_at', now, 'worker', worker)
   table.insert(out, redis.call('HGETALL', key))
@@ -219,6 +230,34 @@ push(id)
 return 1
 """
 
+_ASK_INPUT = """
+local key = P..'task:'..ARGV[2]
+if redis.call('HGET', key, 'status') ~= 'running' then return 0 end
+redis.call('HSET', key, 'ask:'..ARGV[3], ARGV[4])
+return 1
+"""
+
+_ANSWER_INPUT = """
+local key = P..'task:'..ARGV[2]
+if redis.call('EXISTS', key) == 0 then return -1 end
+local taken = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HDEL', key, 'ask:'..ARGV[i]) == 1 then
+    redis.call('HSET', key, 'ans:'..ARGV[i], ARGV[i + 1])
+    taken = taken + 1
+  end
+end
+if taken > 0 then redis.call('PUBLISH', P..'events', 'input '..ARGV[2]) end
+return taken
+"""
+
+_TAKE_INPUT = """
+local key = P..'task:'..ARGV[2]
+local value = redis.call('HGET', key, 'ans:'..ARGV[3])
+if value then redis.call('HDEL', key, 'ans:'..ARGV[3]) end
+return value
+"""
+
 _SWEEP = """
 local ids = redis.call('ZRANGEBYSCORE', P..'done', '-inf', ARGV[2], 'LIMIT', 0, 1000)
 for _, id in ipairs(ids) do
@@ -251,6 +290,8 @@ def _decode(raw: Mapping[Any, Any] | list[Any]) -> dict[str, Any]:
         out[key] = json.loads(raw[key]) if raw.get(key) else None
     out["idempotency_key"] = raw.get("idempotency_key")
     out["worker"] = raw.get("worker")
+    asked = {k[4:]: json.loads(v) for k, v in raw.items() if k.startswith("ask:")}
+    out["input_requests"] = asked or None
     return out
 
 
@@ -269,8 +310,14 @@ class RedisQueue:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
         self._r = aioredis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError],
         )
         self._scripts = {
             name: self._r.register_script(_LIB + body)
@@ -283,6 +330,9 @@ class RedisQueue:
                 ("cancel", _CANCEL),
                 ("requeue_own", _REQUEUE_OWN),
                 ("retry_dead", _RETRY_DEAD),
+                ("ask_input", _ASK_INPUT),
+                ("answer_input", _ANSWER_INPUT),
+                ("take_input", _TAKE_INPUT),
                 ("sweep", _SWEEP),
             )
         }
@@ -416,6 +466,18 @@ class RedisQueue:
 
     async def retry_dead(self, id_: str) -> bool:
         return bool(await self._run("retry_dead", id_))
+
+    async def ask_input(self, id_: str, key: str, request: dict[str, Any]) -> bool:
+        return bool(await self._run("ask_input", id_, key, json.dumps(request)))
+
+    async def answer_input(self, id_: str, responses: dict[str, Any]) -> int | None:
+        pairs = [part for k, v in responses.items() for part in (k, json.dumps(v))]
+        taken = int(await self._run("answer_input", id_, *pairs))
+        return None if taken < 0 else taken
+
+    async def take_input(self, id_: str, key: str) -> tuple[bool, Any]:
+        value = await self._run("take_input", id_, key)
+        return (True, json.loads(value)) if value is not None else (False, None)
 
     async def get(self, id_: str) -> dict[str, Any] | None:
         with _reachable(self.url):

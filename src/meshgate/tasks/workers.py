@@ -37,10 +37,15 @@ from meshgate.router import Router
 from meshgate.tasks.base import FINAL, TaskQueue
 
 T = TypeVar("T")
+ToolCall = Callable[[str, dict[str, Any], float | None], Awaitable[dict[str, Any]]]
+"""(task id, target, timeout) -> the tools/call result: how a task calls an MCP tool, when
+something other than the plain router call (the MCP front end, which relays the server's
+questions) should."""
 
 log = logging.getLogger("meshgate.tasks")
 
 MAX_RESULT_BYTES = 1024 * 1024
+REQUEST_ERRORS = (-32600, -32601, -32602)  # JSON-RPC: the request itself is wrong
 
 
 class PermanentFailure(Exception):
@@ -63,6 +68,7 @@ class Workers:
         result_ttl_s: float = 7 * 86400,
         limits: Callable[[str], int | None] = lambda target: None,
         backoff: BackoffPolicy | None = None,
+        tool_call: ToolCall | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -71,6 +77,7 @@ class Workers:
         self.lease_s = lease_s
         self.result_ttl_s = result_ttl_s
         self.limits = limits
+        self.tool_call = tool_call
         self.backoff = backoff or BackoffPolicy(0.2, 30.0)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.per_target: Counter[str] = Counter()
@@ -220,12 +227,14 @@ class Workers:
                 error = {"detail": "the task's deadline passed"}
                 await self._durably(finish, id_, "failed", error=error)
                 return
-            result = await self._execute(task["target"], remaining)
+            result = await self._execute(id_, task["target"], remaining)
         except PermanentFailure as e:
             await self._durably(finish, id_, "failed", error=e.error)
         except (Unavailable, UpstreamTimeout, UpstreamError) as e:
             error = _error(e)
-            if task["attempts"] >= task["max_attempts"]:
+            if e.extra.get("upstream_code") in REQUEST_ERRORS:  # another try is refused alike
+                await self._durably(finish, id_, "failed", error=error)
+            elif task["attempts"] >= task["max_attempts"]:
                 log.warning("task %s is dead after %d attempts: %s", id_, task["attempts"], e)
                 await self._durably(finish, id_, "dead", error=error)
             else:
@@ -262,11 +271,29 @@ class Workers:
             with contextlib.suppress(QueueUnavailable):
                 await self.store.extend(id_, self.node, self.lease_s)
 
-    async def _execute(self, target: dict[str, Any], timeout_s: float | None) -> Any:
+    async def _execute(self, id_: str, target: dict[str, Any], timeout_s: float | None) -> Any:
         if "server" in target:
-            return await self.router.call_tool(
-                target["server"], target["tool"], target.get("arguments") or {}, timeout_s=timeout_s
-            )
+            if self.tool_call is not None:
+                result = await self.tool_call(id_, target, timeout_s)
+            else:
+                arguments = target.get("arguments") or {}
+                result = await self.router.call_tool(
+                    target["server"], target["tool"], arguments, timeout_s=timeout_s
+                )
+            if result.get("resultType") == "input_required":
+                asked = sorted(
+                    str(r.get("method"))
+                    for r in (result.get("inputRequests") or {}).values()
+                    if isinstance(r, dict)
+                )
+                raise PermanentFailure(
+                    {
+                        "code": -32603,
+                        "detail": f"{target['server']} asked for input ({', '.join(asked)}), "
+                        "which a task run by the queue cannot give",
+                    }
+                )
+            return result
         body = target.get("body")
         content = json.dumps(body).encode() if body is not None else b""
         headers = [("content-type", "application/json")] if body is not None else []
@@ -311,4 +338,10 @@ class Workers:
 
 
 def _error(e: MeshgateError) -> dict[str, Any]:
-    return {"type": e.type, "status": e.status, "detail": e.detail, **e.extra}
+    return {
+        "type": e.type,
+        "status": e.status,
+        "code": e.jsonrpc_code,
+        "detail": e.detail,
+        **e.extra,
+    }

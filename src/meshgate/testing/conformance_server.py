@@ -109,6 +109,20 @@ TOOLS: dict[str, tuple[str, JSON]] = {
     "test_input_required_result_capabilities": ("Asks only what the client can answer", _NONE),
     "test_trigger_tool_change": ("Adds a tool and sends tools/list_changed", _NONE),
     "test_trigger_prompt_change": ("Adds a prompt and sends prompts/list_changed", _NONE),
+    # The tasks extension's scenarios; the gateway's policy says which run as tasks.
+    "greet": ("Says hello at once", _string_args("name")),
+    "slow_compute": (
+        "Works for `seconds`",
+        {
+            "type": "object",
+            "properties": {"seconds": {"type": "number"}, "label": {"type": "string"}},
+        },
+    ),
+    "failing_job": ("Fails (isError) after a second", _NONE),
+    "protocol_error_job": ("Ends with a JSON-RPC error", _NONE),
+    "confirm_delete": ("Asks for a confirmation, then deletes", _string_args("filename")),
+    "multi_input": ("Asks two questions at once", _NONE),
+    "test_tool_with_task": ("Asks the user's name, then works on it", _NONE),
 }
 
 PROMPTS: list[JSON] = [
@@ -417,6 +431,39 @@ class ConformanceServer(FaultServer):
         )
         content = result.get("content") or {}
         return str(content.get("text", "")) if isinstance(content, dict) else ""
+
+    async def greet(self, args: JSON, meta: JSON) -> JSON:
+        return {"content": [_text(f"Hello, {args.get('name')}!")]}
+
+    async def slow_compute(self, args: JSON, meta: JSON) -> JSON:
+        seconds = float(args.get("seconds", 1))
+        await asyncio.sleep(seconds)
+        return {"content": [_text(f"{args.get('label') or 'computed'}: done in {seconds} s")]}
+
+    async def failing_job(self, args: JSON, meta: JSON) -> JSON:
+        await asyncio.sleep(1)
+        return {"content": [_text("the job failed")], "isError": True}
+
+    async def protocol_error_job(self, args: JSON, meta: JSON) -> JSON:
+        raise RpcError(-32602, "the job's parameters are refused (on purpose)")
+
+    async def confirm_delete(self, args: JSON, meta: JSON) -> JSON:
+        answer = await self.elicit("confirm", f"Delete {args.get('filename')}?", "confirm")
+        done = answer.get("action") == "accept"
+        return {"content": [_text(f"deleted {args.get('filename')}" if done else "kept")]}
+
+    async def multi_input(self, args: JSON, meta: JSON) -> JSON:
+        first, second = await asyncio.gather(
+            self.elicit("first", "First value?", "value"),
+            self.elicit("second", "Second value?", "value"),
+        )
+        return {"content": [_text(f"got {first.get('action')} and {second.get('action')}")]}
+
+    async def test_tool_with_task(self, args: JSON, meta: JSON) -> JSON:
+        answer = await self.elicit("user_name", "What is your name?", "name")
+        name = (answer.get("content") or {}).get("name", "unknown")
+        await asyncio.sleep(0.5)
+        return {"content": [_text(f"Worked on it for {name}")]}
 
     async def test_custom_headers(self, args: JSON, meta: JSON) -> JSON:
         return {"content": [_text(f"region: {args.get('region')}")]}
