@@ -96,11 +96,18 @@ class Gateway:
         return self.http.get(path, **kw)
 
     def call(
-        self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, **body: Any
+        self,
+        server: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **body: Any,
     ) -> httpx.Response:
         return self.http.post(
             f"/api/v1/mcp/servers/{server}/tools/{tool}",
             json={"arguments": dict(arguments or {}), **body},
+            headers=dict(headers or {}),
         )
 
     def server(self, name: str) -> dict[str, Any]:

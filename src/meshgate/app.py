@@ -7,6 +7,7 @@ terminate every child process group.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from meshgate import __version__
-from meshgate.api import mcp_rest, mesh, problems, tasks
+from meshgate.api import mcp_rest, mesh, observability, problems, tasks
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.interceptors import build_chain
@@ -23,6 +24,8 @@ from meshgate.mcp.frontend import McpFront
 from meshgate.mcp.sessions import SessionStore
 from meshgate.mcp.supervisor import Supervisor
 from meshgate.mcp.tasks import McpTasks
+from meshgate.observability import tracing
+from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
@@ -35,6 +38,13 @@ log = logging.getLogger("meshgate")
 
 def build_app(settings: Settings) -> FastAPI:
     """The ASGI application for these settings; processes start in its lifespan."""
+    tracing.setup(
+        enabled=settings.mesh.tracing,
+        ratio=settings.mesh.trace_sample_ratio,
+        keep=settings.mesh.traces_kept,
+        node=settings.node_id,
+    )
+    set_node(settings.node_id)
     registry = open_registry(
         settings.mesh.registry, node=settings.node_id, lease_s=settings.mesh.registry_lease_s
     )
@@ -71,6 +81,8 @@ def build_app(settings: Settings) -> FastAPI:
     )
     mcp_http.attach(supervisor)
 
+    started = asyncio.Event()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting %d MCP servers", len(supervisor.pools))
@@ -80,9 +92,11 @@ def build_app(settings: Settings) -> FastAPI:
         await workers.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
+        started.set()
         try:
             yield
         finally:
+            started.clear()
             log.info("shutting down: draining %d calls in flight", router.in_flight)
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
@@ -92,6 +106,7 @@ def build_app(settings: Settings) -> FastAPI:
             services.store.close()
             await registry.stop()
             registry.close()
+            tracing.shutdown()
             log.info("stopped")
 
     app = FastAPI(
@@ -118,6 +133,16 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
     app.include_router(tasks.build(router, workers, max_body_bytes=settings.mesh.max_body_bytes))
+    app.include_router(
+        observability.build(
+            router,
+            registry_status=registry.status,
+            queue_status=workers.status,
+            sessions=lambda: len(mcp_http.sessions.sessions),
+            started=started.is_set,
+        )
+    )
+    app.add_middleware(tracing.TracingMiddleware)
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

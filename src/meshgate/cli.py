@@ -110,7 +110,12 @@ def _serve(args: argparse.Namespace) -> int:
         for p in e.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)
         return 2
-    configure(settings.mesh.log_level)
+    log_format = settings.mesh.log_format
+    configure(
+        settings.mesh.log_level,
+        json_lines=None if log_format == "auto" else log_format == "json",
+        modules=settings.mesh.log_levels,
+    )
     try:
         sock = _bind(settings.mesh.host, settings.mesh.port)
     except OSError as e:

@@ -257,6 +257,19 @@ class MeshSettings(_Model):
     queue: str = "embedded"
     """`embedded` (SQLite in the data dir) or `redis://...` (Redis Streams, shared by nodes)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(
+        default_factory=dict
+    )
+    """Levels of single modules over `log_level`, e.g. {"meshgate.router" = "debug"}."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """`auto`: JSON lines when stderr is not a terminal."""
+    tracing: bool = True
+    """OpenTelemetry spans for requests, routed calls and attempts (kept in memory for
+    /traces, exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    trace_sample_ratio: float = Field(0.01, ge=0, le=1)
+    """The share of traces started here that are recorded; a sampled parent is honoured."""
+    traces_kept: int = Field(200, ge=1, le=100_000)
+    """Recent traces kept in memory for GET /api/v1/mesh/v2/traces."""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
@@ -601,6 +614,9 @@ _ENV_FIELDS = {
     "task_result_ttl_s": "MESHGATE_TASK_RESULT_TTL_S",
     "queue": "MESHGATE_QUEUE",
     "log_level": "MESHGATE_LOG_LEVEL",
+    "log_format": "MESHGATE_LOG_FORMAT",
+    "tracing": "MESHGATE_TRACING",
+    "trace_sample_ratio": "MESHGATE_TRACE_SAMPLE_RATIO",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
     "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
     "max_sessions": "MESHGATE_MAX_SESSIONS",

@@ -39,6 +39,8 @@ from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
 from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.supervisor import ServerPool, Supervisor
+from meshgate.observability import tracing
+from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.observability.topology import EdgeLog
 from meshgate.registry.base import InstanceState
 from meshgate.resilience import (
@@ -48,13 +50,35 @@ from meshgate.resilience import (
     RetryBudget,
     backoff_delay,
 )
-from meshgate.transports.services import ServiceMesh
+from meshgate.transports.services import ServiceMesh, ServicePool
 
 log = logging.getLogger("meshgate.router")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 ProgressHandler = Callable[[str, JSON], None]
 ServerRequestHandler = Callable[[str, JSON], Awaitable[JSON]]
+
+
+def _tool_label(pool: ServerPool, method: str, params: JSON) -> str:
+    """The `tool` label of a call: a tool the server lists, `other` for a name it does not
+    (labels stay bounded), or the MCP method for other requests."""
+    if method != "tools/call":
+        return method
+    name = params.get("name")
+    return name if isinstance(name, str) and name in pool.tools else "other"
+
+
+def _attempt_outcome(error: BaseException | None) -> str:
+    """The `outcome` label of one attempt, from what the connection or client raised."""
+    if error is None:
+        return "ok"
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(error, TimeoutError | httpx.TimeoutException):
+        return "timeout"
+    if isinstance(error, ConnectionLost | httpx.ConnectError | httpx.RemoteProtocolError):
+        return "crashed"
+    return "error"
 
 
 def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
@@ -192,10 +216,60 @@ class Router:
 
         With a `pin` (sticky sessions) every call goes to the instance the first one picked;
         when that instance is gone the call raises SessionInstanceLost and is not retried.
+        Measured (`meshgate_call_duration_seconds`) and, with tracing on, one span.
         """
+        pool = self.pool(service)
+        tool = _tool_label(pool, method, params)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        t = tracing.active()
+        span = None
+        if t is not None:
+            name = f"{method} {service}" + (f"/{tool}" if tool != method else "")
+            span = t.start_span(
+                name, attributes={"meshgate.service": service, "rpc.method": method}
+            )
+        try:
+            call = self._call(
+                pool,
+                method,
+                params,
+                timeout_s=timeout_s,
+                key=key,
+                retry_safe=retry_safe,
+                on_progress=on_progress,
+                on_server_request=on_server_request,
+                pin=pin,
+                on_instance=on_instance,
+                caller=caller,
+            )
+            return await tracing.within(span, call)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            metrics.call(service, tool, outcome_of(error), time.perf_counter() - started)
+            if span is not None:
+                tracing.end(span, error)
+
+    async def _call(
+        self,
+        pool: ServerPool,
+        method: str,
+        params: JSON,
+        *,
+        timeout_s: float | None,
+        key: str | None,
+        retry_safe: bool,
+        on_progress: ProgressHandler | None,
+        on_server_request: ServerRequestHandler | None,
+        pin: Pin | None,
+        on_instance: Callable[[Instance], None] | None,
+        caller: str | None,
+    ) -> JSON:
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")
-        pool = self.pool(service)
+        service = pool.name
         policy = pool.policy
         deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
         pool.budget.record_request()
@@ -214,7 +288,8 @@ class Router:
                     on_instance(inst)
                 started = time.monotonic()
                 try:
-                    result = await inst.conn.request(
+                    result = await self._request(
+                        inst,
                         method,
                         params,
                         timeout=deadline.remaining(),
@@ -268,6 +343,47 @@ class Router:
             self._leave()
             self.edges.record(caller, service, ok=ok)
 
+    async def _request(
+        self,
+        inst: Instance,
+        method: str,
+        params: JSON,
+        *,
+        timeout: float,
+        on_progress: ProgressHandler | None,
+        on_server_request: ServerRequestHandler | None,
+    ) -> JSON:
+        """One attempt on one instance: measured, and with tracing on a client span whose
+        context travels in `params._meta`."""
+        started = time.perf_counter()
+        error: BaseException | None = None
+        t = tracing.active()
+        span = None
+        if t is not None:
+            span = t.start_span(
+                f"{method} {inst.id}",
+                kind=tracing.SpanKind.CLIENT,
+                attributes={"meshgate.instance": inst.id, "rpc.method": method},
+            )
+            meta = params.get("_meta")
+            params = {**params, "_meta": {**(meta or {}), **tracing.inject(span)}}
+        try:
+            return await inst.conn.request(
+                method,
+                params,
+                timeout=timeout,
+                on_progress=on_progress,
+                on_server_request=on_server_request,
+            )
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.attempt(inst.server, inst.id, _attempt_outcome(error), elapsed)
+            if span is not None:
+                tracing.end(span, error)
+
     async def proxy(
         self,
         service: str,
@@ -286,14 +402,62 @@ class Router:
 
         Returns the response with its body not yet read: the caller streams it, then closes it.
         A streamed request body (an iterator) is retried only when no connection was made,
-        when not a byte of it has been read.
+        when not a byte of it has been read. Measured until the response's head arrives (a 5xx
+        counts as `error`) and, with tracing on, one span.
         """
-        if not self.accepting:
-            raise ShuttingDown("the gateway is shutting down")
         pool = self.services.pools.get(service) if self.services is not None else None
         if pool is None or self.services is None:
             raise UnknownService(f"no HTTP service named {service!r}")
-        client = self.services.client
+        started = time.perf_counter()
+        error: BaseException | None = None
+        outcome = "ok"
+        t = tracing.active()
+        span = None
+        if t is not None:
+            span = t.start_span(
+                f"{method} {service}", attributes={"meshgate.service": service, "url.path": path}
+            )
+        try:
+            call = self._proxy(
+                pool,
+                self.services.client,
+                method,
+                path,
+                query=query,
+                headers=headers,
+                body=body,
+                timeout_s=timeout_s,
+                caller=caller,
+            )
+            response = await tracing.within(span, call)
+            if response.status_code >= 500:
+                outcome = "error"
+            return response
+        except BaseException as e:
+            error = e
+            outcome = outcome_of(e)
+            raise
+        finally:
+            metrics.call(service, "", outcome, time.perf_counter() - started)
+            if span is not None:
+                tracing.end(span, error)
+
+    async def _proxy(
+        self,
+        pool: ServicePool,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        *,
+        query: str,
+        headers: list[tuple[str, str]] | None,
+        body: bytes | AsyncIterator[bytes],
+        timeout_s: float | None,
+        caller: str | None,
+    ) -> httpx.Response:
+        if not self.accepting:
+            raise ShuttingDown("the gateway is shutting down")
+        service = pool.name
         policy = pool.policy
         deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
         safe_method = method.upper() in IDEMPOTENT_METHODS
@@ -314,7 +478,7 @@ class Router:
                 )
                 reached = True
                 try:
-                    response = await client.send(request, stream=True)
+                    response = await self._send(client, inst.id, service, request)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                     reached, error = False, f"{inst.id}: cannot connect: {e}"
                 except httpx.TimeoutException:
@@ -351,6 +515,37 @@ class Router:
             self._leave()
             self.edges.record(caller, service, ok=ok)
 
+    async def _send(
+        self, client: httpx.AsyncClient, instance: str, service: str, request: httpx.Request
+    ) -> httpx.Response:
+        """One attempt of a proxied call, measured and (with tracing on) a client span whose
+        context travels in the request's headers."""
+        started = time.perf_counter()
+        error: BaseException | None = None
+        outcome = "ok"
+        t = tracing.active()
+        span = None
+        if t is not None:
+            span = t.start_span(
+                f"{request.method} {instance}",
+                kind=tracing.SpanKind.CLIENT,
+                attributes={"meshgate.instance": instance, "url.path": request.url.path},
+            )
+            request.headers.update(tracing.inject(span))
+        try:
+            response = await client.send(request, stream=True)
+            if response.status_code >= 500:
+                outcome = "error"
+            return response
+        except BaseException as e:
+            error = e
+            outcome = _attempt_outcome(e)
+            raise
+        finally:
+            metrics.attempt(service, instance, outcome, time.perf_counter() - started)
+            if span is not None:
+                tracing.end(span, error)
+
     async def _before_retry(
         self, pool: Balanced[P], attempt: int, deadline: Deadline, why: str
     ) -> None:
@@ -359,6 +554,7 @@ class Router:
         if attempt >= pool.policy.retry.max_attempts or not pool.budget.try_spend():
             raise UpstreamError(f"{why}; retries exhausted")
         log.info("retrying on %s: %s", pool.name, why)
+        metrics.retry(pool.name)
         delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
         await asyncio.sleep(min(delay, deadline.remaining()))
 

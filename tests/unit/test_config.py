@@ -253,3 +253,16 @@ def test_registry_urls(tmp_path: Path) -> None:
     assert settings is not None and str(settings.registrations_path) == "/tmp/x.sqlite3"
     _, problems = collect(None, None, environ={"MESHGATE_REGISTRY": "sqlite://"})
     assert "sqlite:///PATH" in problems[0].reason
+
+
+def test_observability_settings_are_validated(tmp_path: Path) -> None:
+    pol = write(
+        tmp_path / "meshgate.toml",
+        '[mesh]\ntrace_sample_ratio = 2\nlog_format = "xml"\n'
+        '[mesh.log_levels]\n"meshgate.router" = "loud"\n',
+    )
+    text = "\n".join(str(p) for p in check_file(pol))
+    assert "mesh.trace_sample_ratio" in text and "mesh.log_format" in text
+    assert "mesh.log_levels.meshgate.router" in text
+    settings, problems = collect(None, None, environ={"MESHGATE_TRACING": "false"})
+    assert problems == [] and settings is not None and settings.mesh.tracing is False

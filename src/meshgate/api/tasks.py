@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
+from meshgate.observability import tracing
 from meshgate.router import Router
 from meshgate.tasks.base import FINAL
 from meshgate.tasks.workers import Workers
@@ -96,6 +97,8 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
         target = req.target.model_dump()
         if req.callback_url:
             target["callback_url"] = req.callback_url
+        if tracing.active() is not None:  # the task's spans join this request's trace
+            target["trace"] = tracing.inject()
         task_id, created = await store.enqueue(
             target,
             name,

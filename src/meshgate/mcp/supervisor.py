@@ -25,6 +25,7 @@ from meshgate.mcp import process, protocol
 from meshgate.mcp.connection import ConnectionLost, McpConnection, StdioConnection
 from meshgate.mcp.instance import Instance, breaker_policy
 from meshgate.mcp.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal, backoff_delay
 from meshgate.transports.mcp_http import HttpUpstream
@@ -255,6 +256,7 @@ class ServerPool:
                 self.notify()
                 return
             slot.restarts += 1
+            metrics.restart(self.name)
             await asyncio.sleep(backoff_delay(max(1, slot.failures), backoff, self.rng))
 
     async def _start_instance(self, slot: Slot) -> Instance | None:
@@ -299,7 +301,10 @@ class ServerPool:
             slot.index,
             self.node,
             conn,
-            CircuitBreaker(breaker_policy(policy)),
+            CircuitBreaker(
+                breaker_policy(policy),
+                on_transition=metrics.breaker_hook(self.name, f"{self.name}-{slot.index}"),
+            ),
             slot.restarts,
         )
         slot.instance = inst
@@ -402,6 +407,7 @@ class ServerPool:
                 error = f"no answer within {h.timeout_s}s"
             except (ConnectionLost, JsonRpcError) as e:
                 error = str(e)
+            metrics.health_check(self.name, error is None)
             inst.last_health = {
                 "ok": error is None,
                 "error": error,

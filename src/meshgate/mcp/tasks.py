@@ -40,6 +40,7 @@ from meshgate.mcp.input_required import SETTLE_S, answer_of, name_question
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.protocol import HANDSHAKE_VERSION
 from meshgate.mcp.supervisor import ServerPool
+from meshgate.observability import tracing
 from meshgate.tasks.base import FINAL
 from meshgate.tasks.workers import Workers
 
@@ -172,6 +173,8 @@ class McpTasks:
             "arguments": arguments,
             "client_capabilities": client_capabilities,
         }
+        if tracing.active() is not None:  # the task's spans join this request's trace
+            target["trace"] = tracing.inject()
         task_id, _ = await self.store.enqueue(
             target,
             server,

@@ -1,4 +1,5 @@
-"""Log setup: human lines on a terminal, JSON lines otherwise."""
+"""Log setup: human lines on a terminal, JSON lines otherwise; with the trace and span ids of
+the request a line was written for, when tracing is on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
+
+from meshgate.observability import tracing
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,21 +23,38 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if tracing.tracer is not None and (ids := tracing.current_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
-    """Install one stderr handler on the root logger."""
+class TextFormatter(logging.Formatter):
+    """A human line, ending in the trace id when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if tracing.tracer is not None and (ids := tracing.current_ids()) is not None:
+            line += f" [trace {ids[0]}]"
+        return line
+
+
+def configure(
+    level: str = "info",
+    *,
+    json_lines: bool | None = None,
+    modules: Mapping[str, str] | None = None,
+) -> None:
+    """Install one stderr handler on the root logger; `modules` sets levels of single
+    loggers (`meshgate.router`: `debug`) over `level`."""
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -41,3 +62,5 @@ def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
     # So are httpx's request lines (calls to remote MCP servers).
     for name in ("uvicorn.access", "httpx"):
         logging.getLogger(name).setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    for name, module_level in (modules or {}).items():
+        logging.getLogger(name).setLevel(module_level.upper())

@@ -32,6 +32,8 @@ from meshgate.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from meshgate.observability import tracing
+from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
 from meshgate.tasks.base import FINAL, TaskQueue
@@ -200,7 +202,7 @@ class Workers:
         try:
             slot = self._slot(name)  # a backend that cannot skip busy targets waits here
             async with slot if slot is not None else contextlib.nullcontext():
-                await self._attempt(task)
+                await self._measured(name, task)
         except asyncio.CancelledError:
             if not self._stopping:  # DELETE /task/{id}: marked cancelled already
                 await self._durably(self.store.finish, id_, "cancelled")
@@ -217,16 +219,44 @@ class Workers:
             if final is not None and final["status"] in FINAL:
                 await self._callback(callback, final)
 
-    async def _attempt(self, task: dict[str, Any]) -> None:
+    async def _measured(self, name: str, task: dict[str, Any]) -> None:
+        """One attempt, counted in `meshgate_task_duration_seconds` and, with tracing on, a
+        span under the trace of the request that enqueued the task."""
+        started = time.perf_counter()
+        outcome = "cancelled"
+        t = tracing.tracer
+        span = None
+        parent = task["target"].get("trace")
+        carrier = parent if isinstance(parent, dict) else {}
+        if t is not None and tracing.sampled(carrier):
+            span = t.start_span(
+                f"task {name}",
+                context=tracing.extract(carrier) if carrier else None,
+                kind=tracing.SpanKind.CONSUMER,
+                attributes={"meshgate.task": task["id"], "meshgate.attempt": task["attempts"]},
+            )
+        try:
+            outcome = await tracing.within(span, self._attempt(task))
+        finally:
+            metrics.task(name, outcome, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("meshgate.outcome", outcome)
+                failed = outcome in ("failed", "dead", "retry")
+                tracing.end(span, RuntimeError(outcome) if failed else None)
+
+    async def _attempt(self, task: dict[str, Any]) -> str:
+        """Run the task once and record what came of it: its outcome (a final status, or
+        `retry`)."""
         id_ = task["id"]
         finish = self.store.finish
+        outcome = "failed"
         try:
             deadline_at = task["deadline_at"]
             remaining = deadline_at - time.time() if deadline_at else None
             if remaining is not None and remaining <= 0:
                 error = {"detail": "the task's deadline passed"}
                 await self._durably(finish, id_, "failed", error=error)
-                return
+                return outcome
             result = await self._execute(id_, task["target"], remaining)
         except PermanentFailure as e:
             await self._durably(finish, id_, "failed", error=e.error)
@@ -236,8 +266,10 @@ class Workers:
                 await self._durably(finish, id_, "failed", error=error)
             elif task["attempts"] >= task["max_attempts"]:
                 log.warning("task %s is dead after %d attempts: %s", id_, task["attempts"], e)
+                outcome = "dead"
                 await self._durably(finish, id_, "dead", error=error)
             else:
+                outcome = "retry"
                 delay = backoff_delay(task["attempts"], self.backoff, self._rng)
                 await self._durably(self.store.retry_later, id_, delay, error)
         except MeshgateError as e:
@@ -249,7 +281,9 @@ class Workers:
             error = {"detail": f"{type(e).__name__}: {e}"}
             await self._durably(finish, id_, "failed", error=error)
         else:
+            outcome = "succeeded"
             await self._durably(finish, id_, "succeeded", result=result)
+        return outcome
 
     async def _durably(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Record an outcome, waiting out a short outage of the backend; past one lease the

@@ -29,6 +29,7 @@ from meshgate.mcp import protocol
 from meshgate.mcp.connection import ConnectionLost
 from meshgate.mcp.instance import breaker_policy
 from meshgate.mcp.jsonrpc import JsonRpcError
+from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
@@ -49,7 +50,9 @@ class ServiceInstance(LatencyTracked):
         self.id = reg.instance_id
         self.service = reg.name
         self.weight = reg.weight
-        self.breaker = CircuitBreaker(breaker_policy(policy))
+        self.breaker = CircuitBreaker(
+            breaker_policy(policy), on_transition=metrics.breaker_hook(reg.name, self.id)
+        )
         self.in_flight = 0
         self.state = InstanceState.STARTING
         self.heartbeat_at = heartbeat_at
@@ -267,6 +270,7 @@ class ServiceMesh:
         while True:
             started = time.monotonic()
             error = await self._check(inst)
+            metrics.health_check(inst.service, error is None)
             inst.last_check = {
                 "ok": error is None,
                 "error": error,
