@@ -8,7 +8,7 @@ CONFIG ?= examples/mcp.json
 POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest bench bench-peers redis-server clean
+.PHONY: setup run test lint typecheck pytest bench bench-peers redis-server prometheus clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -43,6 +43,15 @@ redis-server:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
 
+# The monitoring tests run promtool and a real Prometheus (Debian's package).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		echo "installing prometheus"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			prometheus; }
+
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
 
@@ -53,7 +62,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup $(NODE22) redis-server
+pytest: setup $(NODE22) redis-server prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
