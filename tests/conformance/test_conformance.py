@@ -102,9 +102,6 @@ def test_conformance_suite(tmp_path: Path) -> None:
             (endpoint, version): _run_suite(gw.url + endpoint, version, tmp_path / f"out{i}")
             for i, (endpoint, version) in enumerate((e, v) for e in ENDPOINTS for v in VERSIONS)
         }
-        for endpoint in ("/mcp/conformance", "/mcp"):
-            out = tmp_path / f"out-tasks{endpoint.replace('/', '-')}"
-            results[(endpoint, "tasks")] = _run_suite(gw.url + endpoint, "tasks", out)
         remote = {"remote": {"type": "http", "url": f"{gw.url}/mcp/conformance"}}
         with run_gateway(tmp_path / "b", remote) as chained:
             chained.wait_for("remote", lambda v: v["state"] == "healthy", timeout=60)
@@ -113,6 +110,12 @@ def test_conformance_suite(tmp_path: Path) -> None:
                 results[("/mcp/remote", version)] = _run_suite(
                     chained.url + "/mcp/remote", version, out
                 )
+        # Last: the tasks scenarios leave tasks behind that go on asking for input (until
+        # their deadline) on the shared fixture instance, where a request to the client is
+        # attributed only while a single call is in flight.
+        for endpoint in ("/mcp/conformance", "/mcp"):
+            out = tmp_path / f"out-tasks{endpoint.replace('/', '-')}"
+            results[(endpoint, "tasks")] = _run_suite(gw.url + endpoint, "tasks", out)
     report = []
     problems = []
     for (endpoint, version), (passed, failed, tail) in results.items():
