@@ -46,14 +46,18 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
     ready_timeout: float = 90.0,
+    src: str | None = None,
 ) -> GatewayProcess:
-    """Write the config into `workdir`, start the gateway there and wait until it answers."""
+    """Write the config into `workdir`, start the gateway there and wait until it answers.
+    `src`: the source tree to run (another checkout's `src`, for a benchmark's baseline)."""
     config = workdir / "mcp.json"
     config.write_text(json.dumps({"mcpServers": servers}))
     toml = workdir / "meshgate.toml"
     toml.write_text(policy)
     full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, full_env.get("PYTHONPATH")) if p)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (src or _SRC, full_env.get("PYTHONPATH")) if p
+    )
     full_env.pop("MESHGATE_PORT", None)
     if "MESHGATE_DATA_DIR" not in (env or {}):  # durable state stays in the workdir
         full_env["MESHGATE_DATA_DIR"] = str(workdir / "data")
