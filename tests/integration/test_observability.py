@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.gateway import Gateway, fault_server, run_gateway
 from tests.integration.test_mesh_registry import agent, wait_service
@@ -187,3 +190,49 @@ def test_liveness_and_readiness(tmp_path: Path) -> None:
         assert gw.get("/livez").json() == {"status": "live"}
         r = gw.get("/readyz")
         assert r.status_code == 200 and r.json() == {"status": "ready"}
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver: keeps the spans of every export it is sent."""
+
+    spans: list[Any] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        assert self.path == "/v1/traces"
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                type(self).spans.extend(scope.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+        self.wfile.write(b"")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_spans_are_exported_over_otlp_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    _Collector.spans = []
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    env = {
+        **ALL_TRACES,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    try:
+        with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+            r = gw.call("fault", "echo", {"text": "x"}, headers={"traceparent": TRACEPARENT})
+            assert r.status_code == 200
+            deadline = time.monotonic() + 15
+            while len({s.name for s in _Collector.spans}) < 3:
+                assert time.monotonic() < deadline, [s.name for s in _Collector.spans]
+                time.sleep(0.1)
+        names = {s.name for s in _Collector.spans if s.trace_id.hex() == PARENT_TRACE}
+        assert {"tools/call fault/echo", "tools/call fault-1"} <= names
+        assert "POST /api/v1/mcp/servers/{name}/tools/{tool}" in names
+    finally:
+        collector.shutdown()
