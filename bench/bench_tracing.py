@@ -93,7 +93,9 @@ def main() -> int:
                 check=True,
                 capture_output=True,
             )
-            baseline = {f"revision {args.baseline_rev} (baseline)": ({}, str(tree / "src"))}
+            baseline: dict[str, tuple[dict[str, str], str | None]] = {
+                f"revision {args.baseline_rev} (baseline)": ({}, str(tree / "src"))
+            }
             modes = {**baseline, **modes}
         results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
         gateways = {}
