@@ -4,6 +4,7 @@ loads the rules."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,39 @@ def test_the_alert_rules_pass_promtool() -> None:
         r = subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
         assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """Each panel's query, with Grafana's variables filled in, checked by promtool as the
+    expression of a recording rule."""
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "meshgate.json").read_text())
+    fill = {"$__rate_interval": "5m", "$node": ".*", "$service": ".*"}
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target.get("expr")
+            if expr:
+                for variable, value in fill.items():
+                    expr = expr.replace(variable, value)
+                assert "$" not in expr, (panel["title"], expr)
+                exprs.append(expr)
+    assert len(exprs) >= 20
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    r = subprocess.run(
+        [_tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _free_port() -> int:
