@@ -88,8 +88,8 @@ def _stateless(
     return _answer(http.post("/mcp/fault", headers=headers, json=body))
 
 
-def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"fault": fault_server()}, POLICY) as gw:
+def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path, queue: dict[str, str]) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}, POLICY, env=queue) as gw:
         s = Session(gw)
         init = _answer(
             gw.http.post(
@@ -104,7 +104,7 @@ def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path) -> None:
             )
         )
         tasks_caps = init["result"]["capabilities"]["tasks"]
-        assert tasks_caps == {"cancel": {}, "requests": {"tools": {"call": {}}}}
+        assert tasks_caps == {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
         tools = {t["name"]: t for t in s.rpc("tools/list")["result"]["tools"]}
         assert "execution" not in tools["echo"]
         assert tools["sleep"]["execution"] == {"taskSupport": "required"}
@@ -140,7 +140,6 @@ def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path) -> None:
         assert s.rpc("tasks/cancel", {"taskId": hang})["error"]["code"] == -32602  # final
         assert s.rpc("tasks/get", {"taskId": "t-nope"})["error"]["code"] == -32602
         assert s.rpc("tasks/get", {})["error"]["code"] == -32602
-        assert s.rpc("tasks/list")["error"]["code"] == -32601  # not declared: no owner to filter
 
         failing = s.rpc("tools/call", {"name": "fail", "task": {}})["result"]["task"]["taskId"]
         error = s.rpc("tasks/result", {"taskId": failing})["error"]
@@ -151,6 +150,17 @@ def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path) -> None:
         result = s.rpc("tasks/result", {"taskId": tool_error["taskId"]})["result"]
         assert result["isError"] is True  # the tool's own error: the task is `failed` in 2025
         assert s.rpc("tasks/get", tool_error)["result"]["status"] == "failed"
+
+        listed = s.rpc("tasks/list")["result"]  # the session's own tasks
+        assert {t["taskId"] for t in listed["tasks"]} == {
+            task_id,
+            hang,
+            failing,
+            tool_error["taskId"],
+        }
+        assert "nextCursor" not in listed
+        assert s.rpc("tasks/list", {"cursor": "%%"})["error"]["code"] == -32602
+        assert Session(gw).rpc("tasks/list")["result"] == {"tasks": []}  # not another's
 
 
 def test_older_clients_see_no_tasks(tmp_path: Path) -> None:

@@ -447,6 +447,7 @@ class McpHttp:
             pins=session.pins,
             caller=session.caller,
             headers=request.headers,
+            session=session.id,
             session_ask=_session_asker(session, session.emit_standing),
             session_emit=session.emit_standing,
         )

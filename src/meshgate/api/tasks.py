@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from meshgate.api.problems import read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
 from meshgate.router import Router
-from meshgate.tasks.base import FINAL
+from meshgate.tasks.base import FINAL, page
 from meshgate.tasks.workers import Workers
 
 
@@ -151,21 +150,10 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             raise InvalidArguments(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
             raise InvalidArguments("limit must be between 1 and 1000")
-        after = ""
-        if cursor:
-            try:
-                padded = cursor + "=" * (-len(cursor) % 4)
-                after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidArguments("cursor is not one this API gave out") from None
-        items = await store.list(status, after, limit + 1)
-        more = len(items) > limit
-        items = items[:limit]
-        next_cursor = (
-            base64.urlsafe_b64encode(items[-1]["id"].encode()).decode().rstrip("=")
-            if more
-            else None
-        )
+        try:
+            items, next_cursor = await page(store, cursor, limit, status=status)
+        except ValueError:
+            raise InvalidArguments("cursor is not one this API gave out") from None
         return _json({"items": [_view(t) for t in items], "next_cursor": next_cursor})
 
     return api

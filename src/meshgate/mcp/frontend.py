@@ -91,6 +91,7 @@ class RequestContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's HTTP headers
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
+    session: str | None = None  # the handshake-era session's id
 
 
 @dataclass
@@ -226,7 +227,7 @@ class McpFront:
             return await self._call_tool(target, params, ctx)
         if method.startswith("tasks/") and self.tasks is not None:
             return await self.tasks.handle(
-                method, params, ctx.version, ctx.client_capabilities, ctx.ask
+                method, params, ctx.version, ctx.client_capabilities, ctx.ask, owner=ctx.session
             )
         if method in _LISTS:
             return await self._list(target, method, params, ctx)
@@ -349,7 +350,9 @@ class McpFront:
         if tasks is not None and tasks.wants_task(
             pool, tool, params, ctx.version, ctx.client_capabilities
         ):
-            return await tasks.create(server, tool, arguments, ctx.version, bridgeable(ctx))
+            return await tasks.create(
+                server, tool, arguments, ctx.version, bridgeable(ctx), owner=ctx.session
+            )
         upstream = _upstream_params(params, ctx, name=tool, arguments=arguments)
         upstream["_meta"] = {**upstream.get("_meta", {}), **intercepted.meta}
         return await self._upstream(

@@ -4,8 +4,8 @@ Two versions of the protocol define tasks, and `/mcp` speaks both:
 
 - 2025-11-25 (experimental tasks): the gateway declares `capabilities.tasks` and marks each
   tool's `execution.taskSupport`; the client asks for a task with `params.task` on
-  `tools/call` and gets `{"task": {...}}`; `tasks/get`, `tasks/result` (waits for the end) and
-  `tasks/cancel` follow.
+  `tools/call` and gets `{"task": {...}}`; `tasks/get`, `tasks/result` (waits for the end),
+  `tasks/cancel` and `tasks/list` (the tasks the client's session created) follow.
 - 2026-07-28 (the `io.modelcontextprotocol/tasks` extension): the gateway advertises the
   extension in `server/discover`; when a request declares it, the gateway decides: a tool whose
   task support is `optional` or `required` runs as a task and the answer is a flat
@@ -41,13 +41,14 @@ from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpc
 from meshgate.mcp.protocol import HANDSHAKE_VERSION
 from meshgate.mcp.supervisor import ServerPool
 from meshgate.observability import tracing
-from meshgate.tasks.base import FINAL
+from meshgate.tasks.base import FINAL, page
 from meshgate.tasks.workers import Workers
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 MISSING_CAPABILITY = -32021
 POLL_INTERVAL_MS = 500
+LIST_PAGE = 100
 MAX_ATTEMPTS = 3
 
 
@@ -113,7 +114,7 @@ class McpTasks:
     def capabilities(version: str) -> JSON:
         """What the gateway adds to its capabilities for a client of this version."""
         if version == HANDSHAKE_VERSION:
-            return {"tasks": {"cancel": {}, "requests": {"tools": {"call": {}}}}}
+            return {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
         if version > HANDSHAKE_VERSION:
             return {"extensions": {EXTENSION: {}}}
         return {}
@@ -163,7 +164,14 @@ class McpTasks:
     # -- creating ------------------------------------------------------------------------------
 
     async def create(
-        self, server: str, tool: str, arguments: JSON, version: str, client_capabilities: JSON
+        self,
+        server: str,
+        tool: str,
+        arguments: JSON,
+        version: str,
+        client_capabilities: JSON,
+        *,
+        owner: str | None = None,
     ) -> JSON:
         """Store the call as a queue task (durably, before answering); its CreateTaskResult.
         `client_capabilities` are what the task's server may ask the client."""
@@ -182,6 +190,7 @@ class McpTasks:
             max_attempts=MAX_ATTEMPTS,
             deadline_s=None,
             idempotency_key=None,
+            owner=owner,
         )
         self.workers.wake()
         task = await self.store.get(task_id)
@@ -201,6 +210,8 @@ class McpTasks:
         version: str,
         client_capabilities: JSON,
         ask: Ask | None = None,
+        *,
+        owner: str | None = None,
     ) -> JSON:
         stateless = version > HANDSHAKE_VERSION
         if stateless:
@@ -212,8 +223,11 @@ class McpTasks:
             "tasks/get",
             "tasks/result",
             "tasks/cancel",
+            "tasks/list",
         ):
             raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+        if method == "tasks/list":
+            return await self._list(params, owner, version)
         task = await self._task(params)
         if method == "tasks/get":
             view = self.view(task, version)
@@ -237,6 +251,22 @@ class McpTasks:
                 return {"resultType": "complete"}
             return self.view(await self._task(params), version)
         return await self._result(task, ask)  # tasks/result (2025-11-25): wait for the end
+
+    async def _list(self, params: JSON, owner: str | None, version: str) -> JSON:
+        """A session's own tasks, oldest id first, `LIST_PAGE` at a time."""
+        if owner is None:
+            raise JsonRpcError(METHOD_NOT_FOUND, "tasks/list needs a session")
+        cursor = params.get("cursor")
+        try:
+            tasks, next_cursor = await self._stored(
+                page(self.store, str(cursor) if cursor else None, LIST_PAGE, owner=owner)
+            )
+        except ValueError:
+            raise JsonRpcError(INVALID_PARAMS, "cursor is not one this server gave out") from None
+        out: JSON = {"tasks": [self.view(t, version) for t in tasks]}
+        if next_cursor is not None:
+            out["nextCursor"] = next_cursor
+        return out
 
     @staticmethod
     async def _stored(pending: Awaitable[Any]) -> Any:

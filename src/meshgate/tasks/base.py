@@ -9,6 +9,7 @@ never changes again (except `retry_dead`, which queues a dead or failed task ane
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -38,6 +39,30 @@ when questions of a running task were answered; a shared backend reports other n
 too."""
 
 
+async def page(
+    queue: TaskQueue,
+    cursor: str | None,
+    limit: int,
+    *,
+    status: str | None = None,
+    owner: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """(up to `limit` tasks, the cursor of the next page or None). A cursor is the last id of
+    a page, base64url; one that is not raises ValueError."""
+    after = ""
+    if cursor:
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("not a cursor this server gave out") from None
+    items = await queue.list(status, after, limit + 1, owner=owner)
+    if len(items) <= limit:
+        return items, None
+    last = str(items[limit - 1]["id"])
+    return items[:limit], base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
+
+
 class TaskQueue(Protocol):
     name: str
 
@@ -54,8 +79,10 @@ class TaskQueue(Protocol):
         max_attempts: int,
         deadline_s: float | None,
         idempotency_key: str | None,
+        owner: str | None = None,
     ) -> tuple[str, bool]:
-        """(task id, created); an idempotency key seen before returns that task."""
+        """(task id, created); an idempotency key seen before returns that task. `owner` (an
+        MCP session) is kept out of every view; `list` can filter by it."""
         ...
 
     async def claim(
@@ -103,7 +130,11 @@ class TaskQueue(Protocol):
 
     async def get(self, id_: str) -> dict[str, Any] | None: ...
 
-    async def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]: ...
+    async def list(
+        self, status: str | None, after: str, limit: int, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Tasks by id after `after`: those with `status`, or (instead) those of `owner`."""
+        ...
 
     async def counts(self) -> dict[str, int]: ...
 

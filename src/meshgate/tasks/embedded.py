@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     visible_at REAL NOT NULL,
     worker TEXT,
     input_requests TEXT,
-    input_responses TEXT
+    input_responses TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
@@ -58,7 +59,7 @@ class EmbeddedQueue:
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        for added in ("input_requests", "input_responses"):  # files of earlier versions
+        for added in ("input_requests", "input_responses", "owner"):  # files of earlier versions
             if added not in columns:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT")
         self._listeners: list[Event] = []
@@ -85,6 +86,7 @@ class EmbeddedQueue:
         max_attempts: int,
         deadline_s: float | None,
         idempotency_key: str | None,
+        owner: str | None = None,
     ) -> tuple[str, bool]:
         """(task id, created); an idempotency key seen before returns that task."""
         now = time.time()
@@ -98,8 +100,8 @@ class EmbeddedQueue:
             id_ = f"t-{secrets.token_hex(8)}"
             self._db.execute(
                 "INSERT INTO tasks (id, status, target, target_name, priority, max_attempts, "
-                "deadline_at, idempotency_key, created_at, visible_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "deadline_at, idempotency_key, created_at, visible_at, owner) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     id_,
                     json.dumps(target),
@@ -110,6 +112,7 @@ class EmbeddedQueue:
                     idempotency_key,
                     now,
                     now,
+                    owner,
                 ),
             )
         return id_, True
@@ -266,10 +269,15 @@ class EmbeddedQueue:
             row = self._db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (id_,)).fetchone()
         return self._row(row) if row else None
 
-    async def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+    async def list(
+        self, status: str | None, after: str, limit: int, owner: str | None = None
+    ) -> list[dict[str, Any]]:
         query = f"SELECT {COLUMNS} FROM tasks WHERE id > ?"
         args: list[Any] = [after]
-        if status is not None:
+        if owner is not None:
+            query += " AND owner = ?"
+            args.append(owner)
+        elif status is not None:
             query += " AND status = ?"
             args.append(status)
         query += " ORDER BY id LIMIT ?"

@@ -104,6 +104,10 @@ redis.call('HSET', key, 'id', id, 'status', 'queued', 'target', ARGV[5], 'target
   'priority', ARGV[7], 'max_attempts', ARGV[8], 'attempts', 0, 'created_at', now)
 if ARGV[9] ~= '' then redis.call('HSET', key, 'deadline_at', ARGV[9]) end
 if idem ~= '' then redis.call('HSET', key, 'idempotency_key', idem) end
+if ARGV[10] ~= '' then
+  redis.call('HSET', key, 'owner', ARGV[10])
+  redis.call('ZADD', P..'owner:'..ARGV[10], 0, id)
+end
 redis.call('ZADD', P..'ids', 0, id)
 redis.call('ZADD', P..'st:queued', 0, id)
 push(id)
@@ -265,6 +269,8 @@ for _, id in ipairs(ids) do
   local status = redis.call('HGET', key, 'status')
   local idem = redis.call('HGET', key, 'idempotency_key')
   if idem and redis.call('GET', P..'idem:'..idem) == id then redis.call('DEL', P..'idem:'..idem) end
+  local owner = redis.call('HGET', key, 'owner')
+  if owner then redis.call('ZREM', P..'owner:'..owner, id) end
   redis.call('DEL', key)
   redis.call('ZREM', P..'ids', id)
   if status then redis.call('ZREM', P..'st:'..status, id) end
@@ -419,6 +425,7 @@ class RedisQueue:
         max_attempts: int,
         deadline_s: float | None,
         idempotency_key: str | None,
+        owner: str | None = None,
     ) -> tuple[str, bool]:
         now = time.time()
         id_, created = await self._run(
@@ -431,6 +438,7 @@ class RedisQueue:
             priority,
             max_attempts,
             repr(now + deadline_s) if deadline_s else "",
+            owner or "",
         )
         return str(id_), bool(created)
 
@@ -484,8 +492,14 @@ class RedisQueue:
             raw = await self._r.hgetall(f"{PREFIX}task:{id_}")
         return _decode(raw) if raw else None
 
-    async def list(self, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
-        index = f"{PREFIX}st:{status}" if status is not None else f"{PREFIX}ids"
+    async def list(
+        self, status: str | None, after: str, limit: int, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        index = f"{PREFIX}ids"
+        if owner is not None:
+            index = f"{PREFIX}owner:{owner}"
+        elif status is not None:
+            index = f"{PREFIX}st:{status}"
         with _reachable(self.url):
             ids = cast(
                 list[str],
