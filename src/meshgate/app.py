@@ -68,7 +68,8 @@ def build_app(settings: Settings) -> FastAPI:
         limits=settings.task_limit,
     )
     mesh_settings = settings.mesh
-    front = McpFront(router, separator=mesh_settings.namespace_separator, tasks=McpTasks(workers))
+    mcp_tasks = McpTasks(workers)
+    front = McpFront(router, separator=mesh_settings.namespace_separator, tasks=mcp_tasks)
     workers.tool_call = front.run_task
     mcp_http = McpHttp(
         front,
@@ -80,6 +81,7 @@ def build_app(settings: Settings) -> FastAPI:
         allowed_origins=mesh_settings.allowed_origins,
     )
     mcp_http.attach(supervisor)
+    mcp_tasks.notify = mcp_http.notify_session
 
     started = asyncio.Event()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,32 @@ def test_2025_11_25_tasks_result_asks_the_client_on_its_stream(tmp_path: Path) -
         assert len(asked) == 1 and asked[0]["params"]["_meta"][RELATED] == {"taskId": task_id}
         assert "from the client" in final["result"]["content"][0]["text"]
         assert final["result"]["_meta"][RELATED] == {"taskId": task_id}
+
+
+def test_a_2025_11_25_session_hears_when_its_task_ends(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}, POLICY) as gw:
+        s = Session(gw)
+        heard: list[dict[str, Any]] = []
+        headers = _headers(**{"Mcp-Session-Id": s.id, "MCP-Protocol-Version": "2025-11-25"})
+        headers["Accept"] = "text/event-stream"
+
+        def listen() -> None:
+            with httpx.Client(base_url=str(gw.http.base_url), timeout=30) as client:
+                with client.stream("GET", "/mcp/fault", headers=headers) as stream:
+                    for line in stream.iter_lines():
+                        if line.startswith("data:") and line[5:].strip():
+                            heard.append(json.loads(line[5:]))
+                            if heard[-1].get("method") == "notifications/tasks/status":
+                                return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        time.sleep(0.3)  # the GET stream is open
+        call = {"name": "sleep", "arguments": {"seconds": 0.2}, "task": {}}
+        task_id = s.rpc("tools/call", call)["result"]["task"]["taskId"]
+        listener.join(20)
+        notes = [m for m in heard if m.get("method") == "notifications/tasks/status"]
+        assert notes, heard
+        assert notes[0]["params"]["taskId"] == task_id
+        assert notes[0]["params"]["status"] == "completed"
+        assert RELATED not in notes[0]["params"].get("_meta", {})

@@ -197,6 +197,12 @@ class McpHttp:
         for pool in supervisor.pools.values():
             pool.subscribers.add(self._on_server_notification)
 
+    def notify_session(self, session_id: str, message: JSON) -> None:
+        """Send a message on a session's GET stream, if the session is still there."""
+        session = self.sessions.sessions.get(session_id)  # (not a sign of the client's life)
+        if session is not None:
+            session.emit_standing(message)
+
     def end_standing_streams(self) -> None:
         """End every stream that would otherwise stay open: GET streams and subscriptions."""
         for listener in list(self.listeners):

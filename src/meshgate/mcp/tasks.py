@@ -5,7 +5,9 @@ Two versions of the protocol define tasks, and `/mcp` speaks both:
 - 2025-11-25 (experimental tasks): the gateway declares `capabilities.tasks` and marks each
   tool's `execution.taskSupport`; the client asks for a task with `params.task` on
   `tools/call` and gets `{"task": {...}}`; `tasks/get`, `tasks/result` (waits for the end),
-  `tasks/cancel` and `tasks/list` (the tasks the client's session created) follow.
+  `tasks/cancel` and `tasks/list` (the tasks the client's session created) follow; when a task
+  ends, the session that created it on this node is sent `notifications/tasks/status` on its
+  GET stream.
 - 2026-07-28 (the `io.modelcontextprotocol/tasks` extension): the gateway advertises the
   extension in `server/discover`; when a request declares it, the gateway decides: a tool whose
   task support is `optional` or `required` runs as a task and the answer is a flat
@@ -81,11 +83,27 @@ class McpTasks:
         self.workers = workers
         self.store = workers.store
         self._answered: dict[str, asyncio.Event] = {}
+        self.notify: Callable[[str, JSON], None] | None = None  # (session id, message)
+        self._watched: dict[str, str] = {}  # task id -> the session to tell when it ends
+        self._notifying: set[asyncio.Task[None]] = set()
         self.store.subscribe(self._on_event)
 
     def _on_event(self, kind: str, task_id: str) -> None:
         if kind == "input" and (event := self._answered.pop(task_id, None)) is not None:
             event.set()
+        elif kind == "done" and (session := self._watched.pop(task_id, None)) is not None:
+            task = asyncio.create_task(self._tell(session, task_id))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
+
+    async def _tell(self, session: str, task_id: str) -> None:
+        """`notifications/tasks/status` with the final task, to the session that created it."""
+        with contextlib.suppress(MeshgateError):
+            task = await self.store.get(task_id)
+            if task is not None and self.notify is not None:
+                params = self.view(task, HANDSHAKE_VERSION)
+                message = {"jsonrpc": "2.0", "method": "notifications/tasks/status"}
+                self.notify(session, {**message, "params": params})
 
     def questions(self, task_id: str, timeout_s: float) -> TaskQuestions:
         """How a running task's server asks its client: through the task."""
@@ -193,6 +211,8 @@ class McpTasks:
             owner=owner,
         )
         self.workers.wake()
+        if owner is not None and version == HANDSHAKE_VERSION:
+            self._watched[task_id] = owner
         task = await self.store.get(task_id)
         if task is None:  # forgotten at once: only with a result TTL shorter than a request
             raise JsonRpcError(-32603, f"task {task_id} vanished right after it was stored")
