@@ -143,9 +143,9 @@ class EmbeddedQueue:
                 self._db.execute("ROLLBACK")
                 raise
         tasks = [self._row(r) for r in rows]
-        for t in tasks:
+        for t in tasks:  # as the UPDATE left them
+            t.update(status="running", started_at=now, worker=worker, input_requests=None)
             t["attempts"] += 1
-            t["status"] = "running"
         return tasks
 
     async def extend(self, id_: str, worker: str, lease_s: float) -> None:

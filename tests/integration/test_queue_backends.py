@@ -1,0 +1,236 @@
+"""The TaskQueue protocol's behaviour, the same for the embedded and the Redis backend: storage,
+claims and leases, retries, cancellation, questions and answers, owners, the result TTL.
+
+These drive the stores directly (a real redis-server for Redis), so every rule of the protocol is
+checked against both backends in seconds; tests/integration/test_tasks.py runs the same
+backends behind a gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from meshgate.errors import QueueUnavailable
+from meshgate.tasks import open_queue
+from meshgate.tasks.base import TaskQueue, page
+from meshgate.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+TARGET = {"server": "s", "tool": "echo", "arguments": {"text": "x"}}
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], TaskQueue]]:
+    """A factory of queue handles on one store (two handles: two nodes sharing it)."""
+    if request.param == "embedded":
+        path = tmp_path / "tasks.sqlite3"
+        yield lambda: open_queue("embedded", path)
+        return
+    server = RedisServer(tmp_path).start()
+    try:
+        yield lambda: open_queue(server.url, None)
+    finally:
+        server.stop()
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 30))
+
+
+async def _enqueue(q: TaskQueue, priority: int = 0, **kw: object) -> str:
+    task_id, created = await q.enqueue(
+        TARGET,
+        "s",
+        priority=priority,
+        max_attempts=3,
+        deadline_s=None,
+        idempotency_key=kw.get("key"),  # type: ignore[arg-type]
+        owner=kw.get("owner"),  # type: ignore[arg-type]
+    )
+    assert created
+    return task_id
+
+
+def test_claims_go_by_priority_then_age_and_each_task_to_one_worker(
+    make_queue: Callable[[], TaskQueue],
+) -> None:
+    async def main() -> None:
+        q = make_queue()
+        await q.start()
+        low = await _enqueue(q, priority=-5)
+        first = await _enqueue(q)
+        second = await _enqueue(q)
+        high = await _enqueue(q, priority=5)
+        claimed = await q.claim("n1", 2, 30)
+        assert [t["id"] for t in claimed] == [high, first]
+        assert all(t["status"] == "running" and t["attempts"] == 1 for t in claimed)
+        assert all(t["worker"] == "n1" for t in claimed)
+        other = await q.claim("n2", 10, 30)
+        assert [t["id"] for t in other] == [second, low]  # nothing twice
+        assert await q.claim("n2", 10, 30) == []
+        assert await q.counts() == {"running": 4}
+        await q.close()
+
+    run(main)
+
+
+def test_a_dead_workers_task_is_claimed_again_after_its_lease(
+    make_queue: Callable[[], TaskQueue],
+) -> None:
+    async def main() -> None:
+        q, other = make_queue(), make_queue()
+        await q.start()
+        await other.start()
+        task_id = await _enqueue(q)
+        assert [t["id"] for t in await q.claim("dead", 1, 1.0)] == [task_id]
+        renewed = await _enqueue(q)
+        assert [t["id"] for t in await q.claim("alive", 1, 1.0)] == [renewed]
+        for _ in range(3):  # the live worker renews; the dead one does not
+            await asyncio.sleep(0.5)
+            await q.extend(renewed, "alive", 1.0)
+        again = await other.claim("n2", 5, 1.0)
+        assert [t["id"] for t in again] == [task_id]
+        assert again[0]["attempts"] == 2 and again[0]["worker"] == "n2"
+        assert await other.finish(task_id, "succeeded", result={"ok": True})
+        assert not await q.finish(task_id, "failed")  # final stays final
+        task = await q.get(task_id)
+        assert task is not None and task["status"] == "succeeded" and task["result"] == {"ok": True}
+        await q.close()
+        await other.close()
+
+    run(main)
+
+
+def test_retries_wait_their_delay_and_requeue_own_frees_a_restarted_nodes_tasks(
+    make_queue: Callable[[], TaskQueue],
+) -> None:
+    async def main() -> None:
+        q = make_queue()
+        await q.start()
+        task_id = await _enqueue(q)
+        await q.claim("n1", 1, 30)
+        await q.retry_later(task_id, 0.6, {"detail": "busy"})
+        task = await q.get(task_id)
+        assert (
+            task is not None and task["status"] == "queued" and task["error"] == {"detail": "busy"}
+        )
+        assert await q.claim("n1", 1, 30) == []
+        await asyncio.sleep(0.8)
+        assert [t["attempts"] for t in await q.claim("n1", 1, 30)] == [2]
+        assert await q.requeue_own("n1") == 1  # n1 restarted: its task is ready again
+        assert [t["attempts"] for t in await q.claim("n1", 1, 30)] == [3]
+        assert await q.finish(task_id, "dead", error={"detail": "gave up"})
+        assert await q.retry_dead(task_id)
+        claimed = await q.claim("n1", 1, 30)
+        assert [(t["id"], t["attempts"]) for t in claimed] == [(task_id, 1)]
+        await q.close()
+
+    run(main)
+
+
+def test_cancelled_tasks_are_never_claimed_and_events_say_so(
+    make_queue: Callable[[], TaskQueue],
+) -> None:
+    async def main() -> None:
+        q = make_queue()
+        events: list[tuple[str, str]] = []
+        q.subscribe(lambda kind, task_id: events.append((kind, task_id)))
+        await q.start()
+        queued = await _enqueue(q)
+        running = await _enqueue(q)
+        await asyncio.sleep(0.1)  # (the Redis backend's event listener is subscribed)
+        assert await q.cancel(queued) == "queued"
+        assert [t["id"] for t in await q.claim("n1", 5, 30)] == [running]
+        assert await q.cancel(running) == "running"
+        assert await q.cancel(running) == "cancelled"  # final: as it was
+        assert await q.cancel("t-nope") is None
+        assert not await q.finish(running, "succeeded")
+        for _ in range(50):
+            if ("cancel", running) in events:
+                break
+            await asyncio.sleep(0.02)
+        assert ("cancel", queued) in events and ("done", running) in events
+        assert await q.counts() == {"cancelled": 2}
+        await q.close()
+
+    run(main)
+
+
+def test_questions_wait_for_their_answers(make_queue: Callable[[], TaskQueue]) -> None:
+    async def main() -> None:
+        q = make_queue()
+        await q.start()
+        task_id = await _enqueue(q)
+        assert not await q.ask_input(task_id, "k1", {"method": "m"})  # not running yet
+        await q.claim("n1", 1, 30)
+        question = {"method": "elicitation/create", "params": {"message": "ok?", "tags": []}}
+        assert await q.ask_input(task_id, "k1", question)
+        assert await q.ask_input(task_id, "k2", {"method": "roots/list", "params": {}})
+        task = await q.get(task_id)
+        assert task is not None and task["input_requests"]["k1"] == question  # as asked
+        assert await q.take_input(task_id, "k1") == (False, None)
+        answer = {"action": "accept", "content": {"tags": [], "n": 12345678901234}}
+        assert await q.answer_input(task_id, {"k1": answer, "unknown": {}}) == 1
+        assert await q.answer_input(task_id, {"k1": answer}) == 0  # answered already
+        assert await q.answer_input("t-nope", {"k1": answer}) is None
+        task = await q.get(task_id)
+        assert task is not None and list(task["input_requests"]) == ["k2"]
+        assert await q.take_input(task_id, "k1") == (True, answer)  # once, exactly
+        assert await q.take_input(task_id, "k1") == (False, None)
+        await q.retry_later(task_id, 0, {"detail": "again"})  # a new attempt asks afresh
+        task = await q.get(task_id)
+        assert task is not None and task["input_requests"] is None
+        await q.close()
+
+    run(main)
+
+
+def test_owners_idempotency_and_the_result_ttl(make_queue: Callable[[], TaskQueue]) -> None:
+    async def main() -> None:
+        q = make_queue()
+        await q.start()
+        mine = [await _enqueue(q, owner="session-a") for _ in range(3)]
+        await _enqueue(q, owner="session-b")
+        keyed = await _enqueue(q, key="once")
+        again, created = await q.enqueue(
+            TARGET, "s", priority=0, max_attempts=3, deadline_s=None, idempotency_key="once"
+        )
+        assert (again, created) == (keyed, False)
+        first, cursor = await page(q, None, 2, owner="session-a")
+        rest, end = await page(q, cursor, 2, owner="session-a")
+        assert [t["id"] for t in first + rest] == sorted(mine) and end is None
+        assert all("owner" not in t for t in first)  # never shown
+        with pytest.raises(ValueError, match="not a cursor"):
+            await page(q, "%%", 2)
+        for task in await q.claim("n1", 10, 30):
+            await q.finish(task["id"], "succeeded")
+        await asyncio.sleep(0.3)
+        assert await q.sweep(0.1) == 5
+        assert await q.get(keyed) is None and await q.counts() == {}
+        assert (await page(q, None, 10, owner="session-a"))[0] == []
+        _, created = await q.enqueue(
+            TARGET, "s", priority=0, max_attempts=3, deadline_s=None, idempotency_key="once"
+        )
+        assert created  # the key went with its task
+        await q.close()
+
+    run(main)
+
+
+def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)  # never started: nothing listens on its port
+
+    async def main() -> None:
+        q = open_queue(server.url, None)
+        await q.start()  # does not fail: the workers retry
+        with pytest.raises(QueueUnavailable, match="unreachable"):
+            await _enqueue(q)
+        assert q.status()["backend"] == "redis"
+        await q.close()
+
+    run(main)
