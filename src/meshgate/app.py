@@ -144,7 +144,8 @@ def build_app(settings: Settings) -> FastAPI:
             started=started.is_set,
         )
     )
-    app.add_middleware(tracing.TracingMiddleware)
+    if settings.mesh.tracing:  # off: not even a layer to pass through
+        app.add_middleware(tracing.TracingMiddleware)
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -40,6 +41,7 @@ from meshgate.mcp.instance import Instance
 from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.mcp.supervisor import ServerPool, Supervisor
 from meshgate.observability import tracing
+from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.observability.topology import EdgeLog
 from meshgate.registry.base import InstanceState
@@ -220,8 +222,6 @@ class Router:
         """
         pool = self.pool(service)
         tool = _tool_label(pool, method, params)
-        started = time.perf_counter()
-        error: BaseException | None = None
         t = tracing.active()
         span = None
         if t is not None:
@@ -229,8 +229,8 @@ class Router:
             span = t.start_span(
                 name, attributes={"meshgate.service": service, "rpc.method": method}
             )
-        try:
-            call = self._call(
+        with Measure(partial(metrics.call, service, tool), outcome_of, span):
+            return await self._call(
                 pool,
                 method,
                 params,
@@ -243,14 +243,6 @@ class Router:
                 on_instance=on_instance,
                 caller=caller,
             )
-            return await tracing.within(span, call)
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            metrics.call(service, tool, outcome_of(error), time.perf_counter() - started)
-            if span is not None:
-                tracing.end(span, error)
 
     async def _call(
         self,
@@ -355,8 +347,6 @@ class Router:
     ) -> JSON:
         """One attempt on one instance: measured, and with tracing on a client span whose
         context travels in `params._meta`."""
-        started = time.perf_counter()
-        error: BaseException | None = None
         t = tracing.active()
         span = None
         if t is not None:
@@ -367,7 +357,7 @@ class Router:
             )
             meta = params.get("_meta")
             params = {**params, "_meta": {**(meta or {}), **tracing.inject(span)}}
-        try:
+        with Measure(partial(metrics.attempt, inst.server, inst.id), _attempt_outcome, span):
             return await inst.conn.request(
                 method,
                 params,
@@ -375,14 +365,6 @@ class Router:
                 on_progress=on_progress,
                 on_server_request=on_server_request,
             )
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            metrics.attempt(inst.server, inst.id, _attempt_outcome(error), elapsed)
-            if span is not None:
-                tracing.end(span, error)
 
     async def proxy(
         self,
@@ -408,17 +390,14 @@ class Router:
         pool = self.services.pools.get(service) if self.services is not None else None
         if pool is None or self.services is None:
             raise UnknownService(f"no HTTP service named {service!r}")
-        started = time.perf_counter()
-        error: BaseException | None = None
-        outcome = "ok"
         t = tracing.active()
         span = None
         if t is not None:
             span = t.start_span(
                 f"{method} {service}", attributes={"meshgate.service": service, "url.path": path}
             )
-        try:
-            call = self._proxy(
+        with Measure(partial(metrics.call, service, ""), outcome_of, span) as m:
+            response = await self._proxy(
                 pool,
                 self.services.client,
                 method,
@@ -429,18 +408,9 @@ class Router:
                 timeout_s=timeout_s,
                 caller=caller,
             )
-            response = await tracing.within(span, call)
             if response.status_code >= 500:
-                outcome = "error"
+                m.outcome = "error"
             return response
-        except BaseException as e:
-            error = e
-            outcome = outcome_of(e)
-            raise
-        finally:
-            metrics.call(service, "", outcome, time.perf_counter() - started)
-            if span is not None:
-                tracing.end(span, error)
 
     async def _proxy(
         self,
@@ -520,9 +490,6 @@ class Router:
     ) -> httpx.Response:
         """One attempt of a proxied call, measured and (with tracing on) a client span whose
         context travels in the request's headers."""
-        started = time.perf_counter()
-        error: BaseException | None = None
-        outcome = "ok"
         t = tracing.active()
         span = None
         if t is not None:
@@ -532,19 +499,11 @@ class Router:
                 attributes={"meshgate.instance": instance, "url.path": request.url.path},
             )
             request.headers.update(tracing.inject(span))
-        try:
+        with Measure(partial(metrics.attempt, service, instance), _attempt_outcome, span) as m:
             response = await client.send(request, stream=True)
             if response.status_code >= 500:
-                outcome = "error"
+                m.outcome = "error"
             return response
-        except BaseException as e:
-            error = e
-            outcome = _attempt_outcome(e)
-            raise
-        finally:
-            metrics.attempt(service, instance, outcome, time.perf_counter() - started)
-            if span is not None:
-                tracing.end(span, error)
 
     async def _before_retry(
         self, pool: Balanced[P], attempt: int, deadline: Deadline, why: str

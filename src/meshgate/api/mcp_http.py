@@ -688,10 +688,8 @@ class McpHttp:
                 self._next_round(parked, id_, target, method, params),
                 session=None,
             )
-        if not upstream_state and method != "tasks/update":  # (tasks/update: a task's answers)
-            params = {
-                k: v for k, v in params.items() if k not in ("inputResponses", "requestState")
-            }
+        if method in INPUT_METHODS and not upstream_state:  # answers without a round to answer
+            params = {k: v for k, v in params.items() if k not in MRTR_FIELDS}
         meta = _obj(params.get("_meta"))
         level = meta.get("io.modelcontextprotocol/logLevel")
         ctx = RequestContext(

@@ -31,32 +31,28 @@ def build(
 ) -> APIRouter:
     api = APIRouter(tags=["operations"])
 
+    def instance_gauges(service: str, kind: str, states: list[str], live: list[Any]) -> None:
+        """An MCP pool's or HTTP service's instances by state, breakers and calls in flight."""
+        for state, n in Counter(states).items():
+            metrics.instances.labels(service, kind, state).set(n)
+        for inst in live:
+            breaker = getattr(inst.breaker.state, "value", str(inst.breaker.state))
+            metrics.breaker_state.labels(service, inst.id).set(BREAKER_VALUES.get(breaker, 0))
+        metrics.in_flight.labels(service).set(sum(i.in_flight for i in live))
+
     async def collect() -> None:
         """Read the gauges of state from their owners (at scrape time only)."""
         metrics.instances.clear()
         metrics.breaker_state.clear()
         metrics.in_flight.clear()
         for pool in router.supervisor.pools.values():
-            states = Counter(slot.state.value for slot in pool.slots)
             live = [s.instance for s in pool.slots if s.instance is not None]
-            live += list(pool.dedicated.values())
-            for inst in live:
-                state = getattr(inst.breaker.state, "value", str(inst.breaker.state))
-                metrics.breaker_state.labels(pool.name, inst.id).set(BREAKER_VALUES.get(state, 0))
-            for state, n in states.items():
-                metrics.instances.labels(pool.name, "mcp", state).set(n)
-            metrics.in_flight.labels(pool.name).set(sum(i.in_flight for i in live))
+            states = [slot.state.value for slot in pool.slots]
+            instance_gauges(pool.name, "mcp", states, [*live, *pool.dedicated.values()])
         if router.services is not None:
             for name, service in router.services.pools.items():
-                states = Counter(i.state.value for i in service.instances.values())
-                for state, n in states.items():
-                    metrics.instances.labels(name, "http", state).set(n)
-                for member in service.instances.values():
-                    state = getattr(member.breaker.state, "value", str(member.breaker.state))
-                    metrics.breaker_state.labels(name, member.id).set(BREAKER_VALUES.get(state, 0))
-                metrics.in_flight.labels(name).set(
-                    sum(i.in_flight for i in service.instances.values())
-                )
+                members = list(service.instances.values())
+                instance_gauges(name, "http", [i.state.value for i in members], members)
         registry = registry_status()
         metrics.registry_up.clear()
         metrics.registry_up.labels(registry.get("backend", "")).set(

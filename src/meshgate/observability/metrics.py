@@ -35,7 +35,6 @@ from meshgate.errors import (
     SessionInstanceLost,
     Unavailable,
     UpstreamCrashed,
-    UpstreamError,
     UpstreamTimeout,
 )
 
@@ -61,9 +60,7 @@ def outcome_of(error: BaseException | None) -> str:
         return "unavailable"
     if isinstance(error, InvalidArguments | InvalidInput | NotFound | PayloadTooLarge):
         return "invalid"
-    if isinstance(error, UpstreamError):
-        return "error"
-    return "error"
+    return "error"  # the upstream answered with an error, or anything else went wrong
 
 
 class Metrics:
