@@ -216,6 +216,10 @@ def test_2026_07_28_tasks_are_as_durable_as_the_queue(
         assert ack == {"resultType": "complete", "_meta": ack["_meta"]}  # final: still an ack
         missing = _stateless(gw.http, "tasks/get", {"taskId": "t-nope"})
         assert missing["error"]["code"] == -32602
+        bad = _stateless(gw.http, "tasks/update", {"taskId": task_id, "inputResponses": [1]})
+        assert bad["error"]["code"] == -32602 and "inputResponses" in bad["error"]["message"]
+        unknown = _stateless(gw.http, "tasks/update", {"taskId": "t-nope", "inputResponses": {}})
+        assert unknown["error"]["code"] == -32602
         hidden = _stateless(gw.http, "tasks/get", {"taskId": task_id}, declared=False)
         assert hidden["error"]["code"] == -32021
 
