@@ -61,6 +61,7 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 pytest: setup $(NODE22) redis-server prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

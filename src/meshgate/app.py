@@ -19,19 +19,19 @@ from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
-from meshgate.interceptors import build_chain
-from meshgate.mcp.frontend import McpFront
-from meshgate.mcp.sessions import SessionStore
-from meshgate.mcp.supervisor import Supervisor
-from meshgate.mcp.tasks import McpTasks
+from meshgate.frontend.server import McpFront
+from meshgate.frontend.sessions import SessionStore
+from meshgate.frontend.tasks import McpTasks
 from meshgate.observability import tracing
 from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
+from meshgate.router.interceptors import build_chain
+from meshgate.services.mesh import ServiceMesh
 from meshgate.tasks import open_queue
 from meshgate.tasks.workers import Workers
-from meshgate.transports.services import ServiceMesh
+from meshgate.upstream.supervisor import Supervisor
 
 log = logging.getLogger("meshgate")
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from meshgate.mcp.input_required import ParkedCalls, unwrap_state, wrap_state
-from meshgate.mcp.jsonrpc import JsonRpcError
+from meshgate.frontend.input_required import ParkedCalls, unwrap_state, wrap_state
+from meshgate.wire.jsonrpc import JsonRpcError
 
 
 def test_wrapped_states_round_trip_and_refuse_tampering() -> None:

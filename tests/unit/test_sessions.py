@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from meshgate.mcp.sessions import MAX_STREAMS, EventStream, SessionStore, TooManySessions
+from meshgate.frontend.sessions import MAX_STREAMS, EventStream, SessionStore, TooManySessions
 
 
 async def _collect(stream: EventStream, after: int) -> list[tuple[str, str]]:

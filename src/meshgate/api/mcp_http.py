@@ -30,8 +30,8 @@ from starlette.types import Receive, Scope, Send
 from meshgate.api.problems import read_body
 from meshgate.api.routing import unless_disconnected
 from meshgate.errors import MeshgateError, PayloadTooLarge, SessionInstanceLost, UnknownService
-from meshgate.mcp import jsonrpc
-from meshgate.mcp.frontend import (
+from meshgate.frontend.input_required import INPUT_METHODS, WRAPPED_PREFIX, Parked, ParkedCalls
+from meshgate.frontend.server import (
     LATEST_HANDSHAKE,
     LOG_LEVELS,
     MISSING_CAPABILITY,
@@ -41,15 +41,19 @@ from meshgate.mcp.frontend import (
     RequestContext,
     json_rpc_error,
 )
-from meshgate.mcp.input_required import INPUT_METHODS, WRAPPED_PREFIX, Parked, ParkedCalls
-from meshgate.mcp.jsonrpc import (
+from meshgate.frontend.sessions import ClientSession, EventStream, SessionStore
+from meshgate.observability.topology import CALLER_HEADER
+from meshgate.router import hash_key
+from meshgate.upstream.supervisor import Supervisor
+from meshgate.wire import jsonrpc
+from meshgate.wire.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     JSON,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
 )
-from meshgate.mcp.protocol import (
+from meshgate.wire.protocol import (
     HANDSHAKE_VERSIONS,
     META_CAPABILITIES,
     META_CLIENT_INFO,
@@ -57,10 +61,6 @@ from meshgate.mcp.protocol import (
     META_VERSION,
     STATELESS_VERSION,
 )
-from meshgate.mcp.sessions import ClientSession, EventStream, SessionStore
-from meshgate.mcp.supervisor import Supervisor
-from meshgate.observability.topology import CALLER_HEADER
-from meshgate.router import hash_key
 
 log = logging.getLogger("meshgate.mcp_http")
 

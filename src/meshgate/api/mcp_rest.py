@@ -12,10 +12,10 @@ from starlette.responses import Response
 from meshgate.api.problems import read_json_object
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
-from meshgate.interceptors import Call
-from meshgate.mcp.supervisor import ServerPool
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.router import Router, hash_key
+from meshgate.router.interceptors import Call
+from meshgate.upstream.supervisor import ServerPool
 
 _CALL_BODY = {
     "requestBody": {

@@ -22,11 +22,11 @@ from meshgate.errors import (
     PayloadTooLarge,
     UnknownService,
 )
-from meshgate.interceptors import Call
 from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router
-from meshgate.transports.services import ServiceMesh
+from meshgate.router.interceptors import Call
+from meshgate.services.mesh import ServiceMesh
 
 _REGISTER_BODY = {
     "requestBody": {

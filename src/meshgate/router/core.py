@@ -35,11 +35,6 @@ from meshgate.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from meshgate.interceptors import Chain
-from meshgate.mcp.connection import ConnectionLost, ResponseTooLarge
-from meshgate.mcp.instance import Instance
-from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
-from meshgate.mcp.supervisor import ServerPool, Supervisor
 from meshgate.observability import tracing
 from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics, outcome_of
@@ -52,7 +47,12 @@ from meshgate.resilience import (
     RetryBudget,
     backoff_delay,
 )
-from meshgate.transports.services import ServiceMesh, ServicePool
+from meshgate.router.interceptors import Chain
+from meshgate.services.mesh import ServiceMesh, ServicePool
+from meshgate.upstream.instance import Instance
+from meshgate.upstream.supervisor import ServerPool, Supervisor
+from meshgate.wire.connection import ConnectionLost, ResponseTooLarge
+from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
 
 log = logging.getLogger("meshgate.router")
 

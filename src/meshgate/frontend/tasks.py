@@ -38,13 +38,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshgate.errors import MeshgateError
-from meshgate.mcp.input_required import SETTLE_S, answer_of, name_question
-from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
-from meshgate.mcp.protocol import HANDSHAKE_VERSION
-from meshgate.mcp.supervisor import ServerPool
+from meshgate.frontend.input_required import SETTLE_S, answer_of, name_question
 from meshgate.observability import tracing
 from meshgate.tasks.base import FINAL, page
 from meshgate.tasks.workers import Workers
+from meshgate.upstream.supervisor import ServerPool
+from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.wire.protocol import HANDSHAKE_VERSION
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"

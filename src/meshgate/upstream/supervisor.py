@@ -21,14 +21,16 @@ from typing import Any
 from meshgate.balancer import Balancer, make_balancer
 from meshgate.config import ServerSpec
 from meshgate.errors import NoHealthyInstance, Overloaded
-from meshgate.mcp import process, protocol
-from meshgate.mcp.connection import ConnectionLost, McpConnection, StdioConnection
-from meshgate.mcp.instance import Instance, breaker_policy
-from meshgate.mcp.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal, backoff_delay
-from meshgate.transports.mcp_http import HttpUpstream
+from meshgate.upstream import process
+from meshgate.upstream.http import HttpUpstream
+from meshgate.upstream.instance import Instance, breaker_policy
+from meshgate.upstream.stdio import StdioConnection
+from meshgate.wire import protocol
+from meshgate.wire.connection import ConnectionLost, McpConnection
+from meshgate.wire.jsonrpc import JSON, METHOD_NOT_FOUND, JsonRpcError
 
 log = logging.getLogger("meshgate.supervisor")
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 
-log = logging.getLogger("meshgate.mcp.process")
+log = logging.getLogger("meshgate.upstream.process")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -60,7 +60,7 @@ class Reaper:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "meshgate.mcp.reaper"],
+            [sys.executable, "-m", "meshgate.upstream.reaper"],
             stdin=subprocess.PIPE,
             start_new_session=True,  # not in the gateway's group: a ^C or killpg must miss it
             close_fds=True,

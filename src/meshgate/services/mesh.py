@@ -25,15 +25,15 @@ import httpx
 
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
-from meshgate.mcp import protocol
-from meshgate.mcp.connection import ConnectionLost
-from meshgate.mcp.instance import breaker_policy
-from meshgate.mcp.jsonrpc import JsonRpcError
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
-from meshgate.transports.mcp_http import HttpUpstream
+from meshgate.upstream.http import HttpUpstream
+from meshgate.upstream.instance import breaker_policy
+from meshgate.wire import protocol
+from meshgate.wire.connection import ConnectionLost
+from meshgate.wire.jsonrpc import JsonRpcError
 
 log = logging.getLogger("meshgate.services")
 

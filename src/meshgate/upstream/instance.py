@@ -8,11 +8,11 @@ from typing import Any
 
 from meshgate.balancer import LatencyTracked
 from meshgate.config import ServerPolicy
-from meshgate.mcp.connection import McpConnection
-from meshgate.mcp.process import is_running
-from meshgate.mcp.protocol import Era, ServerIdentity
 from meshgate.registry.base import InstanceRecord, InstanceState
 from meshgate.resilience import BreakerPolicy, BreakerState, CircuitBreaker
+from meshgate.upstream.process import is_running
+from meshgate.wire.connection import McpConnection
+from meshgate.wire.protocol import Era, ServerIdentity
 
 
 def breaker_policy(policy: ServerPolicy) -> BreakerPolicy:

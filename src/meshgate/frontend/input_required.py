@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Container
 from typing import Any
 
-from meshgate.mcp.jsonrpc import JSON, JsonRpcError
+from meshgate.wire.jsonrpc import JSON, JsonRpcError
 
 log = logging.getLogger("meshgate.input_required")
 

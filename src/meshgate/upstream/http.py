@@ -30,14 +30,14 @@ from mcp.shared.inbound import (
     x_mcp_header_map,
 )
 
-from meshgate.mcp import jsonrpc
-from meshgate.mcp.connection import (
+from meshgate.wire import jsonrpc
+from meshgate.wire.connection import (
     ConnectionLost,
     NotificationHandler,
     RequestHandler,
     outgoing_params,
 )
-from meshgate.mcp.jsonrpc import JSON, JsonRpcError
+from meshgate.wire.jsonrpc import JSON, JsonRpcError
 
 log = logging.getLogger("meshgate.upstream")
 

@@ -14,8 +14,8 @@ from enum import Enum
 from typing import Any
 
 from meshgate import __version__
-from meshgate.mcp.connection import McpConnection
-from meshgate.mcp.jsonrpc import JSON, JsonRpcError
+from meshgate.wire.connection import McpConnection
+from meshgate.wire.jsonrpc import JSON, JsonRpcError
 
 STATELESS_VERSION = "2026-07-28"
 HANDSHAKE_VERSION = "2025-11-25"

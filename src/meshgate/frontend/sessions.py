@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from meshgate.errors import Unavailable
-from meshgate.mcp.jsonrpc import JSON
 from meshgate.router import Pin
+from meshgate.wire.jsonrpc import JSON
 
 log = logging.getLogger("meshgate.sessions")
 

@@ -26,14 +26,14 @@ from meshgate.errors import (
     UnknownService,
     UnknownTool,
 )
-from meshgate.interceptors import Call
-from meshgate.mcp.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
-from meshgate.mcp.instance import Instance
-from meshgate.mcp.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
-from meshgate.mcp.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
-from meshgate.mcp.supervisor import ServerPool
-from meshgate.mcp.tasks import McpTasks
+from meshgate.frontend.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
+from meshgate.frontend.tasks import McpTasks
 from meshgate.router import Pin, Router, tool_is_retry_safe
+from meshgate.router.interceptors import Call
+from meshgate.upstream.instance import Instance
+from meshgate.upstream.supervisor import ServerPool
+from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.wire.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
 
 log = logging.getLogger("meshgate.frontend")
 

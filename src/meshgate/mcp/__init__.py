@@ -1,1 +1,0 @@
-"""MCP on the upstream side: framing, stdio connections, protocol eras, supervisor."""

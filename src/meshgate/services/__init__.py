@@ -1,0 +1,1 @@
+"""Registered HTTP services: their registrations, executed checks, TTLs and pools."""

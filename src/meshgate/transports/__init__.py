@@ -1,1 +1,0 @@
-"""HTTP upstreams: remote MCP servers (and, later, services and peer nodes)."""
