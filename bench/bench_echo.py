@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,26 @@ async def bench_direct(server: str, calls: int, levels: list[int]) -> dict[int, 
         proc.kill()
         await proc.wait()
         client.reader.cancel()
+
+
+@contextmanager
+def revision_tree(rev: str, parent: Path) -> Iterator[Path]:
+    """A checkout of another revision of this repository (a `git worktree` under `parent`),
+    whose `src` a benchmark runs as a baseline gateway; removed afterwards."""
+    tree = parent / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield tree
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+            check=False,
+            capture_output=True,
+        )
 
 
 def start(server: str, workdir: Path) -> GatewayProcess:

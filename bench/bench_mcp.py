@@ -8,16 +8,20 @@ Every row calls `echo` of the same stdio server (meshgate's fault server) in the
   `--stateful`, one session) fronting the same command.
 
     .venv/bin/python bench/bench_mcp.py [--duration 10] [--concurrency 1 16] [--peers DIR]
+                                        [--rounds N] [--baseline-rev REV]
 
 HTTP load comes from `wrk` (Debian package) with two threads, keep-alive connections and a
 fresh JSON-RPC id per request, all on one MCP session. Peers are looked for in `--peers`
 (default `.tools/peers`, filled by `make bench-peers`); a missing peer is skipped and said so.
+`--baseline-rev` adds a gateway run from another revision of this repository (a `git worktree`
+in a temp dir); the two gateways alternate for `--rounds` rounds and each row keeps its best.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench_echo import REPO, SERVERS, bench_direct, run_wrk
+from bench_echo import REPO, SERVERS, bench_direct, revision_tree, run_wrk
 from meshgate.testing.gateway import start_gateway
 
 STATELESS = "2026-07-28"
@@ -160,49 +164,72 @@ def bench_peer(
         stop_peer(proc)
 
 
+def bench_meshgate(base: str, args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
+    """One round on one gateway: a 2025-11-25 session, then stateless calls."""
+    url = f"{base}/mcp/s"
+    headers = open_session(url)
+    check_echo(url, headers, None)
+    rows = {"/mcp/s session": run_mcp_wrk(url, headers, "", args.duration, args.concurrency)}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": STATELESS,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    stateless = {
+        "Accept": ACCEPT,
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": STATELESS,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "echo",
+    }
+    check_echo(url, stateless, meta)
+    meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
+    rows["/mcp/s stateless"] = run_mcp_wrk(
+        url, stateless, meta_json, args.duration, args.concurrency
+    )
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--calls", type=int, default=3000, help="calls per direct stdio row")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--peers", type=Path, default=REPO / ".tools" / "peers")
+    p.add_argument("--rounds", type=int, default=1, help="rounds per gateway (best is kept)")
+    p.add_argument("--baseline-rev", help="also run this git revision's gateway (a worktree)")
     args = p.parse_args()
     server_cmd, _, _ = SERVERS["fault"]
     rows: dict[str, dict[int, dict[str, float]]] = {}
     rows["direct stdio"] = asyncio.run(bench_direct("fault", args.calls, args.concurrency))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        gw = start_gateway(
-            Path(tmp),
-            {"s": {"command": server_cmd[0], "args": server_cmd[1:]}},
-            '[mesh]\nlog_level = "warning"\n[servers.s]\nmax_in_flight = 64\n',
-            args=["--log-level", "info"],  # the start-up line tells the port
-        )
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        sources: dict[str, str | None] = {"meshgate": None}
+        if args.baseline_rev:
+            tree = stack.enter_context(revision_tree(args.baseline_rev, Path(tmp)))
+            sources[f"meshgate {args.baseline_rev} (baseline)"] = str(tree / "src")
+        gateways = {}
         try:
-            url = f"{gw.url}/mcp/s"
-            headers = open_session(url)
-            check_echo(url, headers, None)
-            rows["meshgate /mcp/s session"] = run_mcp_wrk(
-                url, headers, "", args.duration, args.concurrency
-            )
-            meta = {
-                "io.modelcontextprotocol/protocolVersion": STATELESS,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }
-            stateless = {
-                "Accept": ACCEPT,
-                "Content-Type": "application/json",
-                "MCP-Protocol-Version": STATELESS,
-                "Mcp-Method": "tools/call",
-                "Mcp-Name": "echo",
-            }
-            check_echo(url, stateless, meta)
-            meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
-            rows["meshgate /mcp/s stateless"] = run_mcp_wrk(
-                url, stateless, meta_json, args.duration, args.concurrency
-            )
+            for i, (name, src) in enumerate(sources.items()):
+                workdir = Path(tmp) / str(i)
+                workdir.mkdir()
+                gateways[name] = start_gateway(
+                    workdir,
+                    {"s": {"command": server_cmd[0], "args": server_cmd[1:]}},
+                    '[mesh]\nlog_level = "warning"\n[servers.s]\nmax_in_flight = 64\n',
+                    args=["--log-level", "info"],  # the start-up line tells the port
+                    src=src,
+                )
+            # Gateways of two revisions alternate round by round; each row keeps its best.
+            for _ in range(args.rounds):
+                for name, gw in gateways.items():
+                    for label, measured in bench_meshgate(gw.url, args).items():
+                        row = rows.setdefault(f"{name} {label}", {})
+                        for c, r in measured.items():
+                            if c not in row or r["calls_per_s"] > row[c]["calls_per_s"]:
+                                row[c] = r
         finally:
-            gw.stop()
+            for gw in gateways.values():
+                gw.stop()
 
     proxy = args.peers / "venv" / "bin" / "mcp-proxy"
     if proxy.exists():

@@ -17,18 +17,18 @@ instrumentation, to the same alternation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import timeit
 from pathlib import Path
 
-from bench_echo import SERVERS, WRK_SCRIPT, run_wrk
+from bench_echo import SERVERS, WRK_SCRIPT, revision_tree, run_wrk
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 
@@ -76,23 +76,9 @@ def main() -> int:
     modes: dict[str, tuple[dict[str, str], str | None]] = {
         mode: (env, None) for mode, env in MODES.items()
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.baseline_rev:
-            tree = Path(tmp) / "baseline"
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(REPO),
-                    "worktree",
-                    "add",
-                    "--detach",
-                    str(tree),
-                    args.baseline_rev,
-                ],
-                check=True,
-                capture_output=True,
-            )
+            tree = stack.enter_context(revision_tree(args.baseline_rev, Path(tmp)))
             baseline: dict[str, tuple[dict[str, str], str | None]] = {
                 f"revision {args.baseline_rev} (baseline)": ({}, str(tree / "src"))
             }
@@ -112,12 +98,6 @@ def main() -> int:
         finally:
             for gw in gateways.values():
                 gw.stop()
-            if args.baseline_rev:
-                subprocess.run(
-                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                    check=False,
-                    capture_output=True,
-                )
     print(
         f"REST echo through the gateway, concurrency {args.concurrency}, wrk {args.duration} s x "
         f"{args.rounds} rounds per mode, alternating; {platform.machine()}, "
