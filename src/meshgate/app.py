@@ -56,8 +56,12 @@ def build_app(settings: Settings) -> FastAPI:
         policy=settings.default_policy,
         policies=settings.service_policies,
     )
-    router = Router(supervisor, services)
-    router.interceptors = build_chain(list(settings.mesh.interceptors))
+    router = Router(
+        supervisor,
+        services,
+        interceptors=build_chain(list(settings.mesh.interceptors)),
+        min_timeout_s=settings.mesh.min_call_timeout_s,
+    )
     workers = Workers(
         open_queue(settings.mesh.queue, settings.tasks_path),
         router,
@@ -130,6 +134,7 @@ def build_app(settings: Settings) -> FastAPI:
             services,
             node=settings.node_id,
             max_body_bytes=settings.mesh.max_body_bytes,
+            max_hops=settings.mesh.max_hops,
             queue_status=workers.status,
         )
     )

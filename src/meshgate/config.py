@@ -85,6 +85,10 @@ class ServerPolicy(_Model):
     startup_timeout_s: float = Field(30.0, gt=0)
     max_in_flight: int = Field(16, ge=1)
     queue_size: int = Field(256, ge=0)
+    restart_wait_s: float = Field(5.0, ge=0)
+    """How long a call may wait for an MCP instance that is restarting when no other instance
+    is healthy (within its deadline); an HTTP service with no healthy instance answers 503 at
+    once."""
     idempotent_tools: tuple[str, ...] = ()
     task_support: Literal["forbidden", "optional", "required"] = "forbidden"
     """Whether MCP clients may run this server's tools as tasks (2025-11-25 `params.task`,
@@ -271,6 +275,12 @@ class MeshSettings(_Model):
     traces_kept: int = Field(200, ge=1, le=100_000)
     """Recent traces kept in memory for GET /api/v1/mesh/v2/traces."""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    min_call_timeout_s: float = Field(0.05, gt=0, le=60)
+    """The shortest deadline a caller may ask for (`timeout_s`, `X-Meshgate-Timeout`); a
+    shorter one is refused with 400 rather than left to fail against a healthy instance."""
+    max_hops: int = Field(8, ge=1, le=100)
+    """Gateways a proxied call may pass through (`X-Meshgate-Hops`) before it is refused
+    with 508: a service registered at a URL that leads back to a gateway makes a loop."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
@@ -618,6 +628,8 @@ _ENV_FIELDS = {
     "tracing": "MESHGATE_TRACING",
     "trace_sample_ratio": "MESHGATE_TRACE_SAMPLE_RATIO",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
+    "min_call_timeout_s": "MESHGATE_MIN_CALL_TIMEOUT_S",
+    "max_hops": "MESHGATE_MAX_HOPS",
     "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",

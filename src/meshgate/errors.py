@@ -79,6 +79,15 @@ class PayloadTooLarge(MeshgateError):
     jsonrpc_code = -32600
 
 
+class Unauthenticated(MeshgateError):
+    """The call names no identity where one is required."""
+
+    status = 401
+    type = "unauthenticated"
+    title = "Unauthenticated"
+    jsonrpc_code = -32600
+
+
 class NotFound(MeshgateError):
     """An unknown service, tool, instance or task."""
 
@@ -182,6 +191,15 @@ class UpstreamTimeout(MeshgateError):
     type = "upstream-timeout"
     title = "Upstream timed out"
     jsonrpc_code = -32012
+
+
+class LoopDetected(MeshgateError):
+    """A call came back around: it has passed through more gateways than `max_hops`."""
+
+    status = 508
+    type = "loop-detected"
+    title = "Loop detected"
+    jsonrpc_code = -32013
 
 
 class SessionInstanceLost(MeshgateError):

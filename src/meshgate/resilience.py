@@ -24,7 +24,7 @@ class BreakerState(str, Enum):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """When a breaker opens and how it recovers (DESIGN.md, "Circuit breaker")."""
+    """When a breaker opens and how it recovers (docs/architecture.md, "Vocabulary")."""
 
     failure_threshold: int = 5
     failure_rate: float = 0.5

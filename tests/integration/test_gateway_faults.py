@@ -121,14 +121,16 @@ def test_client_disconnect_cancels_upstream(tmp_path: Path) -> None:
 
 def test_breaker_opens_after_failures_and_recovers_through_half_open(tmp_path: Path) -> None:
     policy = """
+[servers.f]
+call_timeout_s = 0.2
 [servers.f.breaker]
 failure_threshold = 3
 recovery_s = 1.0
 half_open_successes = 1
 """
     with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
-        for _ in range(3):
-            assert gw.call("f", "hang", timeout_s=0.2).status_code == 504
+        for _ in range(3):  # the instance misses its own deadline: its fault
+            assert gw.call("f", "hang").status_code == 504
         assert gw.instances("f")[0]["breaker"] == "open"
         r = gw.call("f", "echo", {"text": "x"})
         assert r.status_code == 503
@@ -141,12 +143,15 @@ half_open_successes = 1
 
 
 def test_breaker_failure_in_half_open_reopens(tmp_path: Path) -> None:
-    policy = "[servers.f.breaker]\nfailure_threshold = 2\nrecovery_s = 0.5\n"
+    policy = (
+        "[servers.f]\ncall_timeout_s = 0.2\n"
+        "[servers.f.breaker]\nfailure_threshold = 2\nrecovery_s = 0.5\n"
+    )
     with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
         for _ in range(2):
-            gw.call("f", "hang", timeout_s=0.2)
+            gw.call("f", "hang")
         time.sleep(0.6)
-        assert gw.call("f", "hang", timeout_s=0.2).status_code == 504
+        assert gw.call("f", "hang").status_code == 504
         assert gw.instances("f")[0]["breaker"] == "open"
 
 

@@ -81,13 +81,14 @@ def test_metrics_count_calls_by_outcome_and_keep_labels_bounded(tmp_path: Path) 
 
 def test_health_checks_breakers_and_tasks_are_measured(tmp_path: Path) -> None:
     policy = (
+        "[servers.fault]\ncall_timeout_s = 0.2\n"
         "[servers.fault.health]\ninterval_s = 0.2\n"
         "[servers.fault.breaker]\nfailure_threshold = 2\nrecovery_s = 60\n"
     )
     with run_gateway(tmp_path, {"fault": fault_server()}, policy) as gw:
         gw.call("fault", "set_fault", {"name": "slow_ms", "value": 3000})
         for _ in range(2):
-            assert gw.call("fault", "echo", {"text": "x"}, timeout_s=0.2).status_code == 504
+            assert gw.call("fault", "echo", {"text": "x"}).status_code == 504
         s = scrape(gw)
         assert series(s, "meshgate_breaker_state", service="fault") == 2  # open
         assert series(s, "meshgate_breaker_transitions_total", service="fault", to="open") == 1

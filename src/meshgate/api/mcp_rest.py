@@ -12,9 +12,8 @@ from starlette.responses import Response
 from meshgate.api.problems import read_json_object
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
-from meshgate.observability.topology import CALLER_HEADER
 from meshgate.router import Router, hash_key
-from meshgate.router.interceptors import Call
+from meshgate.router.call import CALLER_HEADER, Call
 from meshgate.upstream.supervisor import ServerPool
 
 _CALL_BODY = {
@@ -85,26 +84,18 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
             client=request.client.host if request.client else None,
             arguments=arguments,
         )
-        intercepted = router.interceptors.run(
-            Call(
-                service=name,
-                kind="mcp",
-                target=tool,
-                incoming=request.headers,
-                caller=request.headers.get(CALLER_HEADER),
-                arguments=arguments,
-            )
-        )
-        call = router.call_tool(
-            name,
-            tool,
-            arguments,
+        call = Call(
+            service=name,
+            kind="mcp",
+            target=tool,
+            entry="rest",
+            incoming=request.headers,
+            caller=request.headers.get(CALLER_HEADER),
+            arguments=arguments,
             timeout_s=timeout_s,
-            key=key,
-            caller=intercepted.caller,
-            meta=intercepted.meta or None,
         )
-        return _json(await unless_disconnected(request, call))
+        result = router.call_tool(name, tool, arguments, call=call, key=key)
+        return _json(await unless_disconnected(request, result))
 
     api.add_api_route(
         "/servers/{name}/tools/{tool}",

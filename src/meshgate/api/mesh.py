@@ -22,10 +22,17 @@ from meshgate.errors import (
     PayloadTooLarge,
     UnknownService,
 )
-from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
+from meshgate.observability.topology import dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router
-from meshgate.router.interceptors import Call
+from meshgate.router.call import (
+    CALLER_HEADER,
+    HOPS_HEADER,
+    TIMEOUT_HEADER,
+    Call,
+    parse_hops,
+    parse_timeout,
+)
 from meshgate.services.mesh import ServiceMesh
 
 _REGISTER_BODY = {
@@ -53,19 +60,15 @@ HOP_BY_HOP = frozenset(
 )
 
 
-TIMEOUT_HEADER = "x-meshgate-timeout"  # seconds; the service's call_timeout_s otherwise
+MESH_HEADERS = frozenset({TIMEOUT_HEADER, HOPS_HEADER})  # set anew for the next hop
 
 
 def _timeout(value: str | None) -> float | None:
+    """A caller's `X-Meshgate-Timeout` (the router holds it to `min_call_timeout_s`, except on
+    a call that comes from another gateway, with what is left of its deadline)."""
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise InvalidArguments(f"{TIMEOUT_HEADER} must be a number of seconds in (0, 3600]")
-    return seconds
+    return parse_timeout(value, name=TIMEOUT_HEADER, minimum=0.001)
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -79,6 +82,7 @@ def build(
     *,
     node: str,
     max_body_bytes: int,
+    max_hops: int = 8,
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
@@ -216,6 +220,7 @@ def build(
         summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
     )
     async def call(name: str, path: str, request: Request) -> Response:
+        hops = parse_hops(request.headers.get(HOPS_HEADER), max_hops=max_hops)
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
         if request.method.upper() in IDEMPOTENT_METHODS:
@@ -230,26 +235,22 @@ def build(
                 )
             limited = _Limited(request.stream(), max_body_bytes)
             body = limited.chunks()
-        timeout_s = _timeout(request.headers.get(TIMEOUT_HEADER))
-        intercepted = router.interceptors.run(
-            Call(
-                service=name,
-                kind="http",
-                target="/" + path,
-                incoming=request.headers,
-                caller=request.headers.get(CALLER_HEADER),
-                body_size=size,
-            )
+        call = Call(
+            service=name,
+            kind="http",
+            target="/" + path,
+            entry="proxy",
+            incoming=request.headers,
+            caller=request.headers.get(CALLER_HEADER),
+            body_size=size,
+            timeout_s=_timeout(request.headers.get(TIMEOUT_HEADER)),
+            hops=hops,
         )
-        added = {k.lower() for k in intercepted.headers}
         headers = [
             (k, v)
             for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP
-            and k.lower() != TIMEOUT_HEADER
-            and k.lower() not in added
+            if k.lower() not in HOP_BY_HOP and k.lower() not in MESH_HEADERS
         ]
-        headers += list(intercepted.headers.items())
         if not isinstance(body, bytes) and "content-length" in request.headers:
             # A streamed body keeps its declared length (so the service need not read chunks).
             headers.append(("content-length", request.headers["content-length"]))
@@ -263,11 +264,10 @@ def build(
                 name,
                 request.method,
                 "/" + path,
+                call=call,
                 query=request.url.query,
                 headers=headers,
                 body=body,
-                timeout_s=timeout_s,
-                caller=intercepted.caller,
             )
         except MeshgateError:
             if limited is not None and limited.exceeded:  # cut short by us, not by the service

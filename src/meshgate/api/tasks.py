@@ -15,6 +15,7 @@ from meshgate.api.problems import read_json_object
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
 from meshgate.router import Router
+from meshgate.router.call import CALLER_HEADER, Call
 from meshgate.tasks.base import FINAL, page
 from meshgate.tasks.workers import Workers
 
@@ -94,6 +95,22 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             raise InvalidArguments("invalid task", extra={"errors": errors}) from None
         name = check_target(req.target)
         target = req.target.model_dump()
+        # Identity and policy are checked when a task is accepted, and again when it runs.
+        is_tool = isinstance(req.target, ToolTarget)
+        call = router.admit(
+            Call(
+                service=name,
+                kind="mcp" if is_tool else "http",
+                target=target["tool"] if is_tool else target["path"],
+                entry="enqueue",
+                incoming=request.headers,
+                caller=request.headers.get(CALLER_HEADER),
+                arguments=target.get("arguments") if is_tool else None,
+                body_size=0 if is_tool else len(json.dumps(target.get("body"))),
+            )
+        )
+        if call.caller:
+            target["caller"] = call.caller
         if req.callback_url:
             target["callback_url"] = req.callback_url
         if tracing.active() is not None:  # the task's spans join this request's trace

@@ -29,7 +29,7 @@ from meshgate.errors import (
 from meshgate.frontend.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
 from meshgate.frontend.tasks import McpTasks
 from meshgate.router import Pin, Router, tool_is_retry_safe
-from meshgate.router.interceptors import Call
+from meshgate.router.call import Call
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool
 from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
@@ -92,6 +92,20 @@ class RequestContext:
     timeout_s: float | None = None
     key: str | None = None  # consistent-hash key (session id or client address)
     session: str | None = None  # the handshake-era session's id
+    entry: str = "mcp"  # where the request came in: "mcp" (HTTP transports) or "task"
+
+    def call(self, server: str, target: str, arguments: Any = None) -> Call:
+        """The router's view of one request of this client to `server`."""
+        return Call(
+            service=server,
+            kind="mcp",
+            target=target,
+            entry=self.entry,
+            incoming=self.headers,
+            caller=self.caller,
+            arguments=arguments,
+            timeout_s=self.timeout_s,
+        )
 
 
 @dataclass
@@ -335,28 +349,30 @@ class McpFront:
         if tool not in pool.tools and not own_process:  # a session's own process may differ
             self._need_catalog(pool)
             raise UnknownTool(f"{server} has no tool named {tool!r}")
-        intercepted = self.router.interceptors.run(
-            Call(
-                service=server,
-                kind="mcp",
-                target=tool,
-                incoming=ctx.headers,
-                caller=ctx.caller,
-                arguments=arguments,
-            )
-        )
-        ctx.caller = intercepted.caller
+        # Admitted here, before a task may be made of it: identity and policy come first.
+        call = self.router.admit(ctx.call(server, tool, arguments))
+        ctx.caller = call.caller
         tasks = self.tasks
         if tasks is not None and tasks.wants_task(
             pool, tool, params, ctx.version, ctx.client_capabilities
         ):
             return await tasks.create(
-                server, tool, arguments, ctx.version, bridgeable(ctx), owner=ctx.session
+                server,
+                tool,
+                arguments,
+                ctx.version,
+                bridgeable(ctx),
+                owner=ctx.session,
+                caller=call.caller,
             )
         upstream = _upstream_params(params, ctx, name=tool, arguments=arguments)
-        upstream["_meta"] = {**upstream.get("_meta", {}), **intercepted.meta}
         return await self._upstream(
-            server, "tools/call", upstream, ctx, retry_safe=tool_is_retry_safe(pool, tool)
+            server,
+            "tools/call",
+            upstream,
+            ctx,
+            retry_safe=tool_is_retry_safe(pool, tool),
+            call=call,
         )
 
     async def run_task(self, task_id: str, target: JSON, timeout_s: float | None) -> JSON:
@@ -379,14 +395,18 @@ class McpFront:
             client_capabilities=target.get("client_capabilities") or {},
             waiting=questions.waiting if questions is not None else None,
             timeout_s=timeout_s,
+            caller=target.get("caller"),
+            entry="task",
         )
-        params = {"name": tool, "arguments": target.get("arguments") or {}}
+        arguments = target.get("arguments") or {}
+        params = {"name": tool, "arguments": arguments}
         return await self._upstream(
             server,
             "tools/call",
             _upstream_params(params, ctx),
             ctx,
             retry_safe=tool_is_retry_safe(pool, tool),
+            call=ctx.call(server, tool, arguments),
         )
 
     # -- prompts, resources, completions -------------------------------------------------------
@@ -502,7 +522,14 @@ class McpFront:
         )
 
     async def _upstream(
-        self, server: str, method: str, params: JSON, ctx: RequestContext, *, retry_safe: bool
+        self,
+        server: str,
+        method: str,
+        params: JSON,
+        ctx: RequestContext,
+        *,
+        retry_safe: bool,
+        call: Call | None = None,
     ) -> JSON:
         """Call a server through the router, and bridge its `input_required` results.
 
@@ -518,19 +545,20 @@ class McpFront:
         if isinstance(state, str) and state.startswith(WRAPPED_PREFIX):
             pin, params = self._unwrap(pool, state, params)
         chosen: list[Instance] = []
+        if call is None:
+            call = ctx.call(server, method)
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.router.call(
                 server,
                 method,
                 params,
-                timeout_s=ctx.timeout_s,
+                call=call,
                 key=ctx.key,
                 retry_safe=retry_safe,
                 on_progress=self._relay(ctx),
                 on_server_request=self._asker(ctx),
                 pin=pin,
                 on_instance=chosen.append,
-                caller=ctx.caller,
             )
             if result.get("resultType") != "input_required" or not chosen:
                 return result

@@ -190,6 +190,7 @@ class McpTasks:
         client_capabilities: JSON,
         *,
         owner: str | None = None,
+        caller: str | None = None,
     ) -> JSON:
         """Store the call as a queue task (durably, before answering); its CreateTaskResult.
         `client_capabilities` are what the task's server may ask the client."""
@@ -199,6 +200,8 @@ class McpTasks:
             "arguments": arguments,
             "client_capabilities": client_capabilities,
         }
+        if caller:
+            target["caller"] = caller
         if tracing.active() is not None:  # the task's spans join this request's trace
             target["trace"] = tracing.inject()
         task_id, _ = await self.store.enqueue(

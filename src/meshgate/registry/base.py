@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 
 class InstanceState(str, Enum):
-    """Lifecycle of an instance (DESIGN.md, "Vocabulary")."""
+    """Lifecycle of an instance (docs/architecture.md, "Vocabulary")."""
 
     STARTING = "starting"
     HEALTHY = "healthy"

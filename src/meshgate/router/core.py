@@ -1,10 +1,14 @@
-"""The one call path: service -> healthy instances -> breaker -> balancer -> transport.
+"""The one call path: interceptors -> resolve -> healthy -> breaker -> balancer -> Attempt ->
+outcome -> retry.
 
-Every caller (REST, MCP front ends, task workers) goes through `Router.call`. It records each
-outcome on the instance's circuit breaker and latency average, waits in a bounded queue when
-every instance is at its in-flight limit, and retries on another instance only when that is
-safe (DESIGN.md, "Retry safety"): the request never reached the failed instance, or the tool
-is declared read-only or idempotent, or the configuration says so.
+Every entry (REST tool calls, `/mcp`, `/sse`, the HTTP proxy, task workers) hands the router a
+`Call`; the router runs the interceptor chain on it once, then one loop routes it, whatever the
+kind of instance behind (an MCP server instance or an HTTP service instance; see
+`router.attempts`). The loop reserves an in-flight slot (waiting in a bounded queue when every
+instance is busy), sends one attempt, records its outcome on the instance's breaker and latency
+average, and sends the call again elsewhere only when that is safe: the request never reached
+the failed instance, or the call is retry-safe (a read-only or idempotent tool, an idempotent
+HTTP method). One deadline covers every attempt and every wait.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import httpx
 
@@ -31,7 +35,6 @@ from meshgate.errors import (
     ShuttingDown,
     UnknownService,
     UnknownTool,
-    UpstreamCrashed,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -40,25 +43,25 @@ from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.observability.topology import EdgeLog
 from meshgate.registry.base import InstanceState
-from meshgate.resilience import (
-    BackoffPolicy,
-    CircuitBreaker,
-    Deadline,
-    RetryBudget,
-    backoff_delay,
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, Deadline, RetryBudget, backoff_delay
+from meshgate.router.attempts import (
+    Attempt,
+    Failed,
+    HttpAttempt,
+    McpAttempt,
+    ProgressHandler,
+    ServerRequestHandler,
 )
+from meshgate.router.call import Call
 from meshgate.router.interceptors import Chain
-from meshgate.services.mesh import ServiceMesh, ServicePool
+from meshgate.services.mesh import ServiceMesh
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool, Supervisor
-from meshgate.wire.connection import ConnectionLost, ResponseTooLarge
-from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.wire.jsonrpc import JSON
 
 log = logging.getLogger("meshgate.router")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-ProgressHandler = Callable[[str, JSON], None]
-ServerRequestHandler = Callable[[str, JSON], Awaitable[JSON]]
 
 
 def _tool_label(pool: ServerPool, method: str, params: JSON) -> str:
@@ -70,19 +73,6 @@ def _tool_label(pool: ServerPool, method: str, params: JSON) -> str:
     return name if isinstance(name, str) and name in pool.tools else "other"
 
 
-def _attempt_outcome(error: BaseException | None) -> str:
-    """The `outcome` label of one attempt, from what the connection or client raised."""
-    if error is None:
-        return "ok"
-    if isinstance(error, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(error, TimeoutError | httpx.TimeoutException):
-        return "timeout"
-    if isinstance(error, ConnectionLost | httpx.ConnectError | httpx.RemoteProtocolError):
-        return "crashed"
-    return "error"
-
-
 def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
     """A tool may be re-sent after a mid-call failure: declared or configured idempotent."""
     if tool in pool.policy.idempotent_tools:
@@ -91,17 +81,22 @@ def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
     return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
 
 
+class HasPolicy(Protocol):
+    policy: ServerPolicy
+
+
 def hash_key(
-    pool: ServerPool, *, session: str | None, client: str | None, arguments: JSON
+    pool: HasPolicy, *, session: str | None, client: str | None, arguments: JSON | None
 ) -> str | None:
     """The consistent-hash key of a call, by the pool's `hash_key` setting; None otherwise."""
-    if pool.policy.strategy not in ("consistent_hash", "ip_hash"):
+    policy = pool.policy
+    if policy.strategy not in ("consistent_hash", "ip_hash"):
         return None
-    source = pool.policy.hash_key
+    source = policy.hash_key
     if source == "session":
         return session
     if source.startswith("arg:"):
-        value = arguments.get(source[4:])
+        value = (arguments or {}).get(source[4:])
         return None if value is None else json.dumps(value, sort_keys=True)
     return client
 
@@ -119,8 +114,11 @@ class Pickable(Protocol):
     @property
     def latency_ewma(self) -> float: ...
 
+    def observe_latency(self, seconds: float) -> None: ...
+
 
 P = TypeVar("P", bound=Pickable)
+R = TypeVar("R")
 
 
 class Balanced(Protocol[P]):
@@ -136,7 +134,11 @@ class Balanced(Protocol[P]):
 
     def routable(self) -> list[P]: ...
 
-    def recoverable(self) -> bool: ...
+    def restarting(self) -> bool: ...
+
+    def retry_after(self) -> float: ...
+
+    def notify(self) -> None: ...
 
     async def wait_changed(self, timeout: float) -> None: ...
 
@@ -152,13 +154,21 @@ class Pin:
 
 
 class Router:
-    """Routes MCP requests to instances of the supervisor's pools."""
+    """Routes calls to instances of the supervisor's MCP pools and the mesh's HTTP services."""
 
-    def __init__(self, supervisor: Supervisor, services: ServiceMesh | None = None) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        services: ServiceMesh | None = None,
+        *,
+        interceptors: Chain | None = None,
+        min_timeout_s: float = 0.05,
+    ) -> None:
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
-        self.interceptors = Chain()
+        self.interceptors = interceptors or Chain()
+        self.min_timeout_s = min_timeout_s
         self.in_flight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -170,17 +180,26 @@ class Router:
             raise UnknownService(f"no MCP server named {service!r}")
         return pool
 
+    def admit(self, call: Call) -> Call:
+        """Run the interceptor chain on a call, once: identity, policy, limits. An entry that
+        must decide before routing (a task to enqueue) admits first; the router admits the
+        rest."""
+        if not call.admitted:
+            self.interceptors.run(call)
+            call.admitted = True
+        return call
+
+    # -- entries -------------------------------------------------------------------------------
+
     async def call_tool(
         self,
         service: str,
         tool: str,
         arguments: JSON,
         *,
-        timeout_s: float | None = None,
+        call: Call,
         key: str | None = None,
         on_progress: ProgressHandler | None = None,
-        caller: str | None = None,
-        meta: JSON | None = None,
     ) -> JSON:
         """Call one tool; returns the MCP `tools/call` result."""
         pool = self.pool(service)
@@ -191,12 +210,11 @@ class Router:
         return await self.call(
             service,
             "tools/call",
-            {"name": tool, "arguments": arguments, **({"_meta": meta} if meta else {})},
-            timeout_s=timeout_s,
+            {"name": tool, "arguments": arguments},
+            call=call,
             key=key,
             retry_safe=tool_is_retry_safe(pool, tool),
             on_progress=on_progress,
-            caller=caller,
         )
 
     async def call(
@@ -205,22 +223,25 @@ class Router:
         method: str,
         params: JSON,
         *,
-        timeout_s: float | None = None,
+        call: Call,
         key: str | None = None,
         retry_safe: bool = False,
         on_progress: ProgressHandler | None = None,
         on_server_request: ServerRequestHandler | None = None,
         pin: Pin | None = None,
         on_instance: Callable[[Instance], None] | None = None,
-        caller: str | None = None,
     ) -> JSON:
-        """Send one request to a healthy instance of `service`, retrying only when safe.
+        """Send one MCP request to a healthy instance of `service`, retrying only when safe.
 
-        With a `pin` (sticky sessions) every call goes to the instance the first one picked;
-        when that instance is gone the call raises SessionInstanceLost and is not retried.
-        Measured (`meshgate_call_duration_seconds`) and, with tracing on, one span.
+        With a `pin` (sticky and dedicated sessions) every call goes to the instance the first
+        one picked; when that instance is gone the call raises SessionInstanceLost and is not
+        retried. Measured (`meshgate_call_duration_seconds`) and, with tracing on, one span.
         """
         pool = self.pool(service)
+        self.admit(call)
+        if call.meta:
+            meta = params.get("_meta")
+            params = {**params, "_meta": {**(meta or {}), **call.meta}}
         tool = _tool_label(pool, method, params)
         t = tracing.active()
         span = None
@@ -229,141 +250,25 @@ class Router:
             span = t.start_span(
                 name, attributes={"meshgate.service": service, "rpc.method": method}
             )
+        attempt = McpAttempt(
+            service,
+            method,
+            params,
+            on_progress=on_progress,
+            on_server_request=on_server_request,
+        )
         with Measure(partial(metrics.call, service, tool), outcome_of, span):
-            return await self._call(
+            return await self._route(
                 pool,
-                method,
-                params,
-                timeout_s=timeout_s,
+                attempt,
+                call,
                 key=key,
                 retry_safe=retry_safe,
-                on_progress=on_progress,
-                on_server_request=on_server_request,
+                unsafe=f"{method} {tool} is not marked read-only or idempotent"
+                if method == "tools/call"
+                else f"{method} is not safe to repeat",
                 pin=pin,
                 on_instance=on_instance,
-                caller=caller,
-            )
-
-    async def _call(
-        self,
-        pool: ServerPool,
-        method: str,
-        params: JSON,
-        *,
-        timeout_s: float | None,
-        key: str | None,
-        retry_safe: bool,
-        on_progress: ProgressHandler | None,
-        on_server_request: ServerRequestHandler | None,
-        pin: Pin | None,
-        on_instance: Callable[[Instance], None] | None,
-        caller: str | None,
-    ) -> JSON:
-        if not self.accepting:
-            raise ShuttingDown("the gateway is shutting down")
-        service = pool.name
-        policy = pool.policy
-        deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
-        pool.budget.record_request()
-        self._enter()
-        tried: set[int] = set()
-        ok = False
-        try:
-            for attempt in range(1, policy.retry.max_attempts + 1):
-                if pin is not None and pin.instance is not None:
-                    inst = await self._acquire_pinned(pool, pin.instance, deadline)
-                else:
-                    inst = await self._acquire(pool, deadline, tried, key)
-                    if pin is not None:
-                        pin.instance = inst
-                if on_instance is not None:
-                    on_instance(inst)
-                started = time.monotonic()
-                try:
-                    result = await self._request(
-                        inst,
-                        method,
-                        params,
-                        timeout=deadline.remaining(),
-                        on_progress=on_progress,
-                        on_server_request=on_server_request,
-                    )
-                except JsonRpcError as e:
-                    # The instance answered: it is working, whatever it thinks of the request.
-                    inst.breaker.on_success(time.monotonic() - started)
-                    raise _map_rpc_error(service, method, e) from None
-                except TimeoutError:
-                    inst.breaker.on_failure()
-                    raise UpstreamTimeout(
-                        f"{inst.id} did not answer {method} within the deadline"
-                    ) from None
-                except ResponseTooLarge as e:
-                    inst.breaker.on_failure()
-                    raise UpstreamError(f"{inst.id}: {e}") from None
-                except ConnectionLost as e:
-                    inst.breaker.on_failure()
-                    tried.add(id(inst))
-                    if pin is not None:
-                        raise SessionInstanceLost(
-                            f"{inst.id}, which held this session's state, exited; start a new "
-                            "session"
-                        ) from None
-                    safe = retry_safe or not e.sent
-                    if not safe:
-                        raise UpstreamCrashed(
-                            f"{inst.id} exited while {method} was in flight; not retried because "
-                            "the tool is not marked read-only or idempotent"
-                        ) from None
-                    await self._before_retry(
-                        pool, attempt, deadline, f"{inst.id} exited while {method} was in flight"
-                    )
-                    continue
-                except asyncio.CancelledError:
-                    inst.breaker.on_abandon()
-                    raise
-                else:
-                    elapsed = time.monotonic() - started
-                    inst.breaker.on_success(elapsed)
-                    inst.observe_latency(elapsed)
-                    ok = True
-                    return result
-                finally:
-                    inst.in_flight -= 1
-                    pool.notify()
-            raise AssertionError("unreachable")  # pragma: no cover
-        finally:
-            self._leave()
-            self.edges.record(caller, service, ok=ok)
-
-    async def _request(
-        self,
-        inst: Instance,
-        method: str,
-        params: JSON,
-        *,
-        timeout: float,
-        on_progress: ProgressHandler | None,
-        on_server_request: ServerRequestHandler | None,
-    ) -> JSON:
-        """One attempt on one instance: measured, and with tracing on a client span whose
-        context travels in `params._meta`."""
-        t = tracing.active()
-        span = None
-        if t is not None:
-            span = t.start_span(
-                f"{method} {inst.id}",
-                kind=tracing.SpanKind.CLIENT,
-                attributes={"meshgate.instance": inst.id, "rpc.method": method},
-            )
-            meta = params.get("_meta")
-            params = {**params, "_meta": {**(meta or {}), **tracing.inject(span)}}
-        with Measure(partial(metrics.attempt, inst.server, inst.id), _attempt_outcome, span):
-            return await inst.conn.request(
-                method,
-                params,
-                timeout=timeout,
-                on_progress=on_progress,
-                on_server_request=on_server_request,
             )
 
     async def proxy(
@@ -372,15 +277,14 @@ class Router:
         method: str,
         path: str,
         *,
+        call: Call,
         query: str = "",
         headers: list[tuple[str, str]] | None = None,
         body: bytes | AsyncIterator[bytes] = b"",
-        timeout_s: float | None = None,
-        caller: str | None = None,
+        key: str | None = None,
     ) -> httpx.Response:
-        """Send one HTTP request to a healthy instance of an HTTP service; the same path as
-        MCP calls (breaker, balancer, in-flight limit, deadline), retried on another instance
-        only when that is safe: it never reached the instance, or the method is idempotent.
+        """Send one HTTP request to a healthy instance of an HTTP service; retried on another
+        instance only when it never reached the first, or the method is idempotent.
 
         Returns the response with its body not yet read: the caller streams it, then closes it.
         A streamed request body (an iterator) is retried only when no connection was made,
@@ -390,135 +294,143 @@ class Router:
         pool = self.services.pools.get(service) if self.services is not None else None
         if pool is None or self.services is None:
             raise UnknownService(f"no HTTP service named {service!r}")
+        self.admit(call)
+        added = {k.lower() for k in call.headers}
+        out = [(k, v) for k, v in headers or [] if k.lower() not in added]
+        out += list(call.headers.items())
         t = tracing.active()
         span = None
         if t is not None:
             span = t.start_span(
                 f"{method} {service}", attributes={"meshgate.service": service, "url.path": path}
             )
+        attempt = HttpAttempt(
+            self.services.client,
+            method,
+            path,
+            query=query,
+            headers=out,
+            body=body,
+            hops=call.hops,
+        )
         with Measure(partial(metrics.call, service, ""), outcome_of, span) as m:
-            response = await self._proxy(
+            response = await self._route(
                 pool,
-                self.services.client,
-                method,
-                path,
-                query=query,
-                headers=headers,
-                body=body,
-                timeout_s=timeout_s,
-                caller=caller,
+                attempt,
+                call,
+                key=key,
+                retry_safe=method.upper() in IDEMPOTENT_METHODS,
+                unsafe=f"{method} is not idempotent",
             )
             if response.status_code >= 500:
                 m.outcome = "error"
             return response
 
-    async def _proxy(
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _route(
         self,
-        pool: ServicePool,
-        client: httpx.AsyncClient,
-        method: str,
-        path: str,
+        pool: Balanced[P],
+        attempt: Attempt[P, R],
+        call: Call,
         *,
-        query: str,
-        headers: list[tuple[str, str]] | None,
-        body: bytes | AsyncIterator[bytes],
-        timeout_s: float | None,
-        caller: str | None,
-    ) -> httpx.Response:
+        key: str | None,
+        retry_safe: bool,
+        unsafe: str = "",
+        pin: Pin | None = None,
+        on_instance: Callable[[P], None] | None = None,
+    ) -> R:
+        """Route one call: pick, send, record, and retry while it is safe and time is left."""
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")
-        service = pool.name
         policy = pool.policy
-        deadline = Deadline.after(timeout_s if timeout_s is not None else policy.call_timeout_s)
-        safe_method = method.upper() in IDEMPOTENT_METHODS
+        if (
+            call.timeout_s is not None
+            and call.hops == 0
+            and call.entry != "task"
+            and call.timeout_s < self.min_timeout_s
+        ):
+            raise InvalidArguments(
+                f"a deadline of {call.timeout_s:g}s is shorter than the minimum of "
+                f"{self.min_timeout_s:g}s (min_call_timeout_s)",
+                extra={"minimum": self.min_timeout_s},
+            )
+        deadline = call.deadline(policy.call_timeout_s)
+        hurried = call.caller_is_hurried(policy.call_timeout_s)
         pool.budget.record_request()
         self._enter()
         tried: set[int] = set()
         ok = False
         try:
-            for attempt in range(1, policy.retry.max_attempts + 1):
-                inst = await self._acquire(pool, deadline, tried, None)
+            for number in range(1, policy.retry.max_attempts + 1):
+                if pin is not None and pin.instance is not None:
+                    # Pins exist for MCP sessions only: P is Instance here.
+                    inst = cast(P, await self._acquire_pinned(pool, pin.instance, deadline))
+                else:
+                    inst = await self._acquire(pool, deadline, tried, key)
+                    if pin is not None:
+                        pin.instance = cast(Instance, inst)
+                if on_instance is not None:
+                    on_instance(inst)
                 started = time.monotonic()
-                request = client.build_request(
-                    method,
-                    inst.reg.base_url + path + (f"?{query}" if query else ""),
-                    headers=headers,
-                    content=body,
-                    timeout=httpx.Timeout(max(0.001, deadline.remaining())),
-                )
-                reached = True
                 try:
-                    response = await self._send(client, inst.id, service, request)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                    reached, error = False, f"{inst.id}: cannot connect: {e}"
-                except httpx.TimeoutException:
-                    inst.breaker.on_failure()
-                    raise UpstreamTimeout(
-                        f"{inst.id} did not answer {method} {path} within the deadline"
-                    ) from None
-                except httpx.HTTPError as e:
-                    error = f"{inst.id} failed mid-request: {type(e).__name__}: {e}"
+                    result = await attempt.send(inst, max(0.001, deadline.remaining()), hurried)
+                except Failed as e:
+                    f = e.failure
+                    if f.blame:
+                        inst.breaker.on_failure()
+                    elif f.answered:
+                        inst.breaker.on_success(time.monotonic() - started)
+                    else:  # the caller's own deadline ran out: no verdict on the instance
+                        inst.breaker.on_abandon()
+                    if not f.retryable:
+                        raise f.error from None
+                    tried.add(id(inst))
+                    if pin is not None:
+                        raise SessionInstanceLost(
+                            f"{inst.id}, which held this session's state, is gone; start a new "
+                            "session"
+                        ) from None
+                    if f.reached and not retry_safe:
+                        f.error.detail += f"; not retried because {unsafe}"
+                        raise f.error from None
+                    await self._before_retry(pool, number, deadline, f.error.detail)
+                    continue
                 except asyncio.CancelledError:
                     inst.breaker.on_abandon()
                     raise
-                else:
-                    elapsed = time.monotonic() - started
-                    if response.status_code in (502, 503, 504):
-                        inst.breaker.on_failure()
-                    else:
-                        inst.breaker.on_success(elapsed)
-                        inst.observe_latency(elapsed)
-                    ok = response.status_code < 500
-                    return response
                 finally:
                     inst.in_flight -= 1
                     pool.notify()
-                inst.breaker.on_failure()
-                tried.add(id(inst))
-                if reached and not safe_method:
-                    raise UpstreamCrashed(
-                        f"{error}; not retried because {method} is not idempotent"
-                    )
-                await self._before_retry(pool, attempt, deadline, f"{method} {path}: {error}")
+                elapsed = time.monotonic() - started
+                if attempt.healthy(result):
+                    inst.breaker.on_success(elapsed)
+                    inst.observe_latency(elapsed)
+                    ok = True
+                else:
+                    inst.breaker.on_failure()
+                return result
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._leave()
-            self.edges.record(caller, service, ok=ok)
-
-    async def _send(
-        self, client: httpx.AsyncClient, instance: str, service: str, request: httpx.Request
-    ) -> httpx.Response:
-        """One attempt of a proxied call, measured and (with tracing on) a client span whose
-        context travels in the request's headers."""
-        t = tracing.active()
-        span = None
-        if t is not None:
-            span = t.start_span(
-                f"{request.method} {instance}",
-                kind=tracing.SpanKind.CLIENT,
-                attributes={"meshgate.instance": instance, "url.path": request.url.path},
-            )
-            request.headers.update(tracing.inject(span))
-        with Measure(partial(metrics.attempt, service, instance), _attempt_outcome, span) as m:
-            response = await client.send(request, stream=True)
-            if response.status_code >= 500:
-                m.outcome = "error"
-            return response
+            self.edges.record(call.caller, pool.name, ok=ok)
 
     async def _before_retry(
         self, pool: Balanced[P], attempt: int, deadline: Deadline, why: str
     ) -> None:
         """Wait out the backoff before another attempt, or raise if none is left (attempts,
-        or the pool's retry budget)."""
+        the pool's retry budget, or the deadline)."""
         if attempt >= pool.policy.retry.max_attempts or not pool.budget.try_spend():
             raise UpstreamError(f"{why}; retries exhausted")
+        delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
+        if delay >= deadline.remaining():
+            raise UpstreamTimeout(f"{why}; no time left in the deadline for a retry")
         log.info("retrying on %s: %s", pool.name, why)
         metrics.retry(pool.name)
-        delay = backoff_delay(attempt, pool.retry_backoff, pool.rng)
-        await asyncio.sleep(min(delay, deadline.remaining()))
+        await asyncio.sleep(delay)
 
     async def _acquire_pinned(
-        self, pool: ServerPool, inst: Instance, deadline: Deadline
+        self, pool: Balanced[P], inst: Instance, deadline: Deadline
     ) -> Instance:
         """Reserve a slot on the pinned instance, waiting while it is busy or unhealthy."""
         while True:
@@ -538,8 +450,10 @@ class Router:
     async def _acquire(
         self, pool: Balanced[P], deadline: Deadline, tried: set[int], key: str | None
     ) -> P:
-        """Reserve an in-flight slot on an instance, waiting in the bounded queue if needed."""
+        """Reserve an in-flight slot on an instance, waiting in the bounded queue while every
+        instance is busy, or (an MCP pool only) while one restarts, within `restart_wait_s`."""
         queued = False
+        restart_wait: Deadline | None = None
         try:
             while True:
                 routable = pool.routable()
@@ -558,9 +472,17 @@ class Router:
                             inst.in_flight += 1
                             return inst
                         continue
-                elif not pool.recoverable():
-                    raise NoHealthyInstance(f"{pool.name} has no healthy instance")
-                # Every instance is busy or (re)starting: wait, within the queue bound.
+                    wait_until = deadline
+                else:
+                    # No healthy instance: wait only for one that is restarting, briefly.
+                    if not pool.restarting():
+                        raise NoHealthyInstance(
+                            f"{pool.name} has no healthy instance",
+                            retry_after=pool.retry_after(),
+                        )
+                    if restart_wait is None:
+                        restart_wait = Deadline.after(pool.policy.restart_wait_s)
+                    wait_until = min(deadline, restart_wait, key=lambda d: d.at)
                 if not queued:
                     if pool.waiters >= pool.policy.queue_size:
                         raise Overloaded(
@@ -568,17 +490,20 @@ class Router:
                         )
                     pool.waiters += 1
                     queued = True
-                remaining = deadline.remaining()
+                remaining = wait_until.remaining()
                 if remaining <= 0:
                     if candidates:
                         raise Overloaded(f"{pool.name}: no instance freed up before the deadline")
                     raise NoHealthyInstance(
-                        f"{pool.name} has no healthy instance (waited for a restart)"
+                        f"{pool.name} has no healthy instance (an instance is restarting)",
+                        retry_after=pool.retry_after(),
                     )
                 await pool.wait_changed(remaining)
         finally:
             if queued:
                 pool.waiters -= 1
+
+    # -- draining ------------------------------------------------------------------------------
 
     def _enter(self) -> None:
         self.in_flight += 1
@@ -599,14 +524,3 @@ class Router:
             log.warning("%d calls still in flight after %.1fs of draining", self.in_flight, grace_s)
             return False
         return True
-
-
-def _map_rpc_error(service: str, method: str, e: JsonRpcError) -> Exception:
-    extra: dict[str, Any] = {"upstream_code": e.code, "upstream_message": e.message}
-    if e.data is not None:
-        extra["upstream_data"] = e.data
-    if e.code == INVALID_PARAMS:
-        return InvalidArguments(f"{service} rejected the arguments: {e.message}", extra=extra)
-    if e.code == METHOD_NOT_FOUND:
-        return UpstreamError(f"{service} does not support {method}: {e.message}", extra=extra)
-    return UpstreamError(f"{service} answered {method} with an error: {e.message}", extra=extra)

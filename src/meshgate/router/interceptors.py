@@ -18,12 +18,9 @@ to `InterceptorSpec`), and a line in `build_chain`.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from meshgate.config import (
     CallerInterceptor,
@@ -31,36 +28,10 @@ from meshgate.config import (
     InterceptorSpec,
     TraceInterceptor,
 )
-from meshgate.errors import MeshgateError, PayloadTooLarge
+from meshgate.errors import PayloadTooLarge, Unauthenticated
+from meshgate.router.call import Call
 
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
-class Unauthenticated(MeshgateError):
-    status = 401
-    type = "unauthenticated"
-    title = "Unauthenticated"
-    jsonrpc_code = -32600
-
-
-@dataclass
-class Call:
-    """One call as the interceptors see it."""
-
-    service: str
-    kind: str  # "http" (proxy) or "mcp" (tool call)
-    target: str  # the path (http) or the tool (mcp)
-    incoming: Mapping[str, str]  # the client's request headers, lower-case names
-    headers: dict[str, str] = field(default_factory=dict)  # to add on the outgoing request
-    meta: dict[str, Any] = field(default_factory=dict)  # to add to MCP params._meta
-    caller: str | None = None
-    body_size: int = 0  # the request body (HTTP)
-    arguments: Any = None  # a tool call's arguments (MCP), measured as JSON only if needed
-
-    def size(self) -> int:
-        if self.arguments is not None:
-            return len(json.dumps(self.arguments))
-        return self.body_size
 
 
 class Interceptor(Protocol):

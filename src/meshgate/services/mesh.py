@@ -109,9 +109,14 @@ class ServicePool:
     def routable(self) -> list[ServiceInstance]:
         return [i for i in self.instances.values() if i.routable]
 
-    def recoverable(self) -> bool:
-        """Whether an instance may yet become healthy (one is registered at all)."""
-        return bool(self.instances)
+    def restarting(self) -> bool:
+        """HTTP services are not restarted by the gateway: nothing to wait for."""
+        return False
+
+    def retry_after(self) -> float:
+        """When a caller refused for want of a healthy instance may try again: the next
+        health check."""
+        return min((i.reg.check.interval_s for i in self.instances.values()), default=1.0)
 
     def notify(self) -> None:
         """Wake every waiter: an instance changed state or freed an in-flight slot."""

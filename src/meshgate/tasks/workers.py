@@ -36,6 +36,7 @@ from meshgate.observability import tracing
 from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
+from meshgate.router.call import Call
 from meshgate.tasks.base import FINAL, TaskQueue
 
 T = TypeVar("T")
@@ -305,6 +306,28 @@ class Workers:
             with contextlib.suppress(QueueUnavailable):
                 await self.store.extend(id_, self.node, self.lease_s)
 
+    @staticmethod
+    def _call(
+        target: dict[str, Any],
+        kind: str,
+        what: str,
+        timeout_s: float | None,
+        arguments: Any,
+        *,
+        body_size: int = 0,
+    ) -> Call:
+        """A task's call as the router sees it: entered as `task`, by whoever enqueued it."""
+        return Call(
+            service=target["server"] if kind == "mcp" else target["service"],
+            kind=kind,
+            target=what,
+            entry="task",
+            caller=target.get("caller"),
+            arguments=arguments,
+            body_size=body_size,
+            timeout_s=timeout_s,
+        )
+
     async def _execute(self, id_: str, target: dict[str, Any], timeout_s: float | None) -> Any:
         if "server" in target:
             if self.tool_call is not None:
@@ -312,7 +335,10 @@ class Workers:
             else:
                 arguments = target.get("arguments") or {}
                 result = await self.router.call_tool(
-                    target["server"], target["tool"], arguments, timeout_s=timeout_s
+                    target["server"],
+                    target["tool"],
+                    arguments,
+                    call=self._call(target, "mcp", target["tool"], timeout_s, arguments),
                 )
             if result.get("resultType") == "input_required":
                 asked = sorted(
@@ -331,13 +357,14 @@ class Workers:
         body = target.get("body")
         content = json.dumps(body).encode() if body is not None else b""
         headers = [("content-type", "application/json")] if body is not None else []
+        path = target.get("path", "/")
         response = await self.router.proxy(
             target["service"],
             target.get("method", "POST"),
-            target.get("path", "/"),
+            path,
+            call=self._call(target, "http", path, timeout_s, None, body_size=len(content)),
             headers=headers,
             body=content,
-            timeout_s=timeout_s,
         )
         try:
             raw = b""

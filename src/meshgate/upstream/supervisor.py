@@ -118,6 +118,15 @@ class ServerPool:
         """Whether an instance may yet become healthy (some slot is not failed)."""
         return not self._stopping and any(s.state is not InstanceState.FAILED for s in self.slots)
 
+    def restarting(self) -> bool:
+        """Whether an instance is (re)starting, or waiting out its restart backoff, and may
+        soon take calls."""
+        return self.recoverable()
+
+    def retry_after(self) -> float:
+        """When a caller refused for want of a healthy instance may try again."""
+        return max(1.0, self.policy.restart.backoff_base_s)
+
     def notify(self) -> None:
         """Wake every waiter: an instance changed state or freed an in-flight slot."""
         self._changed.notify()

@@ -1,6 +1,6 @@
 """The MCP client side of the gateway: era discovery, handshake, health probes, catalogs.
 
-Two protocol eras are alive at once (DESIGN.md, "MCP protocol eras"). A new instance is asked
+Two protocol eras are alive at once (docs/architecture.md, "Protocol eras"). A new instance is asked
 `server/discover` (2026-07-28, stateless); a server that does not know it gets the
 `initialize` handshake (2024-11-05 .. 2025-11-25). The era decides the health probe:
 `server/discover` or `ping`.
