@@ -1,1 +1,2 @@
-"""Logging, and later metrics and tracing."""
+"""Seeing the gateway work: Prometheus metrics, OpenTelemetry tracing, one `Measure` for a
+call or an attempt, JSON or text logs with trace ids, and the caller -> callee topology."""
