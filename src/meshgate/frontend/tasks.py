@@ -33,14 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshgate.errors import MeshgateError
 from meshgate.frontend.input_required import SETTLE_S, answer_of, name_question
 from meshgate.observability import tracing
-from meshgate.tasks.base import FINAL, page
+from meshgate.tasks.base import FINAL, page, timestamp
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import ServerPool
 from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
@@ -52,12 +51,6 @@ MISSING_CAPABILITY = -32021
 POLL_INTERVAL_MS = 500
 LIST_PAGE = 100
 MAX_ATTEMPTS = 3
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def task_error(error: Any) -> JSON:
@@ -358,8 +351,8 @@ class McpTasks:
         out: JSON = {
             "taskId": task["id"],
             "status": self._status(task, version),
-            "createdAt": _iso(task["created_at"]),
-            "lastUpdatedAt": _iso(updated),
+            "createdAt": timestamp(task["created_at"]),
+            "lastUpdatedAt": timestamp(updated),
         }
         if version > HANDSHAKE_VERSION:
             out["ttlMs"], out["pollIntervalMs"] = ttl_ms, POLL_INTERVAL_MS

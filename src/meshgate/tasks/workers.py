@@ -36,7 +36,7 @@ from meshgate.observability import tracing
 from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
-from meshgate.tasks.base import FINAL, TaskQueue
+from meshgate.tasks.base import FINAL, TaskQueue, view
 
 T = TypeVar("T")
 ToolCall = Callable[[str, dict[str, Any], float | None], Awaitable[dict[str, Any]]]
@@ -362,7 +362,7 @@ class Workers:
         for attempt in range(3):
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
-                    r = await client.post(url, json=task)
+                    r = await client.post(url, json=view(task))
                 if r.status_code < 500:
                     return
             except httpx.HTTPError as e:
