@@ -28,13 +28,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from meshgate.api.problems import read_body
+from meshgate.api.responses import dumps, json_response
 from meshgate.api.routing import unless_disconnected
 from meshgate.errors import MeshgateError, PayloadTooLarge, SessionInstanceLost, UnknownService
 from meshgate.frontend.input_required import INPUT_METHODS, WRAPPED_PREFIX, Parked, ParkedCalls
 from meshgate.frontend.server import (
     LATEST_HANDSHAKE,
     LOG_LEVELS,
-    MISSING_CAPABILITY,
     Ask,
     Emit,
     McpFront,
@@ -47,11 +47,18 @@ from meshgate.router import hash_key
 from meshgate.upstream.supervisor import Supervisor
 from meshgate.wire import jsonrpc
 from meshgate.wire.jsonrpc import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     JSON,
     METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
     PARSE_ERROR,
+    REQUEST_CANCELLED,
+    REQUEST_TIMEOUT,
+    RESOURCE_NOT_FOUND,
+    UNSUPPORTED_PROTOCOL_VERSION,
 )
 from meshgate.wire.protocol import (
     HANDSHAKE_VERSIONS,
@@ -64,14 +71,9 @@ from meshgate.wire.protocol import (
 
 log = logging.getLogger("meshgate.mcp_http")
 
-REQUEST_CANCELLED = -32800
 LEGACY_SSE_VERSION = "2024-11-05"  # the version of the HTTP+SSE transport
-REQUEST_TIMEOUT = -32001
 ASK_TIMEOUT_S = 120.0  # how long a server's question may wait for the client's answer
-LEGACY_RESOURCE_NOT_FOUND = -32002
 MRTR_FIELDS = ("inputResponses", "requestState")
-HEADER_MISMATCH = -32020
-UNSUPPORTED_PROTOCOL_VERSION = -32022
 SESSION_HEADER = "mcp-session-id"
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
@@ -131,12 +133,7 @@ class _Reject(Exception):
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    return json_response(body, status, headers, compact=True)
 
 
 def _sse(event_id: str | None, data: str) -> str:
@@ -216,7 +213,7 @@ class McpHttp:
         await self.sessions.close()
 
     def _on_server_notification(self, server: str, method: str, params: JSON) -> None:
-        message = json.dumps(jsonrpc.notification(method, params or None), separators=(",", ":"))
+        message = dumps(jsonrpc.notification(method, params or None), compact=True)
         uri = params.get("uri") if method == "notifications/resources/updated" else None
         for session in list(self.sessions.sessions.values()):
             if session.target not in (None, server):
@@ -497,7 +494,7 @@ class McpHttp:
                 raise
             except Exception as e:
                 log.exception("answering request %r failed", id_)
-                channel.finish((200, jsonrpc.error(id_, jsonrpc.INTERNAL_ERROR, str(e))))
+                channel.finish((200, jsonrpc.error(id_, INTERNAL_ERROR, str(e))))
 
         task = asyncio.ensure_future(run())
         if session is not None:
@@ -511,7 +508,7 @@ class McpHttp:
             raise
         stream = channel.stream
         if stream is None:
-            status, reply = channel.outcome or (200, jsonrpc.error(id_, -32603, "no reply"))
+            status, reply = channel.outcome or (200, jsonrpc.error(id_, INTERNAL_ERROR, "no reply"))
             return _json(reply, status)
         chunks = _follow(stream, 0, priming=priming, ids=session is not None)
         return StreamingResponse(
@@ -583,7 +580,7 @@ class McpHttp:
 
     async def _legacy_request(self, session: ClientSession, msg: JSON, request: Request) -> None:
         def emit(note: JSON) -> None:
-            session.standing.push(json.dumps(note, separators=(",", ":")))
+            session.standing.push(dumps(note, compact=True))
 
         if msg["method"] == "initialize":
             params = _obj(msg.get("params"))
@@ -766,7 +763,7 @@ class McpHttp:
         self, e: MeshgateError | jsonrpc.JsonRpcError, id_: Any, method: str, params: JSON
     ) -> tuple[int, JSON]:
         code, message, data = json_rpc_error(e)
-        if code == LEGACY_RESOURCE_NOT_FOUND and method == "resources/read":
+        if code == RESOURCE_NOT_FOUND and method == "resources/read":
             # A handshake-era server's "resource not found", as 2026-07-28 names it.
             code, data = INVALID_PARAMS, {**_obj(data), "uri": params.get("uri")}
         return ERROR_STATUS.get(code, 200), jsonrpc.error(id_, code, message, data)
@@ -868,7 +865,7 @@ class McpHttp:
                         "_meta": {SUBSCRIPTION_ID: id_},
                     },
                 )
-                yield _sse(None, json.dumps(done, separators=(",", ":")))
+                yield _sse(None, dumps(done, compact=True))
             finally:
                 self.listeners.discard(listener)
 
@@ -909,13 +906,13 @@ class _Channel:
                 self.stream = self.session.new_stream()
             else:
                 self.stream = EventStream(f"r{self.id}", keep=1024)
-        self.stream.push(json.dumps(note, separators=(",", ":")))
+        self.stream.push(dumps(note, compact=True))
         self._signal()
 
     def finish(self, outcome: tuple[int, JSON]) -> None:
         self.outcome = outcome
         if self.stream is not None:
-            self.stream.push(json.dumps(outcome[1], separators=(",", ":")))
+            self.stream.push(dumps(outcome[1], compact=True))
             self.stream.close()
         self._signal()
 
@@ -937,7 +934,7 @@ class _Listener:
         """Send a notification on the stream, tagged with the subscription's id."""
         meta = {**_obj(params.get("_meta")), SUBSCRIPTION_ID: self.id}
         note = jsonrpc.notification(method, {**params, "_meta": meta})
-        self.stream.push(json.dumps(note, separators=(",", ":")))
+        self.stream.push(dumps(note, compact=True))
 
     def wants(self, method: str, uri: str | None) -> bool:
         if uri is not None:
@@ -980,7 +977,7 @@ def _client_response(session: ClientSession, msg: JSON) -> None:
         err = _obj(msg.get("error"))
         fut.set_exception(
             jsonrpc.JsonRpcError(
-                int(err.get("code", jsonrpc.INTERNAL_ERROR)),
+                int(err.get("code", INTERNAL_ERROR)),
                 str(err.get("message", "error")),
                 err.get("data"),
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
+from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
 from meshgate.router import Router
@@ -54,10 +54,6 @@ class Enqueue(BaseModel):
         return self
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status_code=status, media_type="application/json")
-
-
 def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["tasks"])
     store = workers.store
@@ -97,7 +93,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             idempotency_key=req.idempotency_key,
         )
         workers.wake()
-        return _json({"task_id": task_id, "created": created}, 202)
+        return json_response({"task_id": task_id, "created": created}, 202)
 
     @api.get("/task/{task_id}", summary="A task; wait_s long-polls until it is final")
     async def get_task(task_id: str, wait_s: float = 0) -> Response:
@@ -110,7 +106,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             task = await store.get(task_id)
         if task is None:
             raise NotFound(f"no task {task_id!r}")
-        return _json(view(task))
+        return json_response(view(task))
 
     @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
     async def cancel_task(task_id: str) -> Response:
@@ -119,7 +115,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             raise NotFound(f"no task {task_id!r}")
         task = await store.get(task_id)
         assert task is not None
-        return _json({**view(task), "was": before})
+        return json_response({**view(task), "was": before})
 
     @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
     async def retry_task(task_id: str) -> Response:
@@ -130,7 +126,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
         workers.wake()
         task = await store.get(task_id)
         assert task is not None
-        return _json(view(task), 202)
+        return json_response(view(task), 202)
 
     @api.get("/tasks", summary="Tasks, by id, with a status filter and cursor pagination")
     async def list_tasks(
@@ -144,6 +140,6 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             items, next_cursor = await page(store, cursor, limit, status=status)
         except ValueError:
             raise InvalidArguments("cursor is not one this API gave out") from None
-        return _json({"items": [view(t) for t in items], "next_cursor": next_cursor})
+        return json_response({"items": [view(t) for t in items], "next_cursor": next_cursor})
 
     return api

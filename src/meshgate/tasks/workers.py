@@ -37,6 +37,7 @@ from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
 from meshgate.tasks.base import FINAL, TaskQueue, view
+from meshgate.wire.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 
 T = TypeVar("T")
 ToolCall = Callable[[str, dict[str, Any], float | None], Awaitable[dict[str, Any]]]
@@ -47,7 +48,7 @@ questions) should."""
 log = logging.getLogger("meshgate.tasks")
 
 MAX_RESULT_BYTES = 1024 * 1024
-REQUEST_ERRORS = (-32600, -32601, -32602)  # JSON-RPC: the request itself is wrong
+REQUEST_ERRORS = (INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)  # the request is wrong
 
 
 class PermanentFailure(Exception):
@@ -322,7 +323,7 @@ class Workers:
                 )
                 raise PermanentFailure(
                     {
-                        "code": -32603,
+                        "code": INTERNAL_ERROR,
                         "detail": f"{target['server']} asked for input ({', '.join(asked)}), "
                         "which a task run by the queue cannot give",
                     }
