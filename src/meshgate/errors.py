@@ -2,12 +2,44 @@
 
 Every error a client can see is a ``MeshgateError`` carrying its HTTP status, a stable
 ``type`` slug (the RFC 9457 problem type) and, where JSON-RPC needs one, an error code.
-The API layer maps them to ``application/problem+json`` in one place.
+The API layer maps them to ``application/problem+json`` in one place. The JSON-RPC error codes
+themselves are defined here, once (the table below).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# Every JSON-RPC error code meshgate sends or acts on, each number named once. They live here,
+# at the bottom layer, so that the errors below can carry them; `meshgate.wire.jsonrpc`
+# re-exports them for everything that speaks JSON-RPC.
+
+# JSON-RPC 2.0
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# MCP
+RESOURCE_NOT_FOUND = -32002  # handshake era: resources/read of an unknown URI
+HEADER_MISMATCH = -32020  # 2026-07-28: an Mcp-* header disagrees with the body
+MISSING_CAPABILITY = -32021  # 2026-07-28: the request needs a capability not declared
+UNSUPPORTED_PROTOCOL_VERSION = -32022  # 2026-07-28
+REQUEST_CANCELLED = -32800  # as in LSP: the reply to a request cancelled before its answer
+
+# meshgate's own, in the implementation-defined server error range (-32000 to -32099)
+UNAVAILABLE = -32001
+REQUEST_TIMEOUT = UNAVAILABLE  # the MCP SDKs' name for -32001: not answered in time
+CIRCUIT_OPEN = -32003
+OVERLOADED = -32004
+SHUTTING_DOWN = -32005
+NO_HEALTHY_INSTANCE = -32006  # not -32002, which is RESOURCE_NOT_FOUND to handshake-era clients
+QUEUE_UNAVAILABLE = -32007
+UPSTREAM_ERROR = -32010
+UPSTREAM_CRASHED = -32011
+UPSTREAM_TIMEOUT = -32012
+LOOP_DETECTED = -32013
 
 
 class MeshgateError(Exception):
@@ -16,7 +48,7 @@ class MeshgateError(Exception):
     status: int = 500
     type: str = "internal-error"
     title: str = "Internal error"
-    jsonrpc_code: int = -32603
+    jsonrpc_code: int = INTERNAL_ERROR
 
     def __init__(
         self,
@@ -58,7 +90,7 @@ class InvalidInput(MeshgateError):
     status = 400
     type = "invalid-input"
     title = "Invalid input"
-    jsonrpc_code = -32600
+    jsonrpc_code = INVALID_REQUEST
 
 
 class InvalidArguments(MeshgateError):
@@ -67,7 +99,7 @@ class InvalidArguments(MeshgateError):
     status = 422
     type = "invalid-arguments"
     title = "Invalid arguments"
-    jsonrpc_code = -32602
+    jsonrpc_code = INVALID_PARAMS
 
 
 class PayloadTooLarge(MeshgateError):
@@ -76,7 +108,7 @@ class PayloadTooLarge(MeshgateError):
     status = 413
     type = "payload-too-large"
     title = "Payload too large"
-    jsonrpc_code = -32600
+    jsonrpc_code = INVALID_REQUEST
 
 
 class Unauthenticated(MeshgateError):
@@ -85,7 +117,7 @@ class Unauthenticated(MeshgateError):
     status = 401
     type = "unauthenticated"
     title = "Unauthenticated"
-    jsonrpc_code = -32600
+    jsonrpc_code = INVALID_REQUEST
 
 
 class NotFound(MeshgateError):
@@ -94,7 +126,7 @@ class NotFound(MeshgateError):
     status = 404
     type = "not-found"
     title = "Not found"
-    jsonrpc_code = -32601
+    jsonrpc_code = METHOD_NOT_FOUND
 
 
 class UnknownService(NotFound):
@@ -105,7 +137,7 @@ class UnknownService(NotFound):
 class UnknownTool(NotFound):
     type = "unknown-tool"
     title = "Unknown tool"
-    jsonrpc_code = -32602
+    jsonrpc_code = INVALID_PARAMS
 
 
 class Unavailable(MeshgateError):
@@ -114,7 +146,7 @@ class Unavailable(MeshgateError):
     status = 503
     type = "unavailable"
     title = "Service unavailable"
-    jsonrpc_code = -32001
+    jsonrpc_code = UNAVAILABLE
     reason = "unavailable"
 
     def __init__(
@@ -131,14 +163,14 @@ class Unavailable(MeshgateError):
 class NoHealthyInstance(Unavailable):
     type = "no-healthy-instance"
     title = "No healthy instance"
-    jsonrpc_code = -32006  # not -32002: handshake-era MCP uses it for "resource not found"
+    jsonrpc_code = NO_HEALTHY_INSTANCE
     reason = "no_healthy_instance"
 
 
 class CircuitOpen(Unavailable):
     type = "circuit-open"
     title = "Circuit breaker open"
-    jsonrpc_code = -32003
+    jsonrpc_code = CIRCUIT_OPEN
     reason = "circuit_open"
 
 
@@ -147,14 +179,14 @@ class Overloaded(Unavailable):
 
     type = "overloaded"
     title = "Overloaded"
-    jsonrpc_code = -32004
+    jsonrpc_code = OVERLOADED
     reason = "overloaded"
 
 
 class ShuttingDown(Unavailable):
     type = "shutting-down"
     title = "Shutting down"
-    jsonrpc_code = -32005
+    jsonrpc_code = SHUTTING_DOWN
     reason = "shutting_down"
 
 
@@ -163,7 +195,7 @@ class QueueUnavailable(Unavailable):
 
     type = "queue-unavailable"
     title = "Task queue unavailable"
-    jsonrpc_code = -32007
+    jsonrpc_code = QUEUE_UNAVAILABLE
     reason = "queue_unavailable"
 
 
@@ -173,7 +205,7 @@ class UpstreamError(MeshgateError):
     status = 502
     type = "upstream-error"
     title = "Upstream error"
-    jsonrpc_code = -32010
+    jsonrpc_code = UPSTREAM_ERROR
 
 
 class UpstreamCrashed(UpstreamError):
@@ -181,7 +213,7 @@ class UpstreamCrashed(UpstreamError):
 
     type = "upstream-crashed"
     title = "Upstream crashed mid-call"
-    jsonrpc_code = -32011
+    jsonrpc_code = UPSTREAM_CRASHED
 
 
 class UpstreamTimeout(MeshgateError):
@@ -190,7 +222,7 @@ class UpstreamTimeout(MeshgateError):
     status = 504
     type = "upstream-timeout"
     title = "Upstream timed out"
-    jsonrpc_code = -32012
+    jsonrpc_code = UPSTREAM_TIMEOUT
 
 
 class LoopDetected(MeshgateError):
@@ -199,7 +231,7 @@ class LoopDetected(MeshgateError):
     status = 508
     type = "loop-detected"
     title = "Loop detected"
-    jsonrpc_code = -32013
+    jsonrpc_code = LOOP_DETECTED
 
 
 class SessionInstanceLost(MeshgateError):
@@ -208,4 +240,4 @@ class SessionInstanceLost(MeshgateError):
     status = 404
     type = "session-instance-lost"
     title = "Session instance lost"
-    jsonrpc_code = -32600
+    jsonrpc_code = INVALID_REQUEST

@@ -89,10 +89,12 @@ def test_tasks_command(tmp_path: Path) -> None:
         dead = gw.http.post(
             f"{api}/enqueue", json={"target": {"server": "f", "tool": "fail"}, "max_attempts": 1}
         ).json()["task_id"]
-        assert gw.get(f"{api}/task/{dead}", params={"wait_s": 30}).json()["status"] == "dead"
+        task = gw.get(f"{api}/task/{dead}", params={"wait_s": 30}).json()
+        assert task["status"] == "dead"
         r = meshgate("tasks", "--url", gw.url)
         assert r.returncode == 0, r.stderr
         assert dead in r.stdout and "dead" in r.stdout and "f/fail" in r.stdout
+        assert task["created_at"] in r.stdout  # as the API gives it, e.g. 2026-11-30T05:38:46.123Z
         r = meshgate("tasks", "list", "--status", "succeeded", "--url", gw.url, "--json")
         assert json.loads(r.stdout)["items"] == []
         r = meshgate("tasks", "show", dead, "--url", gw.url)

@@ -9,6 +9,7 @@ task, and a task surviving a SIGKILL of the gateway on both queue backends.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from tests.integration.test_mcp_http import (
 pytestmark = pytest.mark.timeout(120)
 
 API = "/api/v1/mesh/v2"
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED = "io.modelcontextprotocol/related-task"
 POLICY = """
@@ -114,14 +116,19 @@ def test_2025_11_25_clients_run_tool_calls_as_tasks(tmp_path: Path, queue: dict[
         sleep = {"name": "sleep", "arguments": {"seconds": 0.3}}
         created = s.rpc("tools/call", {**sleep, "task": {"ttl": 60000}})["result"]["task"]
         assert created["status"] == "working" and created["pollInterval"] > 0
-        assert created["createdAt"].endswith("Z") and isinstance(created["ttl"], int)
+        assert RFC3339_MS.fullmatch(created["createdAt"]) and isinstance(created["ttl"], int)
         task_id = created["taskId"]
         assert s.rpc("tasks/get", {"taskId": task_id})["result"]["taskId"] == task_id
         result = s.rpc("tasks/result", {"taskId": task_id})["result"]  # waits for the end
         assert result["content"][0]["text"] == "slept"
         assert result["_meta"][RELATED] == {"taskId": task_id}
-        assert s.rpc("tasks/get", {"taskId": task_id})["result"]["status"] == "completed"
-        assert gw.get(f"{API}/task/{task_id}").json()["status"] == "succeeded"  # one queue
+        done = s.rpc("tasks/get", {"taskId": task_id})["result"]
+        assert done["status"] == "completed"
+        rest = gw.get(f"{API}/task/{task_id}").json()
+        assert rest["status"] == "succeeded"  # one queue
+        # and one clock: the REST view shows the task's times as MCP does
+        assert rest["created_at"] == created["createdAt"] == done["createdAt"]
+        assert rest["finished_at"] == done["lastUpdatedAt"]
 
         assert s.rpc("tools/call", sleep)["error"]["code"] == -32601  # required: only a task
         echo = {"name": "echo", "arguments": {"text": "x"}, "task": {}}

@@ -8,6 +8,7 @@ over a dead node's tasks, a cancel reaches the node running the task, Redis goes
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from tests.gateway import Gateway, fault_server, run_gateway
 pytestmark = pytest.mark.timeout(120)
 
 API = "/api/v1/mesh/v2"
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def enqueue(gw: Gateway, body: dict[str, Any]) -> str:
@@ -226,6 +228,10 @@ def test_http_targets_and_callbacks(tmp_path: Path, queue: dict[str, str]) -> No
                 time.sleep(0.05)
             assert _Sink.received[0] == {"a": 1}
             assert _Sink.received[1]["id"] == task_id and _Sink.received[1]["status"] == "succeeded"
+            # The callback shows the task as the API does, times included.
+            for key in ("created_at", "started_at", "finished_at"):
+                assert RFC3339_MS.fullmatch(task[key]), task
+                assert _Sink.received[1][key] == task[key]
     finally:
         sink.shutdown()
 

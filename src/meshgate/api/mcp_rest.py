@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
+from meshgate.api.responses import json_response
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.router import Router, hash_key
@@ -34,10 +33,6 @@ _CALL_BODY = {
 }
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status_code=status, media_type="application/json")
-
-
 def build(router: Router, *, max_body_bytes: int) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mcp", tags=["mcp"])
 
@@ -50,16 +45,16 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
     @api.get("/servers", summary="Every MCP server with its instances")
     async def list_servers() -> Response:
         items = [p.view() for p in router.supervisor.pools.values()]
-        return _json({"items": items, "next_cursor": None})
+        return json_response({"items": items, "next_cursor": None})
 
     @api.get("/servers/{name}", summary="One MCP server with its instances")
     async def get_server(name: str) -> Response:
-        return _json(pool(name).view())
+        return json_response(pool(name).view())
 
     @api.get("/servers/{name}/tools", summary="The tools of one MCP server")
     async def list_tools(name: str) -> Response:
         p = pool(name)
-        return _json({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
+        return json_response({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
 
     async def call_tool(request: Request, name: str, tool: str) -> Response:
         body = await read_json_object(request, max_body_bytes)
@@ -95,7 +90,7 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
             timeout_s=timeout_s,
         )
         result = router.call_tool(name, tool, arguments, call=call, key=key)
-        return _json(await unless_disconnected(request, result))
+        return json_response(await unless_disconnected(request, result))
 
     api.add_api_route(
         "/servers/{name}/tools/{tool}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,6 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.problems import read_body, read_json_object
+from meshgate.api.responses import json_response
 from meshgate.config import Registration
 from meshgate.errors import (
     InvalidArguments,
@@ -69,10 +69,6 @@ def _timeout(value: str | None) -> float | None:
     if value is None:
         return None
     return parse_timeout(value, name=TIMEOUT_HEADER, minimum=0.001)
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status_code=status, media_type="application/json")
 
 
 def build(
@@ -154,7 +150,7 @@ def build(
         if reg.instance_id in services.static:
             raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
         inst, created = services.register(reg)
-        return _json(inst.view(), 201 if created else 200)
+        return json_response(inst.view(), 201 if created else 200)
 
     @api.delete(
         "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
@@ -178,7 +174,7 @@ def build(
             raise NotFound(
                 f"no instance {instance_id!r} of service {name!r} (expired? register again)"
             )
-        return _json(inst.view())
+        return json_response(inst.view())
 
     @api.get("/services", summary="Services, MCP and HTTP, with filters and pagination")
     async def list_services(
@@ -212,7 +208,7 @@ def build(
         more = len(items) > limit
         items = items[:limit]
         next_cursor = _encode_cursor(items[-1]["name"]) if more else None
-        return _json({"items": items, "next_cursor": next_cursor})
+        return json_response({"items": items, "next_cursor": next_cursor})
 
     @api.api_route(
         "/call/{name}/{path:path}",
@@ -337,7 +333,7 @@ def build(
             ],
             "edges": edges,
         }
-        return _json(body)
+        return json_response(body)
 
     @api.get("/services/{name}", summary="One service with its instances")
     async def get_service(name: str) -> Response:
@@ -349,7 +345,7 @@ def build(
         remote(views, name)
         if name not in views:
             raise UnknownService(f"no service named {name!r}")
-        return _json(views[name])
+        return json_response(views[name])
 
     services_mesh = services
 
@@ -394,7 +390,7 @@ def build(
             "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }
-        return Response(json.dumps(body), media_type="application/json")
+        return json_response(body)
 
     return api
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,14 +10,11 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound
 from meshgate.observability import tracing
 from meshgate.observability.metrics import BREAKER_VALUES, CONTENT_TYPE, metrics
 from meshgate.router import Router
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status_code=status, media_type="application/json")
 
 
 def build(
@@ -74,15 +70,15 @@ def build(
 
     @api.get("/livez", summary="Liveness: the process answers")
     async def livez() -> Response:
-        return _json({"status": "live"})
+        return json_response({"status": "live"})
 
     @api.get("/readyz", summary="Readiness: started and accepting calls (503 otherwise)")
     async def readyz() -> Response:
         if not started():
-            return _json({"status": "starting"}, 503)
+            return json_response({"status": "starting"}, 503)
         if not router.accepting:
-            return _json({"status": "draining"}, 503)
-        return _json({"status": "ready"})
+            return json_response({"status": "draining"}, 503)
+        return json_response({"status": "ready"})
 
     @api.get("/api/v1/mesh/v2/traces", summary="The most recent traces, newest first")
     async def traces(limit: int = 50) -> Response:
@@ -90,7 +86,7 @@ def build(
             raise InvalidArguments("limit must be between 1 and 1000")
         recent = tracing.recent
         items = recent.traces(limit) if recent is not None else []
-        return _json({"tracing": recent is not None, "items": items})
+        return json_response({"tracing": recent is not None, "items": items})
 
     @api.get("/api/v1/mesh/v2/traces/{trace_id}", summary="One recent trace, with its spans")
     async def one_trace(trace_id: str) -> Response:
@@ -98,6 +94,6 @@ def build(
         found = recent.trace(trace_id) if recent is not None else None
         if found is None:
             raise NotFound(f"no recent trace {trace_id!r} (tracing off, unsampled, or dropped)")
-        return _json(found)
+        return json_response(found)
 
     return api

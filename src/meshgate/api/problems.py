@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, InvalidInput, MeshgateError, NotFound, PayloadTooLarge
 
 log = logging.getLogger("meshgate.api")
@@ -23,12 +24,7 @@ def problem_response(err: MeshgateError, instance: str | None = None) -> Respons
     headers = {}
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    return Response(
-        json.dumps(err.to_problem(instance)),
-        status_code=err.status,
-        media_type=PROBLEM_JSON,
-        headers=headers,
-    )
+    return json_response(err.to_problem(instance), err.status, headers, media_type=PROBLEM_JSON)
 
 
 async def _meshgate_error(request: Request, exc: Exception) -> Response:

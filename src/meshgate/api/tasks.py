@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.responses import Response
 
 from meshgate.api.problems import read_json_object
+from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
 from meshgate.router import Router
 from meshgate.router.call import CALLER_HEADER, Call
-from meshgate.tasks.base import FINAL, page
+from meshgate.tasks.base import FINAL, page, view
 from meshgate.tasks.workers import Workers
 
 
@@ -53,20 +54,6 @@ class Enqueue(BaseModel):
         if isinstance(self.target, HttpTarget) and not self.target.path.startswith("/"):
             raise ValueError("target.path must start with '/'")
         return self
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status_code=status, media_type="application/json")
-
-
-def _view(task: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in task.items() if k != "idempotency_key"}
-    for key in ("created_at", "started_at", "finished_at", "deadline_at"):
-        value = out.get(key)
-        if value is not None:
-            out[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
-    out["idempotency_key"] = task.get("idempotency_key")
-    return out
 
 
 def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter:
@@ -124,7 +111,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             idempotency_key=req.idempotency_key,
         )
         workers.wake()
-        return _json({"task_id": task_id, "created": created}, 202)
+        return json_response({"task_id": task_id, "created": created}, 202)
 
     @api.get("/task/{task_id}", summary="A task; wait_s long-polls until it is final")
     async def get_task(task_id: str, wait_s: float = 0) -> Response:
@@ -137,7 +124,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             task = await store.get(task_id)
         if task is None:
             raise NotFound(f"no task {task_id!r}")
-        return _json(_view(task))
+        return json_response(view(task))
 
     @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
     async def cancel_task(task_id: str) -> Response:
@@ -146,7 +133,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             raise NotFound(f"no task {task_id!r}")
         task = await store.get(task_id)
         assert task is not None
-        return _json({**_view(task), "was": before})
+        return json_response({**view(task), "was": before})
 
     @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
     async def retry_task(task_id: str) -> Response:
@@ -157,7 +144,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
         workers.wake()
         task = await store.get(task_id)
         assert task is not None
-        return _json(_view(task), 202)
+        return json_response(view(task), 202)
 
     @api.get("/tasks", summary="Tasks, by id, with a status filter and cursor pagination")
     async def list_tasks(
@@ -171,6 +158,6 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
             items, next_cursor = await page(store, cursor, limit, status=status)
         except ValueError:
             raise InvalidArguments("cursor is not one this API gave out") from None
-        return _json({"items": [_view(t) for t in items], "next_cursor": next_cursor})
+        return json_response({"items": [view(t) for t in items], "next_cursor": next_cursor})
 
     return api

@@ -26,7 +26,13 @@ import time
 from collections.abc import Callable, Container
 from typing import Any
 
-from meshgate.wire.jsonrpc import JSON, JsonRpcError
+from meshgate.wire.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    JSON,
+    REQUEST_CANCELLED,
+    JsonRpcError,
+)
 
 log = logging.getLogger("meshgate.input_required")
 
@@ -87,7 +93,7 @@ def answer_of(value: Any) -> JSON:
     an `{"error": ...}` answer; ValueError for what is neither."""
     if isinstance(value, dict) and isinstance(value.get("error"), dict):
         err = value["error"]
-        raise JsonRpcError(int(err.get("code", -32603)), str(err.get("message", "error")))
+        raise JsonRpcError(int(err.get("code", INTERNAL_ERROR)), str(err.get("message", "error")))
     if not isinstance(value, dict):
         raise ValueError("an answer must be an object")
     return value
@@ -180,7 +186,7 @@ class Parked:
     def cancel(self, reason: str) -> None:
         for _, _, fut in self.questions.values():
             if not fut.done():
-                fut.set_exception(JsonRpcError(-32800, reason))
+                fut.set_exception(JsonRpcError(REQUEST_CANCELLED, reason))
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -202,7 +208,7 @@ class ParkedCalls:
         if not parked.id:
             self.expire()
             if len(self.calls) >= self.limit:
-                raise JsonRpcError(-32603, "too many requests are waiting for client input")
+                raise JsonRpcError(INTERNAL_ERROR, "too many requests are waiting for client input")
             parked.id = secrets.token_urlsafe(12)
             self.calls[parked.id] = parked
         parked.touch()
@@ -225,12 +231,12 @@ class ParkedCalls:
                     parked = None  # an earlier round's state: its questions are answered
         if parked is None:
             raise JsonRpcError(
-                -32602,
+                INVALID_PARAMS,
                 "requestState is not valid: altered, expired, or issued by another gateway; "
                 "send the request again without it",
             )
         if parked.method != method or parked.name != name:
-            raise JsonRpcError(-32602, "requestState belongs to a different request")
+            raise JsonRpcError(INVALID_PARAMS, "requestState belongs to a different request")
         parked.touch()
         return parked
 

@@ -32,14 +32,21 @@ from meshgate.router import Pin, Router, tool_is_retry_safe
 from meshgate.router.call import Call
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool
-from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.wire.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    JSON,
+    METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
+    RESOURCE_NOT_FOUND,
+    JsonRpcError,
+)
 from meshgate.wire.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
 
 log = logging.getLogger("meshgate.frontend")
 
 SUPPORTED_VERSIONS = (STATELESS_VERSION, *HANDSHAKE_VERSIONS)
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
-RESOURCE_NOT_FOUND = -32002
 LIST_TTL_MS = 60_000
 REMOVED_IN_STATELESS = frozenset(
     {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
@@ -63,7 +70,6 @@ CLIENT_REQUESTS = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
-MISSING_CAPABILITY = -32021
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 MAX_INPUT_ROUNDS = 16
 
@@ -573,7 +579,8 @@ class McpFront:
             pin = Pin()
             pin.instance = inst
         raise JsonRpcError(
-            -32603, f"{server} asked for input more than {MAX_INPUT_ROUNDS} times in one call"
+            INTERNAL_ERROR,
+            f"{server} asked for input more than {MAX_INPUT_ROUNDS} times in one call",
         )
 
     def _unwrap(self, pool: ServerPool, state: str, params: JSON) -> tuple[Pin, JSON]:

@@ -33,31 +33,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshgate.errors import MeshgateError
 from meshgate.frontend.input_required import SETTLE_S, answer_of, name_question
 from meshgate.observability import tracing
-from meshgate.tasks.base import FINAL, page
+from meshgate.tasks.base import FINAL, page, timestamp
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import ServerPool
-from meshgate.wire.jsonrpc import INVALID_PARAMS, JSON, METHOD_NOT_FOUND, JsonRpcError
+from meshgate.wire.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    JSON,
+    METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
+    JsonRpcError,
+)
 from meshgate.wire.protocol import HANDSHAKE_VERSION
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
-MISSING_CAPABILITY = -32021
 POLL_INTERVAL_MS = 500
 LIST_PAGE = 100
 MAX_ATTEMPTS = 3
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def task_error(error: Any) -> JSON:
@@ -69,7 +68,10 @@ def task_error(error: Any) -> JSON:
             out["data"] = error["upstream_data"]
         return out
     data = {k: v for k, v in error.items() if k not in ("code", "detail")}
-    out = {"code": error.get("code", -32603), "message": error.get("detail") or "the task failed"}
+    out = {
+        "code": error.get("code", INTERNAL_ERROR),
+        "message": error.get("detail") or "the task failed",
+    }
     if data:
         out["data"] = data
     return out
@@ -218,7 +220,7 @@ class McpTasks:
             self._watched[task_id] = owner
         task = await self.store.get(task_id)
         if task is None:  # forgotten at once: only with a result TTL shorter than a request
-            raise JsonRpcError(-32603, f"task {task_id} vanished right after it was stored")
+            raise JsonRpcError(INTERNAL_ERROR, f"task {task_id} vanished right after it was stored")
         view = self.view(task, version)
         if version > HANDSHAKE_VERSION:
             return {**view, "resultType": "task"}
@@ -319,7 +321,9 @@ class McpTasks:
             result = task["result"]
             return {**result, "_meta": {**result.get("_meta", {}), **related}}
         if task["status"] == "cancelled":
-            raise JsonRpcError(-32603, f"task {task['id']} was cancelled", {"_meta": related})
+            raise JsonRpcError(
+                INTERNAL_ERROR, f"task {task['id']} was cancelled", {"_meta": related}
+            )
         error = task_error(task["error"])
         raise JsonRpcError(error["code"], error["message"], error.get("data"))
 
@@ -361,8 +365,8 @@ class McpTasks:
         out: JSON = {
             "taskId": task["id"],
             "status": self._status(task, version),
-            "createdAt": _iso(task["created_at"]),
-            "lastUpdatedAt": _iso(updated),
+            "createdAt": timestamp(task["created_at"]),
+            "lastUpdatedAt": timestamp(updated),
         }
         if version > HANDSHAKE_VERSION:
             out["ttlMs"], out["pollIntervalMs"] = ttl_ms, POLL_INTERVAL_MS
@@ -416,14 +420,14 @@ class TaskQuestions:
         store = self.tasks.store
         try:
             if not await store.ask_input(self.task_id, key, {"method": method, "params": params}):
-                raise JsonRpcError(-32603, f"task {self.task_id} is no longer running")
+                raise JsonRpcError(INTERNAL_ERROR, f"task {self.task_id} is no longer running")
             await asyncio.sleep(SETTLE_S)  # what the server asks at once still counts as its own
             self._open.add(key)
             try:
                 value = await self.tasks.wait_answer(self.task_id, key, self.timeout_s)
             except TimeoutError:
                 raise JsonRpcError(
-                    -32603, f"no answer to {method} within {self.timeout_s:g} s"
+                    INTERNAL_ERROR, f"no answer to {method} within {self.timeout_s:g} s"
                 ) from None
             try:
                 return answer_of(value)

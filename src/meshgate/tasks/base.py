@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 FINAL = ("succeeded", "failed", "cancelled", "dead")
@@ -33,10 +34,30 @@ FIELDS = (
     "input_requests",
 )
 
+TIMES = ("created_at", "started_at", "finished_at", "deadline_at")  # Unix seconds when stored
+
 Event = Callable[[str, str], None]
 """(kind, task id): `done` when a task became final, `cancel` when one was cancelled, `input`
 when questions of a running task were answered; a shared backend reports other nodes' events
 too."""
+
+
+def timestamp(ts: float) -> str:
+    """A task's time as every surface shows it (the REST task API, callbacks, the command line,
+    MCP's `createdAt` and `lastUpdatedAt`): RFC 3339 in UTC with milliseconds, e.g.
+    `2026-11-30T05:38:46.123Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def view(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as the REST task API and callbacks show it: its times as `timestamp`s."""
+    out = {k: v for k, v in task.items() if k != "idempotency_key"}
+    for key in TIMES:
+        value = out.get(key)
+        if value is not None:
+            out[key] = timestamp(value)
+    out["idempotency_key"] = task.get("idempotency_key")
+    return out
 
 
 async def page(

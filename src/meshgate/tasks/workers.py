@@ -37,7 +37,8 @@ from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
 from meshgate.router.call import Call
-from meshgate.tasks.base import FINAL, TaskQueue
+from meshgate.tasks.base import FINAL, TaskQueue, view
+from meshgate.wire.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 
 T = TypeVar("T")
 ToolCall = Callable[[str, dict[str, Any], float | None], Awaitable[dict[str, Any]]]
@@ -48,7 +49,7 @@ questions) should."""
 log = logging.getLogger("meshgate.tasks")
 
 MAX_RESULT_BYTES = 1024 * 1024
-REQUEST_ERRORS = (-32600, -32601, -32602)  # JSON-RPC: the request itself is wrong
+REQUEST_ERRORS = (INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)  # the request is wrong
 
 
 class PermanentFailure(Exception):
@@ -348,7 +349,7 @@ class Workers:
                 )
                 raise PermanentFailure(
                     {
-                        "code": -32603,
+                        "code": INTERNAL_ERROR,
                         "detail": f"{target['server']} asked for input ({', '.join(asked)}), "
                         "which a task run by the queue cannot give",
                     }
@@ -389,7 +390,7 @@ class Workers:
         for attempt in range(3):
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
-                    r = await client.post(url, json=task)
+                    r = await client.post(url, json=view(task))
                 if r.status_code < 500:
                     return
             except httpx.HTTPError as e:

@@ -19,7 +19,7 @@ RequestHandler = Callable[[str, JSON], Awaitable[JSON]]
 
 class McpConnection(Protocol):
     """What the supervisor and router use of a connection to one MCP server instance: a stdio
-    process (`StdioConnection`) or a remote server (`transports.mcp_http.HttpUpstream`)."""
+    process (`StdioConnection`) or a remote server (`upstream.http.HttpUpstream`)."""
 
     label: str
     meta: JSON | None

@@ -6,13 +6,46 @@ import json
 import re
 from typing import Any
 
+# The error codes are defined once, in meshgate.errors (the bottom layer, so that errors can
+# carry them); those of JSON-RPC and MCP are re-exported here for whatever speaks the protocol.
+from meshgate.errors import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    REQUEST_TIMEOUT,
+    RESOURCE_NOT_FOUND,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
+
 JSON = dict[str, Any]
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
+__all__ = [
+    "HEADER_MISMATCH",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "JSON",
+    "METHOD_NOT_FOUND",
+    "MISSING_CAPABILITY",
+    "PARSE_ERROR",
+    "REQUEST_CANCELLED",
+    "REQUEST_TIMEOUT",
+    "RESOURCE_NOT_FOUND",
+    "UNSUPPORTED_PROTOCOL_VERSION",
+    "JsonRpcError",
+    "decode",
+    "encode",
+    "error",
+    "notification",
+    "request",
+    "result",
+    "sniff_id",
+]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads

@@ -15,7 +15,7 @@ from typing import Any
 
 from meshgate import __version__
 from meshgate.wire.connection import McpConnection
-from meshgate.wire.jsonrpc import JSON, JsonRpcError
+from meshgate.wire.jsonrpc import INTERNAL_ERROR, JSON, JsonRpcError
 
 STATELESS_VERSION = "2026-07-28"
 HANDSHAKE_VERSION = "2025-11-25"
@@ -89,7 +89,7 @@ async def initialize(conn: McpConnection, *, timeout: float) -> ServerIdentity:
     )
     version = res.get("protocolVersion")
     if not isinstance(version, str):
-        raise JsonRpcError(-32603, "initialize result has no protocolVersion")
+        raise JsonRpcError(INTERNAL_ERROR, "initialize result has no protocolVersion")
     conn.handshake = True
     conn.notify("notifications/initialized")
     return ServerIdentity(
@@ -134,7 +134,7 @@ async def list_tools(conn: McpConnection, *, timeout: float) -> list[JSON]:
         )
         page = res.get("tools")
         if not isinstance(page, list):
-            raise JsonRpcError(-32603, "tools/list result has no tools list")
+            raise JsonRpcError(INTERNAL_ERROR, "tools/list result has no tools list")
         tools.extend(t for t in page if isinstance(t, dict) and isinstance(t.get("name"), str))
         cursor = res.get("nextCursor")
         if not cursor:
