@@ -14,34 +14,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshgate import __version__
 from meshgate.errors import (
-    InvalidArguments,
     MeshgateError,
     NoHealthyInstance,
-    UnknownService,
     UnknownTool,
 )
-from meshgate.frontend.input_required import WRAPPED_PREFIX, unwrap_state, wrap_state
+from meshgate.frontend.bridge import Bridge
+from meshgate.frontend.context import (
+    RequestContext,
+    bridgeable,
+    str_param,
+    upstream_params,
+)
 from meshgate.frontend.tasks import McpTasks
-from meshgate.router import Pin, Router, tool_is_retry_safe
-from meshgate.router.call import Call
-from meshgate.upstream.instance import Instance
+from meshgate.router import Router, tool_is_retry_safe
 from meshgate.upstream.supervisor import ServerPool
 from meshgate.wire.jsonrpc import (
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     JSON,
     METHOD_NOT_FOUND,
-    MISSING_CAPABILITY,
     RESOURCE_NOT_FOUND,
     JsonRpcError,
 )
-from meshgate.wire.protocol import HANDSHAKE_VERSIONS, META_CAPABILITIES, STATELESS_VERSION
+from meshgate.wire.protocol import HANDSHAKE_VERSIONS, STATELESS_VERSION
 
 log = logging.getLogger("meshgate.frontend")
 
@@ -52,7 +51,6 @@ REMOVED_IN_STATELESS = frozenset(
     {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
 )
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_META_PREFIX = "io.modelcontextprotocol/"
 
 # Methods answered by a server, with the capability that server must declare.
 _LISTS = {
@@ -60,58 +58,6 @@ _LISTS = {
     "resources/list": ("resources", "resources"),
     "resources/templates/list": ("resources", "resourceTemplates"),
 }
-
-Emit = Callable[[JSON], None]  # sends one JSON-RPC notification to the client
-Ask = Callable[[str, JSON], Awaitable[JSON]]  # sends one request to the client, for its result
-
-# What a server may ask its client, and the client capability each needs.
-CLIENT_REQUESTS = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
-META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
-MAX_INPUT_ROUNDS = 16
-
-
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-
-
-@dataclass
-class RequestContext:
-    """What the transport knows about one client request."""
-
-    version: str
-    stateless: bool
-    emit: Emit | None = None  # None when the client cannot receive notifications for it
-    progress_token: Any = None
-    log_level: str | None = None  # the least severe log message to relay; None: every one
-    send_logs: bool = True
-    ask: Ask | None = None  # None when the client cannot be asked anything for this request
-    client_capabilities: JSON = field(default_factory=dict)
-    waiting: Callable[[], bool] | None = None  # true while parked for the client's answers
-    pins: dict[str, Pin] | None = None  # a session's sticky instances, by server
-    session_ask: Ask | None = None  # asks the session's client on its standing stream
-    session_emit: Emit | None = None  # notifies it there
-    caller: str | None = None  # who calls, for the topology
-    headers: Mapping[str, str] = field(default_factory=dict)  # the client's HTTP headers
-    timeout_s: float | None = None
-    key: str | None = None  # consistent-hash key (session id or client address)
-    session: str | None = None  # the handshake-era session's id
-    entry: str = "mcp"  # where the request came in: "mcp" (HTTP transports) or "task"
-
-    def call(self, server: str, target: str, arguments: Any = None) -> Call:
-        """The router's view of one request of this client to `server`."""
-        return Call(
-            service=server,
-            kind="mcp",
-            target=target,
-            entry=self.entry,
-            incoming=self.headers,
-            caller=self.caller,
-            arguments=arguments,
-            timeout_s=self.timeout_s,
-        )
 
 
 @dataclass
@@ -143,10 +89,13 @@ def template_pattern(template: str) -> re.Pattern[str]:
 
 
 class McpFront:
+    """Answers one MCP request of a client, for one server or for all of them."""
+
     def __init__(
         self, router: Router, *, separator: str = "__", tasks: McpTasks | None = None
     ) -> None:
         self.router = router
+        self.bridge = Bridge(router)
         self.separator = separator
         self.tasks = tasks
         self._agg = _Aggregate()
@@ -252,10 +201,10 @@ class McpFront:
         if method in _LISTS:
             return await self._list(target, method, params, ctx)
         if method == "prompts/get":
-            server, name = self._resolve_prompt(target, _str_param(params, "name"))
+            server, name = self._resolve_prompt(target, str_param(params, "name"))
             return await self._forward(server, method, {**params, "name": name}, ctx)
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
-            uri = _str_param(params, "uri")
+            uri = str_param(params, "uri")
             return await self._forward(
                 await self._resolve_uri(target, uri, ctx), method, params, ctx
             )
@@ -335,7 +284,7 @@ class McpFront:
         return None
 
     async def _call_tool(self, target: str | None, params: JSON, ctx: RequestContext) -> JSON:
-        public = _str_param(params, "name")
+        public = str_param(params, "name")
         arguments = params.get("arguments", {})
         if arguments is None:
             arguments = {}
@@ -371,8 +320,8 @@ class McpFront:
                 owner=ctx.session,
                 caller=call.caller,
             )
-        upstream = _upstream_params(params, ctx, name=tool, arguments=arguments)
-        return await self._upstream(
+        upstream = upstream_params(params, ctx, name=tool, arguments=arguments)
+        return await self.bridge.call(
             server,
             "tools/call",
             upstream,
@@ -406,10 +355,10 @@ class McpFront:
         )
         arguments = target.get("arguments") or {}
         params = {"name": tool, "arguments": arguments}
-        return await self._upstream(
+        return await self.bridge.call(
             server,
             "tools/call",
-            _upstream_params(params, ctx),
+            upstream_params(params, ctx),
             ctx,
             retry_safe=tool_is_retry_safe(pool, tool),
             call=ctx.call(server, tool, arguments),
@@ -508,10 +457,10 @@ class McpFront:
         if not isinstance(ref, dict):
             raise JsonRpcError(INVALID_PARAMS, "'ref' must be an object")
         if ref.get("type") == "ref/prompt":
-            server, name = self._resolve_prompt(target, _str_param(ref, "name"))
+            server, name = self._resolve_prompt(target, str_param(ref, "name"))
             params = {**params, "ref": {**ref, "name": name}}
         elif ref.get("type") == "ref/resource":
-            server = await self._resolve_uri(target, _str_param(ref, "uri"), ctx)
+            server = await self._resolve_uri(target, str_param(ref, "uri"), ctx)
         else:
             raise JsonRpcError(INVALID_PARAMS, "'ref.type' must be 'ref/prompt' or 'ref/resource'")
         if not self._serving(server, "completions"):
@@ -519,251 +468,10 @@ class McpFront:
         return await self._forward(server, "completion/complete", params, ctx)
 
     async def _forward(self, server: str, method: str, params: JSON, ctx: RequestContext) -> JSON:
-        return await self._upstream(
+        return await self.bridge.call(
             server,
             method,
-            _upstream_params(params, ctx),
+            upstream_params(params, ctx),
             ctx,
             retry_safe=method != "resources/subscribe",
         )
-
-    async def _upstream(
-        self,
-        server: str,
-        method: str,
-        params: JSON,
-        ctx: RequestContext,
-        *,
-        retry_safe: bool,
-        call: Call | None = None,
-    ) -> JSON:
-        """Call a server through the router, and bridge its `input_required` results.
-
-        A stateless (2026-07-28) server asks its client things by answering `input_required`.
-        A stateless client gets that result as is, its `requestState` wrapped to name the
-        instance that holds the call; its retry goes back there. For a handshake-era client
-        the gateway asks it each question (as server-to-client requests) and retries on the
-        same instance with the answers, until the server is done.
-        """
-        pool = self.router.pool(server)
-        pin = await self._pin(pool, ctx)
-        state = params.get("requestState")
-        if isinstance(state, str) and state.startswith(WRAPPED_PREFIX):
-            pin, params = self._unwrap(pool, state, params)
-        chosen: list[Instance] = []
-        if call is None:
-            call = ctx.call(server, method)
-        for _ in range(MAX_INPUT_ROUNDS):
-            result = await self.router.call(
-                server,
-                method,
-                params,
-                call=call,
-                key=ctx.key,
-                retry_safe=retry_safe,
-                on_progress=self._relay(ctx),
-                on_server_request=self._asker(ctx),
-                pin=pin,
-                on_instance=chosen.append,
-            )
-            if result.get("resultType") != "input_required" or not chosen:
-                return result
-            inst = chosen[-1]
-            if ctx.stateless:
-                return {**result, "requestState": wrap_state(inst.id, result.get("requestState"))}
-            answers = await self._answer_inputs(result.get("inputRequests"), ctx)
-            params = {k: v for k, v in params.items() if k != "requestState"}
-            params["inputResponses"] = answers
-            if isinstance(result.get("requestState"), str):
-                params["requestState"] = result["requestState"]
-            pin = Pin()
-            pin.instance = inst
-        raise JsonRpcError(
-            INTERNAL_ERROR,
-            f"{server} asked for input more than {MAX_INPUT_ROUNDS} times in one call",
-        )
-
-    def _unwrap(self, pool: ServerPool, state: str, params: JSON) -> tuple[Pin, JSON]:
-        unwrapped = unwrap_state(state)
-        inst = pool.instance(unwrapped[0]) if unwrapped is not None else None
-        if unwrapped is None or inst is None:
-            raise JsonRpcError(
-                INVALID_PARAMS,
-                "requestState is not valid here (altered, or its instance is gone); send the "
-                "request again without it",
-            )
-        pin = Pin()
-        pin.instance = inst
-        params = {k: v for k, v in params.items() if k != "requestState"}
-        if unwrapped[1] is not None:
-            params["requestState"] = unwrapped[1]
-        return pin, params
-
-    async def _answer_inputs(self, requests: Any, ctx: RequestContext) -> JSON:
-        """Ask a handshake-era client (or a task's client) a stateless server's questions, all
-        at once."""
-        if not isinstance(requests, dict):
-            return {}
-        asker = _Asker(ctx)
-
-        async def one(key: str, request: JSON) -> tuple[str, JSON]:
-            params = request.get("params") if isinstance(request.get("params"), dict) else {}
-            try:
-                return key, await asker(request["method"], params or {})
-            except JsonRpcError as e:
-                return key, {"error": {"code": e.code, "message": e.message}}
-
-        asked = [
-            one(key, request)
-            for key, request in requests.items()
-            if isinstance(request, dict) and isinstance(request.get("method"), str)
-        ]
-        return dict(await asyncio.gather(*asked))
-
-    async def _pin(self, pool: ServerPool, ctx: RequestContext) -> Pin | None:
-        """A handshake-era session's instance of a sticky or dedicated server. Requests
-        without a session (stateless, REST) are served by the pool's instances as shared."""
-        mode = pool.policy.mode
-        if mode == "shared" or ctx.pins is None:
-            return None
-        pin = ctx.pins.setdefault(pool.name, Pin())
-        if mode == "dedicated":
-            async with pin.lock:
-                if pin.instance is None:
-                    pin.instance = await pool.claim(pool.policy.startup_timeout_s)
-                    pin.release = pool.release
-                    self._bind_session(pin.instance, ctx)
-        return pin
-
-    def _bind_session(self, inst: Instance, ctx: RequestContext) -> None:
-        """A dedicated process talks to its session only: what it sends outside a request
-        goes to the session's standing stream."""
-        asker = _Asker(
-            RequestContext(
-                ctx.version,
-                ctx.stateless,
-                ask=ctx.session_ask,
-                client_capabilities=ctx.client_capabilities,
-            )
-        )
-        inst.conn.on_request = asker
-        session_emit = ctx.session_emit
-
-        def on_notification(method: str, params: JSON) -> None:
-            if session_emit is not None and method.startswith("notifications/"):
-                session_emit({"jsonrpc": "2.0", "method": method, "params": params})
-
-        inst.conn.on_notification = on_notification
-
-    def _asker(self, ctx: RequestContext) -> _Asker:
-        return _Asker(ctx)
-
-    def _relay(self, ctx: RequestContext) -> Callable[[str, JSON], None] | None:
-        """Pass what an upstream sends about this request on to the client: progress under the
-        client's own token, log messages at or above the client's level."""
-        emit, token = ctx.emit, ctx.progress_token
-        if emit is None or (token is None and not ctx.send_logs):
-            return None
-        floor = LOG_LEVELS.index(ctx.log_level) if ctx.log_level in LOG_LEVELS else 0
-
-        def relay(method: str, params: JSON) -> None:
-            if method == "notifications/progress":
-                if token is not None:
-                    params = {**params, "progressToken": token}
-                    emit({"jsonrpc": "2.0", "method": method, "params": params})
-            elif method == "notifications/message" and ctx.send_logs:
-                level = params.get("level")
-                if level not in LOG_LEVELS or LOG_LEVELS.index(level) >= floor:
-                    emit({"jsonrpc": "2.0", "method": method, "params": params})
-
-        return relay
-
-
-class _Asker:
-    """Answers what a server asks while it works on one request: `ping` here, the rest by
-    the client, if it declared the capability and can be reached."""
-
-    def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-
-    @property
-    def waiting(self) -> bool:
-        """Parked until the client answers: the server is not working on it right now."""
-        return self.ctx.waiting is not None and self.ctx.waiting()
-
-    async def __call__(self, method: str, params: JSON) -> JSON:
-        ctx = self.ctx
-        if method == "ping":
-            return {}
-        capability = CLIENT_REQUESTS.get(method)
-        if capability is None:
-            raise JsonRpcError(METHOD_NOT_FOUND, f"meshgate does not forward {method}")
-        if capability not in ctx.client_capabilities:
-            if method == "roots/list":
-                return {"roots": []}
-            raise JsonRpcError(
-                MISSING_CAPABILITY,
-                f"the client did not declare the {capability!r} capability",
-                {"requiredCapabilities": {capability: {}}},
-            )
-        if ctx.ask is None:
-            raise JsonRpcError(
-                METHOD_NOT_FOUND,
-                f"the client cannot be sent {method} for this request (it accepts no event stream)",
-            )
-        return await ctx.ask(method, params)
-
-
-def _str_param(params: JSON, name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value:
-        raise JsonRpcError(INVALID_PARAMS, f"'{name}' must be a non-empty string")
-    return value
-
-
-def _upstream_params(params: JSON, ctx: RequestContext, **overrides: Any) -> JSON:
-    """The client's params for an upstream request: its protocol `_meta` keys replaced by the
-    gateway's (the connection adds version and client info), but with the client's own
-    capabilities, so that a stateless server asks only what the client can answer; its
-    progress token replaced by the connection's."""
-    out = {**params, **overrides}
-    meta = params.get("_meta")
-    kept = {
-        k: v
-        for k, v in (meta.items() if isinstance(meta, dict) else ())
-        if k != "progressToken" and not k.startswith(_META_PREFIX)
-    }
-    kept[META_CAPABILITIES] = bridgeable(ctx)
-    if ctx.emit is not None and ctx.send_logs:  # a stateless server logs only when asked
-        kept[META_LOG_LEVEL] = ctx.log_level or "debug"
-    out["_meta"] = kept
-    return out
-
-
-def bridgeable(ctx: RequestContext) -> JSON:
-    """The client capabilities a server may rely on through the gateway for this request."""
-    return {k: v for k, v in ctx.client_capabilities.items() if k in CLIENT_REQUESTS.values()}
-
-
-def json_rpc_error(err: BaseException) -> tuple[int, str, Any]:
-    """(code, message, data) for an error raised while answering a request."""
-    if isinstance(err, JsonRpcError):
-        return err.code, err.message, err.data
-    if isinstance(err, MeshgateError) and "upstream_code" in err.extra:
-        # The server answered with an error: the client sees it as the server sent it.
-        return (
-            err.extra["upstream_code"],
-            err.extra["upstream_message"],
-            err.extra.get("upstream_data"),
-        )
-    if isinstance(err, UnknownTool | InvalidArguments):
-        data = dict(err.extra) or None
-        return INVALID_PARAMS, err.detail, data
-    if isinstance(err, UnknownService):
-        return METHOD_NOT_FOUND, err.detail, None
-    if isinstance(err, MeshgateError):
-        data = {"type": err.type, "status": err.status, **err.extra}
-        if err.retry_after is not None:
-            data["retry_after_s"] = err.retry_after
-        return err.jsonrpc_code, err.detail, data
-    raise err

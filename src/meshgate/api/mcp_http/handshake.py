@@ -32,15 +32,8 @@ from meshgate.api.mcp_http.streaming import Channel, counted, event_stream, foll
 from meshgate.api.responses import json_response
 from meshgate.api.routing import unless_disconnected
 from meshgate.errors import MeshgateError, SessionInstanceLost
-from meshgate.frontend.server import (
-    LATEST_HANDSHAKE,
-    LOG_LEVELS,
-    Ask,
-    Emit,
-    McpFront,
-    RequestContext,
-    json_rpc_error,
-)
+from meshgate.frontend.context import LOG_LEVELS, Ask, Emit, RequestContext, json_rpc_error
+from meshgate.frontend.server import LATEST_HANDSHAKE, McpFront
 from meshgate.frontend.sessions import ClientSession, SessionStore
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.wire import jsonrpc

@@ -30,8 +30,9 @@ from meshgate.api.mcp_http.checks import (
 from meshgate.api.mcp_http.streaming import Channel, event_stream, follow, respond, sse
 from meshgate.api.responses import dumps
 from meshgate.errors import MeshgateError
+from meshgate.frontend.context import LOG_LEVELS, RequestContext, json_rpc_error
 from meshgate.frontend.input_required import INPUT_METHODS, WRAPPED_PREFIX, Parked, ParkedCalls
-from meshgate.frontend.server import LOG_LEVELS, McpFront, RequestContext, json_rpc_error
+from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import EventStream
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.wire import jsonrpc

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.responses import dumps, json_response
 from meshgate.api.routing import unless_disconnected
-from meshgate.frontend.server import Emit
+from meshgate.frontend.context import Emit
 from meshgate.frontend.sessions import ClientSession, EventStream
 from meshgate.wire import jsonrpc
 from meshgate.wire.jsonrpc import INTERNAL_ERROR, JSON, REQUEST_CANCELLED
