@@ -72,7 +72,7 @@ def test_kill_under_load_retries_safe_calls_and_fails_unsafe_ones(tmp_path: Path
             return r.status_code
 
         def all_in_flight(view: dict[str, Any]) -> bool:
-            return sum(i["in_flight"] for i in view["instances"]) == 16
+            return sum(int(i["in_flight"]) for i in view["instances"]) == 16
 
         with ThreadPoolExecutor(16) as pool:
             # Long enough that every call is still upstream when the last one arrives.

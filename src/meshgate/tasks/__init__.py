@@ -10,9 +10,7 @@ from meshgate.errors import ConfigError
 from meshgate.tasks.base import TaskQueue
 
 
-def open_queue(
-    url: str, path: Path | None, *, clock: Callable[[], float] = time.time
-) -> TaskQueue:
+def open_queue(url: str, path: Path | None, *, clock: Callable[[], float] = time.time) -> TaskQueue:
     """The queue backend named by a URL: `embedded` (SQLite at `path`, or in memory when there
     is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes).
     `clock` gives the times the queue stores and compares (retry delays, the result TTL)."""

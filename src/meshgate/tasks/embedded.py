@@ -56,9 +56,7 @@ class EmbeddedQueue:
 
     name = "embedded"
 
-    def __init__(
-        self, path: str | Path | None, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, path: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # wall-clock seconds: stored times outlive the process
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
