@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -70,10 +71,14 @@ def test_kill_under_load_retries_safe_calls_and_fails_unsafe_ones(tmp_path: Path
             r = client.post(f"/api/v1/mcp/servers/f/tools/{tool}", json={"arguments": args})
             return r.status_code
 
+        def all_in_flight(view: dict[str, Any]) -> bool:
+            return sum(int(i["in_flight"]) for i in view["instances"]) == 16
+
         with ThreadPoolExecutor(16) as pool:
-            safe = [pool.submit(call, "sleep", {"seconds": 0.5}) for _ in range(8)]
-            unsafe = [pool.submit(call, "slow_write", {"seconds": 0.5}) for _ in range(8)]
-            time.sleep(0.25)
+            # Long enough that every call is still upstream when the last one arrives.
+            safe = [pool.submit(call, "sleep", {"seconds": 2.0}) for _ in range(8)]
+            unsafe = [pool.submit(call, "slow_write", {"seconds": 2.0}) for _ in range(8)]
+            gw.wait_for("f", all_in_flight, timeout=10)  # half of them on the victim
             os.kill(victim, signal.SIGKILL)
             safe_codes = [f.result() for f in safe]
             unsafe_codes = [f.result() for f in unsafe]
@@ -107,16 +112,23 @@ def test_timeout_is_504_and_cancels_upstream(tmp_path: Path) -> None:
 
 
 def test_client_disconnect_cancels_upstream(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(
-                f"{gw.url}/api/v1/mcp/servers/f/tools/hang", json={"arguments": {}}, timeout=0.5
+    async def give_up_once_upstream(gw: Any) -> None:
+        async with httpx.AsyncClient(base_url=gw.url) as http, anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: http.post("/api/v1/mcp/servers/f/tools/hang", json={"arguments": {}})
             )
+            await anyio.to_thread.run_sync(
+                lambda: gw.wait_for("f", lambda v: v["instances"][0]["in_flight"] == 1)
+            )
+            tg.cancel_scope.cancel()  # the connection closes with the call unanswered
+
+    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        anyio.run(give_up_once_upstream, gw)
         deadline = time.monotonic() + 5
         while not _stats(gw, "f")["cancelled"]:
             assert time.monotonic() < deadline, "the hung call was not cancelled upstream"
             time.sleep(0.05)
-        assert gw.instances("f")[0]["in_flight"] == 0
+        gw.wait_for("f", lambda v: v["instances"][0]["in_flight"] == 0, timeout=5)
 
 
 def test_breaker_opens_after_failures_and_recovers_through_half_open(tmp_path: Path) -> None:
@@ -125,7 +137,7 @@ def test_breaker_opens_after_failures_and_recovers_through_half_open(tmp_path: P
 call_timeout_s = 0.2
 [servers.f.breaker]
 failure_threshold = 3
-recovery_s = 1.0
+recovery_s = 2.0
 half_open_successes = 1
 """
     with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
@@ -136,8 +148,7 @@ half_open_successes = 1
         assert r.status_code == 503
         assert r.json()["reason"] == "circuit_open"
         assert int(r.headers["retry-after"]) >= 1
-        time.sleep(1.1)
-        assert gw.instances("f")[0]["breaker"] == "half_open"
+        gw.wait_for("f", lambda v: v["instances"][0]["breaker"] == "half_open", timeout=10)
         assert gw.call("f", "echo", {"text": "trial"}).status_code == 200
         assert gw.instances("f")[0]["breaker"] == "closed"
 
@@ -145,12 +156,12 @@ half_open_successes = 1
 def test_breaker_failure_in_half_open_reopens(tmp_path: Path) -> None:
     policy = (
         "[servers.f]\ncall_timeout_s = 0.2\n"
-        "[servers.f.breaker]\nfailure_threshold = 2\nrecovery_s = 0.5\n"
+        "[servers.f.breaker]\nfailure_threshold = 2\nrecovery_s = 2.0\n"
     )
     with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
         for _ in range(2):
             gw.call("f", "hang")
-        time.sleep(0.6)
+        gw.wait_for("f", lambda v: v["instances"][0]["breaker"] == "half_open", timeout=10)
         assert gw.call("f", "hang").status_code == 504
         assert gw.instances("f")[0]["breaker"] == "open"
 

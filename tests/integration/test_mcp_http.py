@@ -299,8 +299,8 @@ def test_cancelled_notification_cancels_upstream(gw: Gateway) -> None:
     h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
     before = len(_stats(gw, "hs")["cancelled"])
 
-    def cancel_soon() -> None:
-        time.sleep(0.5)
+    def cancel_once_upstream() -> None:
+        gw.wait_for("hs", lambda v: v["instances"][0]["in_flight"] == 1, timeout=10)
         note = {
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
@@ -309,7 +309,7 @@ def test_cancelled_notification_cancels_upstream(gw: Gateway) -> None:
         with httpx.Client(base_url=gw.url) as other:
             assert other.post("/mcp/hs", headers=h, json=note).status_code == 202
 
-    canceller = threading.Thread(target=cancel_soon)
+    canceller = threading.Thread(target=cancel_once_upstream)
     canceller.start()
     call = {"jsonrpc": "2.0", "id": "c-1", "method": "tools/call", "params": {"name": "hang"}}
     r = gw.http.post("/mcp/hs", headers=h, json=call)
@@ -348,7 +348,8 @@ def test_sse_stream_resumes_with_last_event_id(gw: Gateway) -> None:
 
 
 def test_session_limit_and_idle_expiry(tmp_path: Path) -> None:
-    env = {"MESHGATE_MAX_SESSIONS": "2", "MESHGATE_SESSION_IDLE_TIMEOUT_S": "1"}
+    # Short enough to wait for, long enough that both sessions outlive the third initialize.
+    env = {"MESHGATE_MAX_SESSIONS": "2", "MESHGATE_SESSION_IDLE_TIMEOUT_S": "2"}
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
         first = _initialize(gw.http, "/mcp/fault")
         _initialize(gw.http, "/mcp/fault")
@@ -361,7 +362,13 @@ def test_session_limit_and_idle_expiry(tmp_path: Path) -> None:
         r = gw.http.post("/mcp/fault", headers=_headers(), json=init)
         assert r.status_code == 503 and "max_sessions" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) >= 1
-        time.sleep(2.5)  # both sessions idle out
+        # Both sessions idle out: the same initialize (which touches neither) is then accepted.
+        deadline = time.monotonic() + 30
+        while r.status_code == 503:
+            assert time.monotonic() < deadline, "idle sessions were never ended"
+            time.sleep(0.05)
+            r = gw.http.post("/mcp/fault", headers=_headers(), json=init)
+        assert r.status_code == 200, r.text
         h = _headers(**{"Mcp-Session-Id": first, "MCP-Protocol-Version": "2025-11-25"})
         r = gw.http.post(
             "/mcp/fault", headers=h, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
@@ -422,10 +429,20 @@ def test_stateless_envelope_and_headers_are_checked(gw: Gateway) -> None:
 def test_stateless_disconnect_cancels_upstream(gw: Gateway) -> None:
     before = len(_stats(gw, "hs")["cancelled"])
     msg = _stateless("tools/call", {"name": "hang"}, id_=77)
-    with pytest.raises(httpx.ReadTimeout):
-        gw.http.post(
-            "/mcp/hs", headers=_stateless_headers("tools/call", "hang"), json=msg, timeout=1.0
-        )
+
+    async def give_up_once_upstream() -> None:
+        async with httpx.AsyncClient(base_url=gw.url) as http, anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: http.post(
+                    "/mcp/hs", headers=_stateless_headers("tools/call", "hang"), json=msg
+                )
+            )
+            await anyio.to_thread.run_sync(
+                lambda: gw.wait_for("hs", lambda v: v["instances"][0]["in_flight"] == 1)
+            )
+            tg.cancel_scope.cancel()  # the connection closes with the request unanswered
+
+    anyio.run(give_up_once_upstream)
     deadline = time.monotonic() + 10
     while len(_stats(gw, "hs")["cancelled"]) == before:
         assert time.monotonic() < deadline, "closing the request did not cancel it upstream"
@@ -596,9 +613,14 @@ def test_dedicated_mode_gives_each_session_its_own_process(tmp_path: Path) -> No
             assert sorted(str(i["pid"]) for i in dedicated) == sorted(pa | pb)
             # Its own process: a question asked while another call of the session is in
             # flight still reaches this session's client (on its GET stream).
+            mine = int(next(iter(pa)))
+
+            def sleeping(v: dict[str, Any]) -> bool:
+                return any(i["pid"] == mine and i["in_flight"] == 1 for i in v["instances"])
+
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.call_tool, "sleep", {"seconds": 1.0})
-                await anyio.sleep(0.2)
+                await anyio.to_thread.run_sync(lambda: gw.wait_for("s", sleeping, timeout=10))
                 asked = _texts(await a.call_tool("ask_roots", {}))[0]
             assert "file:///mine" in asked
             return int(pa.pop()), int(pb.pop()), asked
@@ -622,7 +644,7 @@ def test_dedicated_mode_gives_each_session_its_own_process(tmp_path: Path) -> No
             gw.http.post("/mcp/s", headers=h, json=msg).json()["result"]["content"][0]["text"]
         )
         os.kill(pid, signal.SIGKILL)
-        time.sleep(0.3)
+        gw.wait_for("s", lambda v: pid not in [i["pid"] for i in v["instances"]], timeout=10)
         assert gw.http.post("/mcp/s", headers=h, json=msg).status_code == 404
 
         # At max_dedicated sessions, the next one is refused with 503 and a reason.
@@ -666,8 +688,12 @@ def test_sdk_client_cancelling_a_call_cancels_it_upstream(gw: Gateway, mode: str
 
     async def main() -> None:
         async with Client(f"{gw.url}/mcp/hs", mode=mode) as c:
-            with anyio.move_on_after(0.5):
-                await c.call_tool("hang", {})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(c.call_tool, "hang", {})
+                await anyio.to_thread.run_sync(
+                    lambda: gw.wait_for("hs", lambda v: v["instances"][0]["in_flight"] == 1)
+                )
+                tg.cancel_scope.cancel()  # the client gives up on the call
             assert _texts(await c.call_tool("echo", {"text": "still here"})) == ["still here"]
 
     anyio.run(main)

@@ -343,12 +343,15 @@ def test_a_2025_11_25_session_hears_when_its_task_ends(tmp_path: Path) -> None:
     with run_gateway(tmp_path, {"fault": fault_server()}, POLICY) as gw:
         s = Session(gw)
         heard: list[dict[str, Any]] = []
+        opened = threading.Event()
         headers = _headers(**{"Mcp-Session-Id": s.id, "MCP-Protocol-Version": "2025-11-25"})
         headers["Accept"] = "text/event-stream"
 
         def listen() -> None:
             with httpx.Client(base_url=str(gw.http.base_url), timeout=30) as client:
                 with client.stream("GET", "/mcp/fault", headers=headers) as stream:
+                    # Answered: the stream follows the session from the events after this point.
+                    opened.set()
                     for line in stream.iter_lines():
                         if line.startswith("data:") and line[5:].strip():
                             heard.append(json.loads(line[5:]))
@@ -357,7 +360,7 @@ def test_a_2025_11_25_session_hears_when_its_task_ends(tmp_path: Path) -> None:
 
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
-        time.sleep(0.3)  # the GET stream is open
+        assert opened.wait(10), "the GET stream never opened"
         call = {"name": "sleep", "arguments": {"seconds": 0.2}, "task": {}}
         task_id = s.rpc("tools/call", call)["result"]["task"]["taskId"]
         listener.join(20)

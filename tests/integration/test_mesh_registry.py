@@ -120,21 +120,41 @@ def test_registration_is_idempotent_and_validated(tmp_path: Path) -> None:
 
 def test_a_missed_ttl_removes_the_instance(tmp_path: Path) -> None:
     with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
-        body = {
-            "name": "cron",
-            "url": "http://127.0.0.1:9",
-            "ttl_s": 1.0,
-            "check": {"type": "tcp", "interval_s": 60},
-        }
-        r = gw.http.post(f"{API}/register", json=body)
-        assert r.status_code == 201
-        id_ = r.json()["id"]
-        for _ in range(3):  # heartbeats keep it
-            time.sleep(0.5)
-            assert gw.http.put(f"{API}/services/cron/instances/{id_}/heartbeat").status_code == 200
-        time.sleep(2.0)
-        assert gw.get(f"{API}/services/cron").status_code == 404
-        assert gw.http.put(f"{API}/services/cron/instances/{id_}/heartbeat").status_code == 404
+        ids = {}
+        for name in ("kept", "silent"):
+            body = {
+                "name": name,
+                "url": "http://127.0.0.1:9",
+                "ttl_s": 2.0,
+                "check": {"type": "tcp", "interval_s": 60},
+            }
+            r = gw.http.post(f"{API}/register", json=body)
+            assert r.status_code == 201
+            ids[name] = r.json()["id"]
+
+        def heartbeat(name: str) -> int:
+            return gw.http.put(f"{API}/services/{name}/instances/{ids[name]}/heartbeat").status_code
+
+        # "kept" is heartbeated while "silent" is not: once "silent" is gone, a TTL has passed
+        # since both registered, and "kept" must have outlived it.
+        deadline = time.monotonic() + 30
+        while gw.get(f"{API}/services/silent").status_code == 200:
+            assert heartbeat("kept") == 200
+            assert time.monotonic() < deadline, "an instance outlived its TTL"
+            time.sleep(0.05)
+        assert heartbeat("kept") == 200
+        assert gw.get(f"{API}/services/kept").status_code == 200
+        assert heartbeat("silent") == 404
+        # Now "kept" falls silent too.
+        wait_service_gone(gw, "kept")
+        assert heartbeat("kept") == 404
+
+
+def wait_service_gone(gw: Gateway, name: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while gw.get(f"{API}/services/{name}").status_code != 404:
+        assert time.monotonic() < end, f"{name} was never removed"
+        time.sleep(0.05)
 
 
 def test_registrations_survive_a_gateway_kill(tmp_path: Path) -> None:

@@ -9,14 +9,18 @@ backends behind a gateway.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
+import redis.asyncio as aioredis
 
 from meshgate.errors import QueueUnavailable
 from meshgate.tasks import open_queue
 from meshgate.tasks.base import TaskQueue, page
+from meshgate.tasks.redis import PREFIX, RedisQueue
 from meshgate.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,18 +28,64 @@ pytestmark = pytest.mark.timeout(60)
 TARGET = {"server": "s", "tool": "echo", "arguments": {"text": "x"}}
 
 
+class QueueFactory(Protocol):
+    def __call__(self, clock: Callable[[], float] = time.time) -> TaskQueue: ...
+
+
+class Clock:
+    """A wall clock the test moves by hand (retry delays and the result TTL go by it)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture(params=["embedded", "redis"])
-def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], TaskQueue]]:
+def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueFactory]:
     """A factory of queue handles on one store (two handles: two nodes sharing it)."""
     if request.param == "embedded":
         path = tmp_path / "tasks.sqlite3"
-        yield lambda: open_queue("embedded", path)
+
+        def embedded(clock: Callable[[], float] = time.time) -> TaskQueue:
+            return open_queue("embedded", path, clock=clock)
+
+        yield embedded
         return
     server = RedisServer(tmp_path).start()
+
+    def shared(clock: Callable[[], float] = time.time) -> TaskQueue:
+        return open_queue(server.url, None, clock=clock)
+
     try:
-        yield lambda: open_queue(server.url, None)
+        yield shared
     finally:
         server.stop()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _hearing_events(q: TaskQueue) -> None:
+    """Wait until the queue hears its events: the Redis backend once its listener subscribed
+    (Redis counts the subscribers of the channel); the embedded one at once."""
+    if not isinstance(q, RedisQueue):
+        return
+    client = aioredis.from_url(q.url)
+    try:
+
+        async def subscribed() -> bool:
+            [(_, n)] = await client.pubsub_numsub(f"{PREFIX}events")
+            return int(n) >= 1
+
+        await _until(subscribed, "the event listener")
+    finally:
+        await client.aclose()
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
@@ -57,7 +107,7 @@ async def _enqueue(q: TaskQueue, priority: int = 0, **kw: object) -> str:
 
 
 def test_claims_go_by_priority_then_age_and_each_task_to_one_worker(
-    make_queue: Callable[[], TaskQueue],
+    make_queue: QueueFactory,
 ) -> None:
     async def main() -> None:
         q = make_queue()
@@ -80,7 +130,7 @@ def test_claims_go_by_priority_then_age_and_each_task_to_one_worker(
 
 
 def test_a_dead_workers_task_is_claimed_again_after_its_lease(
-    make_queue: Callable[[], TaskQueue],
+    make_queue: QueueFactory,
 ) -> None:
     async def main() -> None:
         q, other = make_queue(), make_queue()
@@ -90,11 +140,17 @@ def test_a_dead_workers_task_is_claimed_again_after_its_lease(
         assert [t["id"] for t in await q.claim("dead", 1, 1.0)] == [task_id]
         renewed = await _enqueue(q)
         assert [t["id"] for t in await q.claim("alive", 1, 1.0)] == [renewed]
-        for _ in range(3):  # the live worker renews; the dead one does not
-            await asyncio.sleep(0.5)
+        # The live worker renews its lease while another node tries to claim; the dead one's
+        # lease (Redis's own idle time, for that backend) runs out, and only its task moves.
+        again: list[dict[str, object]] = []
+
+        async def taken_over() -> bool:
             await q.extend(renewed, "alive", 1.0)
-        again = await other.claim("n2", 5, 1.0)
-        assert [t["id"] for t in again] == [task_id]
+            again.extend(await other.claim("n2", 5, 1.0))
+            return bool(again)
+
+        await _until(taken_over, "the dead worker's lease to run out")
+        assert [t["id"] for t in again] == [task_id]  # the renewed one stays with its worker
         assert again[0]["attempts"] == 2 and again[0]["worker"] == "n2"
         assert await other.finish(task_id, "succeeded", result={"ok": True})
         assert not await q.finish(task_id, "failed")  # final stays final
@@ -107,20 +163,23 @@ def test_a_dead_workers_task_is_claimed_again_after_its_lease(
 
 
 def test_retries_wait_their_delay_and_requeue_own_frees_a_restarted_nodes_tasks(
-    make_queue: Callable[[], TaskQueue],
+    make_queue: QueueFactory,
 ) -> None:
     async def main() -> None:
-        q = make_queue()
+        clock = Clock()
+        q = make_queue(clock)
         await q.start()
         task_id = await _enqueue(q)
         await q.claim("n1", 1, 30)
-        await q.retry_later(task_id, 0.6, {"detail": "busy"})
+        await q.retry_later(task_id, 60, {"detail": "busy"})
         task = await q.get(task_id)
         assert (
             task is not None and task["status"] == "queued" and task["error"] == {"detail": "busy"}
         )
         assert await q.claim("n1", 1, 30) == []
-        await asyncio.sleep(0.8)
+        clock.now += 59
+        assert await q.claim("n1", 1, 30) == []  # not yet
+        clock.now += 2
         assert [t["attempts"] for t in await q.claim("n1", 1, 30)] == [2]
         assert await q.requeue_own("n1") == 1  # n1 restarted: its task is ready again
         assert [t["attempts"] for t in await q.claim("n1", 1, 30)] == [3]
@@ -134,7 +193,7 @@ def test_retries_wait_their_delay_and_requeue_own_frees_a_restarted_nodes_tasks(
 
 
 def test_cancelled_tasks_are_never_claimed_and_events_say_so(
-    make_queue: Callable[[], TaskQueue],
+    make_queue: QueueFactory,
 ) -> None:
     async def main() -> None:
         q = make_queue()
@@ -143,17 +202,18 @@ def test_cancelled_tasks_are_never_claimed_and_events_say_so(
         await q.start()
         queued = await _enqueue(q)
         running = await _enqueue(q)
-        await asyncio.sleep(0.1)  # (the Redis backend's event listener is subscribed)
+        await _hearing_events(q)
         assert await q.cancel(queued) == "queued"
         assert [t["id"] for t in await q.claim("n1", 5, 30)] == [running]
         assert await q.cancel(running) == "running"
         assert await q.cancel(running) == "cancelled"  # final: as it was
         assert await q.cancel("t-nope") is None
         assert not await q.finish(running, "succeeded")
-        for _ in range(50):
-            if ("cancel", running) in events:
-                break
-            await asyncio.sleep(0.02)
+
+        async def heard() -> bool:
+            return ("cancel", running) in events
+
+        await _until(heard, "the cancel event")
         assert ("cancel", queued) in events and ("done", running) in events
         assert await q.counts() == {"cancelled": 2}
         await q.close()
@@ -161,7 +221,7 @@ def test_cancelled_tasks_are_never_claimed_and_events_say_so(
     run(main)
 
 
-def test_questions_wait_for_their_answers(make_queue: Callable[[], TaskQueue]) -> None:
+def test_questions_wait_for_their_answers(make_queue: QueueFactory) -> None:
     async def main() -> None:
         q = make_queue()
         await q.start()
@@ -190,9 +250,10 @@ def test_questions_wait_for_their_answers(make_queue: Callable[[], TaskQueue]) -
     run(main)
 
 
-def test_owners_idempotency_and_the_result_ttl(make_queue: Callable[[], TaskQueue]) -> None:
+def test_owners_idempotency_and_the_result_ttl(make_queue: QueueFactory) -> None:
     async def main() -> None:
-        q = make_queue()
+        clock = Clock()
+        q = make_queue(clock)
         await q.start()
         mine = [await _enqueue(q, owner="session-a") for _ in range(3)]
         await _enqueue(q, owner="session-b")
@@ -209,8 +270,10 @@ def test_owners_idempotency_and_the_result_ttl(make_queue: Callable[[], TaskQueu
             await page(q, "%%", 2)
         for task in await q.claim("n1", 10, 30):
             await q.finish(task["id"], "succeeded")
-        await asyncio.sleep(0.3)
-        assert await q.sweep(0.1) == 5
+        clock.now += 30
+        assert await q.sweep(60) == 0  # final for 30 s: kept for a 60 s TTL
+        clock.now += 31
+        assert await q.sweep(60) == 5
         assert await q.get(keyed) is None and await q.counts() == {}
         assert (await page(q, None, 10, owner="session-a"))[0] == []
         _, created = await q.enqueue(

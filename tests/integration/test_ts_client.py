@@ -19,9 +19,11 @@ pytestmark = pytest.mark.timeout(120)
 SCRIPT = REPO / "tests" / "interop" / "ts_client.mjs"
 
 
-def _node(url: str, scenario: str, timeout: float = 60) -> subprocess.Popen[str]:
+def _node(url: str, scenario: str) -> subprocess.Popen[str]:
+    """The client, started; it waits for a line on stdin, or its end, where a scenario must."""
     return subprocess.Popen(
         ["node", str(SCRIPT), url, scenario],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -30,6 +32,7 @@ def _node(url: str, scenario: str, timeout: float = 60) -> subprocess.Popen[str]
 
 
 def _result(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    """What the client printed at its end; closing its stdin tells it to finish."""
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"{out}\n{err}"
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -62,7 +65,9 @@ def test_typescript_client_cancels(gw: Gateway) -> None:
         return len(json.loads(r.json()["content"][0]["text"])["cancelled"])
 
     before = cancelled()
-    assert _result(_node(gw.url + "/mcp/hs", "cancel"))["cancelled"]
+    proc = _node(gw.url + "/mcp/hs", "cancel")
+    gw.wait_for("hs", lambda v: v["instances"][0]["in_flight"] == 1)  # the call is upstream
+    assert _result(proc)["cancelled"]
     deadline = time.monotonic() + 10
     while cancelled() == before:
         assert time.monotonic() < deadline, "the server never heard of the cancellation"
@@ -73,10 +78,16 @@ def test_typescript_session_survives_a_killed_instance(tmp_path: Path) -> None:
     policy = "[servers.s]\ninstances = 2\n"
     with run_gateway(tmp_path, {"s": fault_server()}, policy) as gw:
         proc = _node(gw.url + "/mcp/s", "loop")
-        time.sleep(1.5)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "calling"
         victim = gw.instances("s")[0]["pid"]
         os.kill(victim, signal.SIGKILL)
-        r = _result(proc)
-        assert r["errors"] == [] and r["ok"] > 50
-        view = gw.wait_for("s", lambda v: all(i["state"] == "healthy" for i in v["instances"]))
-        assert victim not in [i["pid"] for i in view["instances"]]
+        gw.wait_for(
+            "s",
+            lambda v: (
+                all(i["state"] == "healthy" for i in v["instances"])
+                and victim not in [i["pid"] for i in v["instances"]]
+            ),
+        )
+        r = _result(proc)  # it called on all along, and 40 more times after the replacement
+        assert r["errors"] == [] and r["ok"] >= 60

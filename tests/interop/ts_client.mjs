@@ -1,6 +1,9 @@
 // A TypeScript SDK (@modelcontextprotocol/sdk) client run against meshgate by
 // tests/integration/test_ts_client.py. Usage: node ts_client.mjs URL SCENARIO
 // Prints one JSON object with what it saw; exits non-zero on an unexpected error.
+// The `cancel` and `loop` scenarios wait for the test's word on stdin (a line, or its end)
+// before they give up on their call or stop calling, so that the test decides when.
+import { createInterface } from "node:readline";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
@@ -11,6 +14,19 @@ import {
 
 const [url, scenario] = process.argv.slice(2);
 const out = { scenario };
+
+// Resolves at the test's first line on stdin, or when stdin ends.
+function told() {
+  return new Promise((resolve) => {
+    const lines = createInterface({ input: process.stdin });
+    const done = () => {
+      lines.close();
+      resolve();
+    };
+    lines.once("line", done);
+    lines.once("close", done);
+  });
+}
 
 function text(result) {
   return result.content.filter((c) => c.type === "text").map((c) => c.text).join("");
@@ -71,7 +87,7 @@ async function basic() {
 async function cancel() {
   const { client, transport } = await connect();
   const controller = new AbortController();
-  setTimeout(() => controller.abort("enough"), 300);
+  told().then(() => controller.abort("enough"));
   try {
     await client.callTool({ name: "hang", arguments: {} }, undefined, { signal: controller.signal });
     out.cancelled = false;
@@ -85,10 +101,12 @@ async function cancel() {
 async function loop() {
   const { client, transport } = await connect();
   let ok = 0;
+  let stopping = false;
   const errors = [];
-  const end = Date.now() + 4000;
-  let i = 0;
-  while (Date.now() < end) {
+  told().then(() => (stopping = true));
+  // After the word to stop, some more calls: they reach the instance that replaced the killed one.
+  for (let i = 0, after = 0; after < 40; i++) {
+    if (stopping) after++;
     try {
       const r = await client.callTool({ name: "echo", arguments: { text: String(i) } });
       if (text(r) === String(i)) ok++;
@@ -96,8 +114,7 @@ async function loop() {
     } catch (e) {
       errors.push(String(e));
     }
-    i++;
-    await new Promise((r) => setTimeout(r, 5));
+    if (i === 19) console.log("calling"); // the session is busy: the test may kill an instance
   }
   out.ok = ok;
   out.errors = errors;

@@ -77,16 +77,54 @@ def test_sessions_are_bounded_and_find_their_streams() -> None:
     asyncio.run(main())
 
 
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_idle_sessions_end_and_busy_ones_stay() -> None:
     async def main() -> None:
-        store = SessionStore(max_sessions=10, idle_timeout_s=0.2)
+        clock = Clock()
+        store = SessionStore(max_sessions=10, idle_timeout_s=60, clock=clock)
         idle = store.create("srv", "2025-11-25", {}, {})
+        seen = store.create("srv", "2025-11-25", {}, {})
         busy = store.create("srv", "2025-11-25", {}, {})
         busy.get_connected = 1  # an open GET stream
-        await asyncio.sleep(0.6)
+        clock.now += 40
+        assert store.get(seen.id) is seen  # a request renews the session
+        clock.now += 30
         store.sweep()
-        assert store.get(idle.id) is None
+        assert store.get(idle.id) is None  # 70 s idle
+        assert store.get(seen.id) is seen  # 30 s idle
         assert store.get(busy.id) is busy
+        clock.now += 61
+        store.sweep()
+        assert store.get(seen.id) is None
+        assert store.get(busy.id) is busy  # busy sessions never idle out
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_closed_streams_are_forgotten_after_the_idle_timeout() -> None:
+    async def main() -> None:
+        clock = Clock()
+        store = SessionStore(max_sessions=10, idle_timeout_s=60, clock=clock)
+        session = store.create("srv", "2025-11-25", {}, {})
+        session.get_connected = 1
+        old, recent, still_open = session.new_stream(), session.new_stream(), session.new_stream()
+        old.close()
+        clock.now += 50
+        recent.close()
+        clock.now += 20
+        store.sweep()
+        assert old.id not in session.streams  # closed 70 s ago
+        assert recent.id in session.streams and still_open.id in session.streams
         await store.close()
 
     asyncio.run(main())

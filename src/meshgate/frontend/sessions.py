@@ -27,7 +27,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from meshgate.errors import Unavailable
@@ -50,8 +50,11 @@ class TooManySessions(Unavailable):
 class EventStream:
     """The events of one SSE stream, kept so a client can resume it."""
 
-    def __init__(self, stream_id: str, *, keep: int) -> None:
+    def __init__(
+        self, stream_id: str, *, keep: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.id = stream_id
+        self._clock = clock
         self.events: collections.deque[tuple[int, str]] = collections.deque(maxlen=keep)
         self.closed_at: float | None = None
         self._next = 1
@@ -71,7 +74,7 @@ class EventStream:
 
     def close(self) -> None:
         if self.closed_at is None:
-            self.closed_at = time.monotonic()
+            self.closed_at = self._clock()
             self._wake.set()
 
     async def follow(self, after: int) -> AsyncIterator[tuple[str, str]]:
@@ -96,8 +99,9 @@ class ClientSession:
     client_capabilities: JSON
     client_info: JSON
     keep_events: int
-    created: float = field(default_factory=time.monotonic)
-    last_seen: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic  # the store's: idle times are measured by it
+    created: float = field(init=False)  # by `clock`
+    last_seen: float = field(init=False)
     initialized: bool = False
     log_level: str | None = None  # from logging/setLevel
     streams: dict[str, EventStream] = field(default_factory=dict)
@@ -111,7 +115,8 @@ class ClientSession:
     caller: str | None = None  # for the topology: X-Meshgate-Caller, or the client's name
 
     def __post_init__(self) -> None:
-        self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events)
+        self.created = self.last_seen = self.clock()
+        self.streams[GET_STREAM] = EventStream(GET_STREAM, keep=self.keep_events, clock=self.clock)
 
     @property
     def standing(self) -> EventStream:
@@ -122,7 +127,7 @@ class ClientSession:
         self.standing.push(json.dumps(message, separators=(",", ":")))
 
     def new_stream(self) -> EventStream:
-        stream = EventStream(secrets.token_hex(4), keep=self.keep_events)
+        stream = EventStream(secrets.token_hex(4), keep=self.keep_events, clock=self.clock)
         self.streams[stream.id] = stream
         if len(self.streams) > MAX_STREAMS:
             self._forget_oldest_closed()
@@ -143,7 +148,7 @@ class ClientSession:
         return stream, int(n)
 
     def forget_closed(self, older_than: float) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for sid, stream in list(self.streams.items()):
             if stream.closed_at is not None and now - stream.closed_at > older_than:
                 del self.streams[sid]
@@ -165,10 +170,18 @@ class ClientSession:
 class SessionStore:
     """Every live client session, with a limit and an idle timeout."""
 
-    def __init__(self, *, max_sessions: int, idle_timeout_s: float, keep_events: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        idle_timeout_s: float,
+        keep_events: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self.keep_events = keep_events
+        self.clock = clock
         self.sessions: dict[str, ClientSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -190,6 +203,7 @@ class SessionStore:
             client_capabilities=capabilities,
             client_info=client_info,
             keep_events=self.keep_events,
+            clock=self.clock,
         )
         self.sessions[session.id] = session
         self._ensure_sweeper()
@@ -198,7 +212,7 @@ class SessionStore:
     def get(self, session_id: str) -> ClientSession | None:
         session = self.sessions.get(session_id)
         if session is not None:
-            session.last_seen = time.monotonic()
+            session.last_seen = self.clock()
         return session
 
     def end(self, session_id: str) -> bool:
@@ -210,7 +224,7 @@ class SessionStore:
 
     def sweep(self) -> None:
         """End sessions idle past the timeout; drop old closed streams of the others."""
-        now = time.monotonic()
+        now = self.clock()
         for sid, session in list(self.sessions.items()):
             busy = session.requests or session.get_connected
             if not busy and now - session.last_seen > self.idle_timeout_s:

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,8 +137,10 @@ class ServiceMesh:
         node: str,
         policy: ServerPolicy | None = None,
         policies: Mapping[str, ServerPolicy] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.clock = clock  # wall-clock seconds of heartbeats, as the store keeps them
         self.registry = registry
         self.node = node
         self.policy = policy or ServerPolicy()  # [defaults]
@@ -159,7 +161,7 @@ class ServiceMesh:
     async def start(self, static: list[Registration] | None = None) -> None:
         for reg in static or []:
             self.static.add(reg.instance_id)
-            self._add(reg, time.time())
+            self._add(reg, self.clock())
         for id_, body, heartbeat_at in self.store.all():
             if id_ in self.static:
                 continue
@@ -198,7 +200,7 @@ class ServiceMesh:
         self.store.put(id_, reg.name, reg.model_dump(mode="json"))
         if current is not None:
             self._remove(current, reason="registered again with changes")
-        return self._add(reg, time.time()), current is None
+        return self._add(reg, self.clock()), current is None
 
     def deregister(self, service: str, id_: str) -> bool:
         inst = self.instances.get(id_)
@@ -212,7 +214,7 @@ class ServiceMesh:
         inst = self.instances.get(id_)
         if inst is None or inst.service != service:
             return None
-        inst.heartbeat_at = time.time()
+        inst.heartbeat_at = self.clock()
         self.store.heartbeat(id_)
         return inst
 
@@ -342,15 +344,22 @@ class ServiceMesh:
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            now = time.time()
-            for inst in list(self.instances.values()):
-                ttl = inst.reg.ttl_s
-                if ttl is not None and now - inst.heartbeat_at > ttl:
-                    log.warning(
-                        "%s: no heartbeat for %.1fs (TTL %.1fs); removed",
-                        inst.id,
-                        now - inst.heartbeat_at,
-                        ttl,
-                    )
-                    self.store.delete(inst.id)
-                    self._remove(inst, reason="TTL expired")
+            self.expire()
+
+    def expire(self) -> list[str]:
+        """Remove every instance whose TTL passed without a heartbeat; their ids."""
+        now = self.clock()
+        expired: list[str] = []
+        for inst in list(self.instances.values()):
+            ttl = inst.reg.ttl_s
+            if ttl is not None and now - inst.heartbeat_at > ttl:
+                log.warning(
+                    "%s: no heartbeat for %.1fs (TTL %.1fs); removed",
+                    inst.id,
+                    now - inst.heartbeat_at,
+                    ttl,
+                )
+                self.store.delete(inst.id)
+                self._remove(inst, reason="TTL expired")
+                expired.append(inst.id)
+        return expired

@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class EmbeddedQueue:
 
     name = "embedded"
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # wall-clock seconds: stored times outlive the process
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
@@ -89,7 +91,7 @@ class EmbeddedQueue:
         owner: str | None = None,
     ) -> tuple[str, bool]:
         """(task id, created); an idempotency key seen before returns that task."""
-        now = time.time()
+        now = self._clock()
         with self._lock:
             if idempotency_key is not None:
                 row = self._db.execute(
@@ -121,7 +123,7 @@ class EmbeddedQueue:
         self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
     ) -> list[dict[str, Any]]:
         """Up to `n` ready tasks (queued, or running with an expired lease), now running."""
-        now = time.time()
+        now = self._clock()
         marks = ", ".join("?" * len(skip))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -153,7 +155,7 @@ class EmbeddedQueue:
             self._db.execute(
                 "UPDATE tasks SET visible_at = ? WHERE id = ? AND status = 'running' "
                 "AND worker = ?",
-                (time.time() + lease_s, id_, worker),
+                (self._clock() + lease_s, id_, worker),
             )
 
     async def finish(self, id_: str, status: str, *, result: Any = None, error: Any = None) -> bool:
@@ -165,7 +167,7 @@ class EmbeddedQueue:
                     status,
                     json.dumps(result) if result is not None else None,
                     json.dumps(error) if error is not None else None,
-                    time.time(),
+                    self._clock(),
                     id_,
                 ),
             )
@@ -178,7 +180,7 @@ class EmbeddedQueue:
             self._db.execute(
                 f"UPDATE tasks SET status = 'queued', visible_at = ?, error = ?, {NO_INPUT} "
                 "WHERE id = ? AND status = 'running'",
-                (time.time() + delay_s, json.dumps(error), id_),
+                (self._clock() + delay_s, json.dumps(error), id_),
             )
 
     async def cancel(self, id_: str) -> str | None:
@@ -190,7 +192,7 @@ class EmbeddedQueue:
                 self._db.execute(
                     f"UPDATE tasks SET status = 'cancelled', finished_at = ?, {NO_INPUT} "
                     "WHERE id = ?",
-                    (time.time(), id_),
+                    (self._clock(), id_),
                 )
         if row[0] not in FINAL:
             self._emit("cancel", id_)
@@ -202,7 +204,7 @@ class EmbeddedQueue:
             cur = self._db.execute(
                 f"UPDATE tasks SET status = 'queued', visible_at = ?, {NO_INPUT} "
                 "WHERE status = 'running' AND worker = ?",
-                (time.time(), worker),
+                (self._clock(), worker),
             )
         return cur.rowcount
 
@@ -211,7 +213,7 @@ class EmbeddedQueue:
             cur = self._db.execute(
                 "UPDATE tasks SET status = 'queued', attempts = 0, visible_at = ?, "
                 "finished_at = NULL WHERE id = ? AND status IN ('dead', 'failed')",
-                (time.time(), id_),
+                (self._clock(), id_),
             )
         return cur.rowcount > 0
 
@@ -296,7 +298,7 @@ class EmbeddedQueue:
             cur = self._db.execute(
                 "DELETE FROM tasks WHERE finished_at < ? "
                 "AND status IN ('succeeded', 'failed', 'cancelled', 'dead')",
-                (time.time() - older_than_s,),
+                (self._clock() - older_than_s,),
             )
         return cur.rowcount
 

@@ -28,7 +28,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -314,8 +314,10 @@ def _reachable(url: str) -> Any:
 class RedisQueue:
     name = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = url
+        # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
+        self._clock = clock
         # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
         self._r = aioredis.from_url(
             url,
@@ -427,7 +429,7 @@ class RedisQueue:
         idempotency_key: str | None,
         owner: str | None = None,
     ) -> tuple[str, bool]:
-        now = time.time()
+        now = self._clock()
         id_, created = await self._run(
             "enqueue",
             f"t-{secrets.token_hex(8)}",
@@ -445,7 +447,7 @@ class RedisQueue:
     async def claim(
         self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
     ) -> list[dict[str, Any]]:
-        rows = await self._run("claim", worker, n, repr(time.time()), int(lease_s * 1000))
+        rows = await self._run("claim", worker, n, repr(self._clock()), int(lease_s * 1000))
         return [_decode(row) for row in rows]
 
     async def extend(self, id_: str, worker: str, lease_s: float) -> None:
@@ -456,17 +458,17 @@ class RedisQueue:
             "finish",
             id_,
             status,
-            repr(time.time()),
+            repr(self._clock()),
             json.dumps(result) if result is not None else "",
             json.dumps(error) if error is not None else "",
         )
         return bool(changed)
 
     async def retry_later(self, id_: str, delay_s: float, error: Any) -> None:
-        await self._run("retry_later", id_, repr(time.time() + delay_s), json.dumps(error))
+        await self._run("retry_later", id_, repr(self._clock() + delay_s), json.dumps(error))
 
     async def cancel(self, id_: str) -> str | None:
-        before = await self._run("cancel", id_, repr(time.time()))
+        before = await self._run("cancel", id_, repr(self._clock()))
         return str(before) if before else None
 
     async def requeue_own(self, worker: str) -> int:
@@ -522,7 +524,7 @@ class RedisQueue:
         return {s: int(n) for s, n in zip(STATUSES, sizes, strict=True) if n}
 
     async def sweep(self, older_than_s: float) -> int:
-        return int(await self._run("sweep", repr(time.time() - older_than_s)))
+        return int(await self._run("sweep", repr(self._clock() - older_than_s)))
 
 
 async def _messages(pubsub: Any) -> AsyncIterator[str]:
