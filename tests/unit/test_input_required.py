@@ -50,12 +50,16 @@ def test_a_parked_call_asks_gets_answers_and_finishes() -> None:
 
 def test_an_abandoned_parked_call_expires_and_is_cancelled() -> None:
     async def main() -> None:
-        calls = ParkedCalls(ttl_s=0.05)
+        now = [1000.0]
+        calls = ParkedCalls(ttl_s=60, clock=lambda: now[0])
         parked = calls.park("tools/call", "t")
         parked.task = asyncio.ensure_future(parked.ask("roots/list", {}))
         assert await parked.next() is False
         calls.state(parked)  # the question went back to the client, who never returns
-        await asyncio.sleep(0.1)
+        now[0] += 59
+        calls.expire()
+        assert calls.calls  # not yet
+        now[0] += 2
         calls.expire()
         assert not calls.calls
         with pytest.raises(asyncio.CancelledError):  # the upstream call is cancelled

@@ -102,12 +102,20 @@ def answer_of(value: Any) -> JSON:
 class Parked:
     """One client request whose upstream call waits for the client's answers."""
 
-    def __init__(self, id_: str, method: str, name: Any, ttl_s: float) -> None:
+    def __init__(
+        self,
+        id_: str,
+        method: str,
+        name: Any,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.id = id_
         self.method = method
         self.name = name
         self.ttl_s = ttl_s
-        self.expires_at = time.monotonic() + ttl_s
+        self.clock = clock
+        self.expires_at = clock() + ttl_s
         self.task: asyncio.Future[Any] | None = None
         self.questions: dict[str, tuple[str, JSON, asyncio.Future[JSON]]] = {}
         self.emit: Callable[[JSON], None] | None = None  # the current round's event stream
@@ -181,7 +189,7 @@ class Parked:
             self._changed.set_result(None)
 
     def touch(self) -> None:
-        self.expires_at = time.monotonic() + self.ttl_s
+        self.expires_at = self.clock() + self.ttl_s
 
     def cancel(self, reason: str) -> None:
         for _, _, fut in self.questions.values():
@@ -194,14 +202,21 @@ class Parked:
 class ParkedCalls:
     """The parked calls of this gateway, by signed `requestState`."""
 
-    def __init__(self, *, ttl_s: float = 120.0, limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 120.0,
+        limit: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_s = ttl_s
         self.limit = limit
+        self.clock = clock
         self.calls: dict[str, Parked] = {}
 
     def park(self, method: str, name: Any) -> Parked:
         """A call that may ask its client something; registered only once it does."""
-        return Parked("", method, name, self.ttl_s)
+        return Parked("", method, name, self.ttl_s, self.clock)
 
     def state(self, parked: Parked) -> str:
         """The `requestState` that names a parked call at its current round."""
@@ -245,7 +260,7 @@ class ParkedCalls:
             self.calls.pop(parked.id, None)
 
     def expire(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for id_, parked in list(self.calls.items()):
             if parked.expires_at < now:
                 log.info("a request waiting for client input expired (%s)", parked.method)
