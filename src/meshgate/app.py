@@ -130,11 +130,16 @@ def build_app(settings: Settings) -> FastAPI:
             services,
             node=settings.node_id,
             max_body_bytes=settings.mesh.max_body_bytes,
+            max_json_depth=settings.mesh.max_json_depth,
             queue_status=workers.status,
         )
     )
-    app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
-    app.include_router(tasks.build(router, workers, max_body_bytes=settings.mesh.max_body_bytes))
+    limits = {
+        "max_body_bytes": settings.mesh.max_body_bytes,
+        "max_json_depth": settings.mesh.max_json_depth,
+    }
+    app.include_router(mcp_rest.build(router, **limits))
+    app.include_router(tasks.build(router, workers, **limits))
     app.include_router(
         observability.build(
             router,

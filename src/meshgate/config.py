@@ -271,6 +271,9 @@ class MeshSettings(_Model):
     traces_kept: int = Field(200, ge=1, le=100_000)
     """Recent traces kept in memory for GET /api/v1/mesh/v2/traces."""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_json_depth: int = Field(64, ge=1, le=500)
+    """The deepest nesting of arrays and objects a REST request body may have (deeper: 400);
+    bounded so that parsing and validating a body never runs out of stack."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
@@ -618,6 +621,7 @@ _ENV_FIELDS = {
     "tracing": "MESHGATE_TRACING",
     "trace_sample_ratio": "MESHGATE_TRACE_SAMPLE_RATIO",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
+    "max_json_depth": "MESHGATE_MAX_JSON_DEPTH",
     "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from meshgate.api.problems import read_json_object
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.observability.topology import CALLER_HEADER
@@ -39,7 +39,9 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value), status_code=status, media_type="application/json")
 
 
-def build(router: Router, *, max_body_bytes: int) -> APIRouter:
+def build(
+    router: Router, *, max_body_bytes: int, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mcp", tags=["mcp"])
 
     def pool(name: str) -> ServerPool:
@@ -63,7 +65,7 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         return _json({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
 
     async def call_tool(request: Request, name: str, tool: str) -> Response:
-        body = await read_json_object(request, max_body_bytes)
+        body = await read_json_object(request, max_body_bytes, max_json_depth)
         unknown = set(body) - {"arguments", "timeout_s"}
         if unknown:
             raise InvalidArguments(f"unknown field(s) in the body: {', '.join(sorted(unknown))}")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from meshgate.api.problems import read_body, read_json_object
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.config import Registration
 from meshgate.errors import (
     InvalidArguments,
@@ -79,6 +79,7 @@ def build(
     *,
     node: str,
     max_body_bytes: int,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
@@ -137,7 +138,7 @@ def build(
         openapi_extra=_REGISTER_BODY,
     )
     async def register(request: Request) -> Response:
-        body = await read_json_object(request, max_body_bytes)
+        body = await read_json_object(request, max_body_bytes, max_json_depth)
         try:
             reg = Registration.model_validate(body)
         except ValidationError as e:
