@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
+from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.frontend.server import McpFront
@@ -131,6 +132,7 @@ def build_app(settings: Settings) -> FastAPI:
             node=settings.node_id,
             max_body_bytes=settings.mesh.max_body_bytes,
             max_json_depth=settings.mesh.max_json_depth,
+            trusted_proxies=settings.mesh.trusted_proxies,
             queue_status=workers.status,
         )
     )
@@ -151,6 +153,8 @@ def build_app(settings: Settings) -> FastAPI:
     )
     if settings.mesh.tracing:  # off: not even a layer to pass through
         app.add_middleware(tracing.TracingMiddleware)
+    if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client
+        app.add_middleware(TrustedForwarding, trusted=TrustedProxies(settings.mesh.trusted_proxies))
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

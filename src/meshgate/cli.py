@@ -141,6 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             timeout_graceful_shutdown=int(settings.mesh.shutdown_grace_s) or None,
             access_log=settings.mesh.log_level == "debug",
+            # Forwarding headers are believed from `mesh.trusted_proxies` only (not uvicorn's
+            # default of 127.0.0.1): the app does that itself.
+            proxy_headers=False,
         )
     )
     # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.

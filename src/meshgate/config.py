@@ -8,6 +8,7 @@ problem it finds (file, key, reason) instead of stopping at the first, so that
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -274,6 +275,9 @@ class MeshSettings(_Model):
     max_json_depth: int = Field(64, ge=1, le=500)
     """The deepest nesting of arrays and objects a REST request body may have (deeper: 400);
     bounded so that parsing and validating a body never runs out of stack."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Networks (CIDR) of proxies in front of the gateway: only from these are a client's
+    `X-Forwarded-*` and `Forwarded` headers passed on and its `X-Forwarded-For` believed."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
@@ -290,6 +294,21 @@ class MeshSettings(_Model):
         if any(r.ttl_s is not None for r in value):
             raise ValueError("a static service has no TTL: it is not expected to heartbeat")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MESHGATE_TRUSTED_PROXIES: comma-separated
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return value  # the type check reports it
+        out = []
+        for v in value:
+            try:
+                out.append(str(ipaddress.ip_network(v.strip())))
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not an IP network (CIDR): {e}") from None
+        return out
 
     @field_validator("namespace_separator")
     @classmethod
@@ -622,6 +641,7 @@ _ENV_FIELDS = {
     "trace_sample_ratio": "MESHGATE_TRACE_SAMPLE_RATIO",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
     "max_json_depth": "MESHGATE_MAX_JSON_DEPTH",
+    "trusted_proxies": "MESHGATE_TRUSTED_PROXIES",
     "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +13,14 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from meshgate.api.forwarding import (
+    PEER,
+    TrustedProxies,
+    forward_path,
+    forwarded,
+    hash_key,
+    is_forwarding_header,
+)
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.config import Registration
 from meshgate.errors import (
@@ -80,9 +88,11 @@ def build(
     node: str,
     max_body_bytes: int,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    trusted_proxies: Sequence[str] = (),
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
+    trusted = TrustedProxies(trusted_proxies)
 
     def mcp_view(name: str) -> dict[str, Any]:
         view = router.supervisor.pools[name].view()
@@ -217,6 +227,8 @@ def build(
         summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
     )
     async def call(name: str, path: str, request: Request) -> Response:
+        # Checked on the raw path: Starlette has decoded `path`, so `%2e%2e` is `..` there.
+        target = forward_path(request.scope.get("raw_path") or path.encode(), path)
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
         if request.method.upper() in IDEMPOTENT_METHODS:
@@ -236,7 +248,7 @@ def build(
             Call(
                 service=name,
                 kind="http",
-                target="/" + path,
+                target=target,
                 incoming=request.headers,
                 caller=request.headers.get(CALLER_HEADER),
                 body_size=size,
@@ -249,26 +261,34 @@ def build(
             if k.lower() not in HOP_BY_HOP
             and k.lower() != TIMEOUT_HEADER
             and k.lower() not in added
+            and not is_forwarding_header(k)
         ]
         headers += list(intercepted.headers.items())
         if not isinstance(body, bytes) and "content-length" in request.headers:
             # A streamed body keeps its declared length (so the service need not read chunks).
             headers.append(("content-length", request.headers["content-length"]))
-        client = request.client.host if request.client else ""
-        forwarded = request.headers.get("x-forwarded-for")
-        headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
-        headers.append(("x-forwarded-proto", request.url.scheme))
-        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        peer = request.scope.get(PEER) or (request.client.host if request.client else "")
+        client, forwarding = forwarded(request.headers, peer, request.url.scheme, trusted)
+        headers += forwarding
+        pool = services.pools.get(name)
+        key = (
+            hash_key(
+                pool.policy, client=client, headers=request.headers, query=request.query_params
+            )
+            if pool is not None
+            else None
+        )
         try:
             upstream = await router.proxy(
                 name,
                 request.method,
-                "/" + path,
+                target,
                 query=request.url.query,
                 headers=headers,
                 body=body,
                 timeout_s=timeout_s,
                 caller=intercepted.caller,
+                key=key,
             )
         except MeshgateError:
             if limited is not None and limited.exceeded:  # cut short by us, not by the service

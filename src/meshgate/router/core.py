@@ -377,6 +377,7 @@ class Router:
         body: bytes | AsyncIterator[bytes] = b"",
         timeout_s: float | None = None,
         caller: str | None = None,
+        key: str | None = None,
     ) -> httpx.Response:
         """Send one HTTP request to a healthy instance of an HTTP service; the same path as
         MCP calls (breaker, balancer, in-flight limit, deadline), retried on another instance
@@ -407,6 +408,7 @@ class Router:
                 body=body,
                 timeout_s=timeout_s,
                 caller=caller,
+                key=key,
             )
             if response.status_code >= 500:
                 m.outcome = "error"
@@ -424,6 +426,7 @@ class Router:
         body: bytes | AsyncIterator[bytes],
         timeout_s: float | None,
         caller: str | None,
+        key: str | None = None,
     ) -> httpx.Response:
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")
@@ -437,7 +440,7 @@ class Router:
         ok = False
         try:
             for attempt in range(1, policy.retry.max_attempts + 1):
-                inst = await self._acquire(pool, deadline, tried, None)
+                inst = await self._acquire(pool, deadline, tried, key)
                 started = time.monotonic()
                 request = client.build_request(
                     method,
