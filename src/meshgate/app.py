@@ -30,11 +30,27 @@ from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
 from meshgate.services.mesh import ServiceMesh
+from meshgate.storage import check_dir, check_file
 from meshgate.tasks import open_queue
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import Supervisor
 
 log = logging.getLogger("meshgate")
+
+
+def check_storage(settings: Settings) -> None:
+    """Check before start that durable state can be written where the settings put it: the
+    data dir (created if missing) and each SQLite file in use; ConfigError with one clear
+    sentence otherwise."""
+    files = [(settings.registrations_path, "registry database")]
+    if settings.mesh.queue == "embedded":
+        files.append((settings.tasks_path, "task database"))
+    data_dir = settings.data_dir
+    if data_dir is not None and any(p is not None and p.parent == data_dir for p, _ in files):
+        check_dir(data_dir, "data dir")
+    for path, what in files:
+        if path is not None:
+            check_file(path, what)
 
 
 def build_app(settings: Settings) -> FastAPI:

@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from meshgate.app import build_app
+    from meshgate.app import build_app, check_storage
     from meshgate.config import ConfigProblems, load
+    from meshgate.errors import ConfigError
     from meshgate.observability.logging import configure
 
     config = (
@@ -117,6 +118,11 @@ def _serve(args: argparse.Namespace) -> int:
         modules=settings.mesh.log_levels,
     )
     try:
+        check_storage(settings)
+    except ConfigError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    try:
         sock = _bind(settings.mesh.host, settings.mesh.port)
     except OSError as e:
         print(
@@ -124,11 +130,16 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        app = build_app(settings)  # opens the databases: their problems come before "listening"
+    except ConfigError as e:
+        sock.close()
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
     host, port = sock.getsockname()[:2]
     logging.getLogger("meshgate").info(
         "meshgate listening on http://%s:%d", f"[{host}]" if ":" in host else host, port
     )
-    app = build_app(settings)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -1,0 +1,148 @@
+"""`meshgate serve` as a process: start-up problems are one clear line and exit code 2
+before it listens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshgate.testing.gateway import start_gateway
+from tests.gateway import REPO
+
+pytestmark = pytest.mark.timeout(120)
+
+CLEAN_PATH = "/usr/bin:/bin"  # no venv, no node_modules
+
+
+def serve(tmp_path: Path, *args: str, servers: dict[str, object] | None = None) -> list[str]:
+    """Run `meshgate serve`, which must fail at start: its stderr lines."""
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": servers or {}}))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meshgate.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": CLEAN_PATH, "HOME": str(tmp_path)},
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert not any("listening" in line or "Traceback" in line for line in lines), r.stderr
+    return lines
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory in which no file can be made. As root, permissions do not stop writes, so
+    the directory is made immutable (chattr +i, which needs CAP_LINUX_IMMUTABLE and ext4,
+    xfs or btrfs); otherwise it is made read-only."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("root, and chattr +i is not available here: no unwritable directory")
+    try:
+        yield path
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory")
+    assert serve(tmp_path, "--data-dir", str(data)) == [
+        f"error: data dir {data} exists and is not a directory"
+    ]
+
+
+def test_a_data_dir_under_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    data = blocker / "a" / "data"
+    assert serve(tmp_path, "--data-dir", str(data)) == [
+        f"error: data dir {data} cannot be created: {blocker} is a file, not a directory"
+    ]
+
+
+def test_a_data_dir_that_cannot_be_written(tmp_path: Path, read_only_dir: Path) -> None:
+    [line] = serve(tmp_path, "--data-dir", str(read_only_dir))
+    reason = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    assert line == f"error: data dir {read_only_dir} is not writable: {reason}"
+    # Inside it, the data dir cannot be created at all.
+    [line] = serve(tmp_path, "--data-dir", str(read_only_dir / "data"))
+    assert line == f"error: data dir {read_only_dir / 'data'} cannot be created: {reason}"
+
+
+def test_a_data_dir_where_nothing_can_be_created_even_as_root(tmp_path: Path) -> None:
+    # procfs takes no new entries from anyone.
+    [line] = serve(tmp_path, "--data-dir", "/proc/meshgate-data")
+    assert (
+        line == "error: data dir /proc/meshgate-data cannot be created: No such file or directory"
+    )
+
+
+def test_a_data_dir_whose_parents_are_missing_is_created(tmp_path: Path) -> None:
+    data = tmp_path / "a" / "b" / "data"
+    gw = start_gateway(tmp_path, {}, env={"MESHGATE_DATA_DIR": str(data)})
+    try:
+        assert (data / "registry.sqlite3").is_file() and (data / "tasks.sqlite3").is_file()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_a_registry_database_that_cannot_be_written(tmp_path: Path, read_only_dir: Path) -> None:
+    data = str(tmp_path / "data")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # sqlite:///PATH with PATH absolute: the URL of /tmp/x is sqlite:///tmp/x.
+    db = blocker / "registry.sqlite3"
+    assert serve(tmp_path, "--data-dir", data, "--registry", f"sqlite://{db}") == [
+        f"error: the directory of the registry database {blocker} exists and is not a directory"
+    ]
+    db = blocker / "sub" / "registry.sqlite3"
+    assert serve(tmp_path, "--data-dir", data, "--registry", f"sqlite://{db}") == [
+        f"error: the directory of the registry database {db.parent} cannot be created: "
+        f"{blocker} is a file, not a directory"
+    ]
+    assert serve(tmp_path, "--data-dir", data, "--registry", f"sqlite://{tmp_path}") == [
+        f"error: registry database {tmp_path} is not a regular file"
+    ]
+    reason = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    db = read_only_dir / "registry.sqlite3"
+    assert serve(tmp_path, "--data-dir", data, "--registry", f"sqlite://{db}") == [
+        f"error: the directory of the registry database {read_only_dir} is not writable: {reason}"
+    ]
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database, " * 100)
+    assert serve(tmp_path, "--data-dir", data, "--registry", f"sqlite://{garbage}") == [
+        f"error: cannot open the database {garbage}: file is not a database"
+    ]
+    # A task database that is not one: the same, for the data dir's file.
+    os.makedirs(data, exist_ok=True)
+    Path(data, "tasks.sqlite3").write_bytes(b"this is not a database, " * 100)
+    assert serve(tmp_path, "--data-dir", data) == [
+        f"error: cannot open the database {data}/tasks.sqlite3: file is not a database"
+    ]
