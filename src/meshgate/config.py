@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -590,10 +591,26 @@ def _parse_server(
                 problems.append(Problem(f, f"{k}.cwd", f"directory {raw.cwd!r} does not exist"))
     if (
         raw.command
-        and shutil.which(raw.command, path=(raw.env.get("PATH") or environ.get("PATH"))) is None
+        and find_command(raw.command, raw.env.get("PATH") or environ.get("PATH")) is None
     ):
-        problems.append(Problem(f, f"{k}.command", f"{raw.command!r} is not found on PATH"))
+        problems.append(
+            Problem(
+                f,
+                f"{k}.command",
+                f"{raw.command!r} is not found on PATH nor in {os.path.dirname(sys.executable)}",
+            )
+        )
     return raw
+
+
+def find_command(command: str, path: str | None) -> str | None:
+    """The executable a server's `command` names: itself when it has a '/', else the first on
+    `path` (a PATH value; None: this process's), else the one next to the gateway's own Python,
+    so that the commands of meshgate's environment (a venv's `mcp-server-time`, `uvx`, `python`)
+    are found when that environment is not activated."""
+    return shutil.which(command, path=path) or shutil.which(
+        command, path=os.path.dirname(sys.executable)
+    )
 
 
 def _parse_policy(

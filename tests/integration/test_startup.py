@@ -1,5 +1,5 @@
 """`meshgate serve` as a process: start-up problems are one clear line and exit code 2
-before it listens."""
+before it listens; server commands are found without an activated environment."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshgate.testing.gateway import start_gateway
-from tests.gateway import REPO
+from tests.gateway import REPO, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
 CLEAN_PATH = "/usr/bin:/bin"  # no venv, no node_modules
+VENV_BIN = Path(sys.executable).parent
 
 
 def serve(tmp_path: Path, *args: str, servers: dict[str, object] | None = None) -> list[str]:
@@ -146,3 +148,28 @@ def test_a_registry_database_that_cannot_be_written(tmp_path: Path, read_only_di
     assert serve(tmp_path, "--data-dir", data) == [
         f"error: cannot open the database {data}/tasks.sqlite3: file is not a database"
     ]
+
+
+def test_commands_are_found_next_to_meshgates_python(tmp_path: Path) -> None:
+    # `.venv/bin/meshgate serve` with the venv not activated: PATH lacks its bin.
+    if shutil.which("mcp-server-time", path=str(VENV_BIN)) is None:
+        pytest.skip("mcp-server-time is installed by make setup")
+    assert shutil.which("mcp-server-time", path=CLEAN_PATH) is None
+    servers: dict[str, dict[str, Any]] = {
+        "time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
+    }
+    python = Path(sys.executable).name  # `python` of the venv, unless the system has one
+    if shutil.which(python, path=CLEAN_PATH) is None:
+        servers["py"] = {"command": python, "args": ["-m", "meshgate.testing.fault_server"]}
+    with run_gateway(tmp_path, servers, env={"PATH": CLEAN_PATH}) as gw:
+        r = gw.call("time", "get_current_time", {"timezone": "UTC"})
+        assert r.status_code == 200, r.text
+        assert "UTC" in r.json()["content"][0]["text"]
+        if "py" in servers:
+            assert gw.call("py", "echo", {"text": "hi"}).json()["content"][0]["text"] == "hi"
+    # A command found nowhere is still one clear error.
+    lines = serve(tmp_path, servers={"x": {"command": "meshgate-no-such-command"}})
+    assert any(
+        f"'meshgate-no-such-command' is not found on PATH nor in {VENV_BIN}" in line
+        for line in lines
+    ), lines
