@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument(
             "--url",
-            default=_env("MESHGATE_URL") or DEFAULT_URL,
-            help=f"gateway URL (default {DEFAULT_URL}, or MESHGATE_URL)",
+            help=f"gateway URL (default: MESHGATE_URL, else http://MESHGATE_HOST:MESHGATE_PORT, "
+            f"else {DEFAULT_URL})",
         )
         c.add_argument("--json", action="store_true", help="print JSON for scripts")
         return c
@@ -63,8 +63,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default_url() -> str:
+    """The gateway a client command talks to without --url: MESHGATE_URL, else the address
+    `meshgate serve` listens on by the same environment (MESHGATE_HOST, MESHGATE_PORT)."""
+    url = _env("MESHGATE_URL")
+    if url:
+        return url
+    host = (_env("MESHGATE_HOST") or "127.0.0.1").strip("[]")
+    port = _env("MESHGATE_PORT") or "8800"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        print(f"error: MESHGATE_PORT={port!r} is not a port number", file=sys.stderr)
+        raise SystemExit(2)
+    # A gateway listening on every address is reached on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "url", "") is None:
+        args.url = _default_url()
     handler = {
         "serve": _serve,
         "services": _services,

@@ -1,11 +1,13 @@
 """`meshgate serve` as a process: start-up problems are one clear line and exit code 2
-before it listens; server commands are found without an activated environment."""
+before it listens; server commands are found without an activated environment; client
+commands find the gateway by the environment `serve` uses."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from meshgate.testing.gateway import start_gateway
-from tests.gateway import REPO, run_gateway
+from tests.gateway import REPO, fault_server, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,3 +175,46 @@ def test_commands_are_found_next_to_meshgates_python(tmp_path: Path) -> None:
         f"'meshgate-no-such-command' is not found on PATH nor in {VENV_BIN}" in line
         for line in lines
     ), lines
+
+
+def client(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshgate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": CLEAN_PATH, **env},
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_client_commands_find_the_gateway_by_meshgate_port(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        port = gw.url.rsplit(":", 1)[1]
+        r = client("services", "--json", MESHGATE_PORT=port)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["items"][0]["name"] == "f"
+        r = client("services", MESHGATE_PORT=port, MESHGATE_HOST="0.0.0.0")  # listens everywhere
+        assert r.returncode == 0 and "f-1" in r.stdout, r.stderr
+        r = client("call", "f", "echo", "--args", '{"text": "by port"}', MESHGATE_PORT=port)
+        assert r.returncode == 0 and r.stdout.strip() == "by port", r.stderr
+        r = client("tasks", "list", "--json", MESHGATE_PORT=port, MESHGATE_HOST="127.0.0.1")
+        assert r.returncode == 0 and json.loads(r.stdout)["items"] == [], r.stderr
+
+        # --url wins over the environment, and MESHGATE_URL over host and port.
+        elsewhere = f"http://127.0.0.1:{closed_port()}"
+        r = client("services", "--url", gw.url, MESHGATE_PORT=str(closed_port()))
+        assert r.returncode == 0, r.stderr
+        r = client("services", "--url", elsewhere, MESHGATE_PORT=port)
+        assert r.returncode == 2 and f"cannot reach the gateway at {elsewhere}" in r.stderr
+        r = client("services", MESHGATE_URL=gw.url, MESHGATE_PORT=str(closed_port()))
+        assert r.returncode == 0, r.stderr
+
+    r = client("services", MESHGATE_PORT="http")
+    assert r.returncode == 2 and "MESHGATE_PORT='http' is not a port number" in r.stderr
