@@ -57,17 +57,21 @@ def forward_path(raw_path: bytes, path: str) -> str:
 
     Refused with InvalidInput (400) when it could climb out of the service's base path.
     """
-    parts = raw_path.decode("latin-1").split("/")
-    # Escapes never span a '/', so each raw segment decodes on its own: walk back from the
-    # end until the decoded length is the parameter's, then check the text is the same.
-    size, k = -1, len(parts)
-    while k > 0 and size < len(path):
-        k -= 1
-        size += len(unquote(parts[k])) + 1
-    rest = "/".join(parts[k:])
-    if size != len(path) or unquote(rest) != path:
-        raise InvalidInput("the request path cannot be split into service and path")
-    if climbs(rest):
+    raw = raw_path.decode("latin-1")
+    if "%" not in raw and raw.endswith("/" + path):
+        rest = path  # nothing was decoded: the parameter is the raw path's tail
+    else:
+        parts = raw.split("/")
+        # Escapes never span a '/', so each raw segment decodes on its own: walk back from
+        # the end until the decoded length is the parameter's, then check the text is the same.
+        size, k = -1, len(parts)
+        while k > 0 and size < len(path):
+            k -= 1
+            size += len(unquote(parts[k])) + 1
+        rest = "/".join(parts[k:])
+        if size != len(path) or unquote(rest) != path:
+            raise InvalidInput("the request path cannot be split into service and path")
+    if ("." in rest or "%" in rest or "\\" in rest) and climbs(rest):
         raise InvalidInput(
             "the path has a '.' or '..' segment (literal, percent-encoded or after a "
             "backslash); it could leave the service's base path, so it is refused"
@@ -80,10 +84,19 @@ class TrustedProxies:
 
     def __init__(self, cidrs: Iterable[str] = ()) -> None:
         self.networks = [ipaddress.ip_network(c) for c in cidrs]
+        self._seen: dict[str, bool] = {}  # parsing an address costs microseconds; peers repeat
 
     def __contains__(self, host: str) -> bool:
         if not self.networks:
             return False
+        known = self._seen.get(host)
+        if known is None:
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            known = self._seen[host] = self._match(host)
+        return known
+
+    def _match(self, host: str) -> bool:
         try:
             addr = ipaddress.ip_address(host.strip().split("%", 1)[0])
         except ValueError:
