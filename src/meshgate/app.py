@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
+from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.frontend.server import McpFront
@@ -29,11 +30,27 @@ from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
 from meshgate.services.mesh import ServiceMesh
+from meshgate.storage import check_dir, check_file
 from meshgate.tasks import open_queue
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import Supervisor
 
 log = logging.getLogger("meshgate")
+
+
+def check_storage(settings: Settings) -> None:
+    """Check before start that durable state can be written where the settings put it: the
+    data dir (created if missing) and each SQLite file in use; ConfigError with one clear
+    sentence otherwise."""
+    files = [(settings.registrations_path, "registry database")]
+    if settings.mesh.queue == "embedded":
+        files.append((settings.tasks_path, "task database"))
+    data_dir = settings.data_dir
+    if data_dir is not None and any(p is not None and p.parent == data_dir for p, _ in files):
+        check_dir(data_dir, "data dir")
+    for path, what in files:
+        if path is not None:
+            check_file(path, what)
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -83,6 +100,7 @@ def build_app(settings: Settings) -> FastAPI:
         ),
         max_body_bytes=mesh_settings.max_body_bytes,
         allowed_origins=mesh_settings.allowed_origins,
+        max_json_depth=mesh_settings.max_json_depth,
     )
     mcp_http.attach(supervisor)
     mcp_tasks.notify = mcp_http.notify_session
@@ -135,11 +153,17 @@ def build_app(settings: Settings) -> FastAPI:
             node=settings.node_id,
             max_body_bytes=settings.mesh.max_body_bytes,
             max_hops=settings.mesh.max_hops,
+            max_json_depth=settings.mesh.max_json_depth,
+            trusted_proxies=settings.mesh.trusted_proxies,
             queue_status=workers.status,
         )
     )
-    app.include_router(mcp_rest.build(router, max_body_bytes=settings.mesh.max_body_bytes))
-    app.include_router(tasks.build(router, workers, max_body_bytes=settings.mesh.max_body_bytes))
+    limits = {
+        "max_body_bytes": settings.mesh.max_body_bytes,
+        "max_json_depth": settings.mesh.max_json_depth,
+    }
+    app.include_router(mcp_rest.build(router, **limits))
+    app.include_router(tasks.build(router, workers, **limits))
     app.include_router(
         observability.build(
             router,
@@ -151,6 +175,8 @@ def build_app(settings: Settings) -> FastAPI:
     )
     if settings.mesh.tracing:  # off: not even a layer to pass through
         app.add_middleware(tracing.TracingMiddleware)
+    if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client
+        app.add_middleware(TrustedForwarding, trusted=TrustedProxies(settings.mesh.trusted_proxies))
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

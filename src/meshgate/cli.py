@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument(
             "--url",
-            default=_env("MESHGATE_URL") or DEFAULT_URL,
-            help=f"gateway URL (default {DEFAULT_URL}, or MESHGATE_URL)",
+            help=f"gateway URL (default: MESHGATE_URL, else http://MESHGATE_HOST:MESHGATE_PORT, "
+            f"else {DEFAULT_URL})",
         )
         c.add_argument("--json", action="store_true", help="print JSON for scripts")
         return c
@@ -63,8 +63,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default_url() -> str:
+    """The gateway a client command talks to without --url: MESHGATE_URL, else the address
+    `meshgate serve` listens on by the same environment (MESHGATE_HOST, MESHGATE_PORT)."""
+    url = _env("MESHGATE_URL")
+    if url:
+        return url
+    host = (_env("MESHGATE_HOST") or "127.0.0.1").strip("[]")
+    port = _env("MESHGATE_PORT") or "8800"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        print(f"error: MESHGATE_PORT={port!r} is not a port number", file=sys.stderr)
+        raise SystemExit(2)
+    # A gateway listening on every address is reached on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "url", "") is None:
+        args.url = _default_url()
     handler = {
         "serve": _serve,
         "services": _services,
@@ -81,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from meshgate.app import build_app
+    from meshgate.app import build_app, check_storage
     from meshgate.config import ConfigProblems, load
+    from meshgate.errors import ConfigError
     from meshgate.observability.logging import configure
 
     config = (
@@ -117,6 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
         modules=settings.mesh.log_levels,
     )
     try:
+        check_storage(settings)
+    except ConfigError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    try:
         sock = _bind(settings.mesh.host, settings.mesh.port)
     except OSError as e:
         print(
@@ -124,11 +148,16 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        app = build_app(settings)  # opens the databases: their problems come before "listening"
+    except ConfigError as e:
+        sock.close()
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
     host, port = sock.getsockname()[:2]
     logging.getLogger("meshgate").info(
         "meshgate listening on http://%s:%d", f"[{host}]" if ":" in host else host, port
     )
-    app = build_app(settings)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -141,6 +170,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             timeout_graceful_shutdown=int(settings.mesh.shutdown_grace_s) or None,
             access_log=settings.mesh.log_level == "debug",
+            # Forwarding headers are believed from `mesh.trusted_proxies` only (not uvicorn's
+            # default of 127.0.0.1): the app does that itself.
+            proxy_headers=False,
         )
     )
     # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.

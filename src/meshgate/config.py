@@ -8,10 +8,12 @@ problem it finds (file, key, reason) instead of stopping at the first, so that
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import shutil
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -281,6 +283,12 @@ class MeshSettings(_Model):
     max_hops: int = Field(8, ge=1, le=100)
     """Gateways a proxied call may pass through (`X-Meshgate-Hops`) before it is refused
     with 508: a service registered at a URL that leads back to a gateway makes a loop."""
+    max_json_depth: int = Field(64, ge=1, le=500)
+    """The deepest nesting of arrays and objects a REST request body may have (deeper: 400);
+    bounded so that parsing and validating a body never runs out of stack."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Networks (CIDR) of proxies in front of the gateway: only from these are a client's
+    `X-Forwarded-*` and `Forwarded` headers passed on and its `X-Forwarded-For` believed."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
@@ -297,6 +305,21 @@ class MeshSettings(_Model):
         if any(r.ttl_s is not None for r in value):
             raise ValueError("a static service has no TTL: it is not expected to heartbeat")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MESHGATE_TRUSTED_PROXIES: comma-separated
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return value  # the type check reports it
+        out = []
+        for v in value:
+            try:
+                out.append(str(ipaddress.ip_network(v.strip())))
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not an IP network (CIDR): {e}") from None
+        return out
 
     @field_validator("namespace_separator")
     @classmethod
@@ -578,10 +601,26 @@ def _parse_server(
                 problems.append(Problem(f, f"{k}.cwd", f"directory {raw.cwd!r} does not exist"))
     if (
         raw.command
-        and shutil.which(raw.command, path=(raw.env.get("PATH") or environ.get("PATH"))) is None
+        and find_command(raw.command, raw.env.get("PATH") or environ.get("PATH")) is None
     ):
-        problems.append(Problem(f, f"{k}.command", f"{raw.command!r} is not found on PATH"))
+        problems.append(
+            Problem(
+                f,
+                f"{k}.command",
+                f"{raw.command!r} is not found on PATH nor in {os.path.dirname(sys.executable)}",
+            )
+        )
     return raw
+
+
+def find_command(command: str, path: str | None) -> str | None:
+    """The executable a server's `command` names: itself when it has a '/', else the first on
+    `path` (a PATH value; None: this process's), else the one next to the gateway's own Python,
+    so that the commands of meshgate's environment (a venv's `mcp-server-time`, `uvx`, `python`)
+    are found when that environment is not activated."""
+    return shutil.which(command, path=path) or shutil.which(
+        command, path=os.path.dirname(sys.executable)
+    )
 
 
 def _parse_policy(
@@ -630,6 +669,8 @@ _ENV_FIELDS = {
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
     "min_call_timeout_s": "MESHGATE_MIN_CALL_TIMEOUT_S",
     "max_hops": "MESHGATE_MAX_HOPS",
+    "max_json_depth": "MESHGATE_MAX_JSON_DEPTH",
+    "trusted_proxies": "MESHGATE_TRUSTED_PROXIES",
     "namespace_separator": "MESHGATE_NAMESPACE_SEPARATOR",
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",

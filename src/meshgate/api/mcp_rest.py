@@ -7,12 +7,12 @@ import math
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from meshgate.api.problems import read_json_object
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.responses import json_response
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.router import Router, hash_key
-from meshgate.router.call import CALLER_HEADER, Call
+from meshgate.router.call import CALLER_HEADER, SESSION_HEADER, Call
 from meshgate.upstream.supervisor import ServerPool
 
 _CALL_BODY = {
@@ -33,7 +33,9 @@ _CALL_BODY = {
 }
 
 
-def build(router: Router, *, max_body_bytes: int) -> APIRouter:
+def build(
+    router: Router, *, max_body_bytes: int, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mcp", tags=["mcp"])
 
     def pool(name: str) -> ServerPool:
@@ -57,7 +59,7 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         return json_response({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
 
     async def call_tool(request: Request, name: str, tool: str) -> Response:
-        body = await read_json_object(request, max_body_bytes)
+        body = await read_json_object(request, max_body_bytes, max_json_depth)
         unknown = set(body) - {"arguments", "timeout_s"}
         if unknown:
             raise InvalidArguments(f"unknown field(s) in the body: {', '.join(sorted(unknown))}")
@@ -75,7 +77,7 @@ def build(router: Router, *, max_body_bytes: int) -> APIRouter:
         p = pool(name)
         key = hash_key(
             p,
-            session=request.headers.get("x-meshgate-session"),
+            session=request.headers.get(SESSION_HEADER),
             client=request.client.host if request.client else None,
             arguments=arguments,
         )

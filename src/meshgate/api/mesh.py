@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from meshgate.api.problems import read_body, read_json_object
+from meshgate.api.forwarding import (
+    PEER,
+    TrustedProxies,
+    forward_path,
+    forwarded,
+    is_forwarding_header,
+)
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.api.responses import json_response
 from meshgate.config import Registration
 from meshgate.errors import (
@@ -24,10 +31,11 @@ from meshgate.errors import (
 )
 from meshgate.observability.topology import dot, mermaid
 from meshgate.registry.base import Registry
-from meshgate.router import IDEMPOTENT_METHODS, Router
+from meshgate.router import IDEMPOTENT_METHODS, Router, hash_key
 from meshgate.router.call import (
     CALLER_HEADER,
     HOPS_HEADER,
+    SESSION_HEADER,
     TIMEOUT_HEADER,
     Call,
     parse_hops,
@@ -79,9 +87,12 @@ def build(
     node: str,
     max_body_bytes: int,
     max_hops: int = 8,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    trusted_proxies: Sequence[str] = (),
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
+    trusted = TrustedProxies(trusted_proxies)
 
     def mcp_view(name: str) -> dict[str, Any]:
         view = router.supervisor.pools[name].view()
@@ -137,7 +148,7 @@ def build(
         openapi_extra=_REGISTER_BODY,
     )
     async def register(request: Request) -> Response:
-        body = await read_json_object(request, max_body_bytes)
+        body = await read_json_object(request, max_body_bytes, max_json_depth)
         try:
             reg = Registration.model_validate(body)
         except ValidationError as e:
@@ -217,6 +228,8 @@ def build(
     )
     async def call(name: str, path: str, request: Request) -> Response:
         hops = parse_hops(request.headers.get(HOPS_HEADER), max_hops=max_hops)
+        # Checked on the raw path: Starlette has decoded `path`, so `%2e%2e` is `..` there.
+        target = forward_path(request.scope.get("raw_path") or path.encode(), path)
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
         if request.method.upper() in IDEMPOTENT_METHODS:
@@ -231,39 +244,52 @@ def build(
                 )
             limited = _Limited(request.stream(), max_body_bytes)
             body = limited.chunks()
+        peer = request.scope.get(PEER) or (request.client.host if request.client else "")
+        client, forwarding = forwarded(request.headers, peer, request.url.scheme, trusted)
         call = Call(
             service=name,
             kind="http",
-            target="/" + path,
+            target=target,
             entry="proxy",
             incoming=request.headers,
             caller=request.headers.get(CALLER_HEADER),
             body_size=size,
             timeout_s=_timeout(request.headers.get(TIMEOUT_HEADER)),
             hops=hops,
+            client=client,
         )
         headers = [
             (k, v)
             for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP and k.lower() not in MESH_HEADERS
+            if k.lower() not in HOP_BY_HOP
+            and k.lower() not in MESH_HEADERS
+            and not is_forwarding_header(k)
         ]
         if not isinstance(body, bytes) and "content-length" in request.headers:
             # A streamed body keeps its declared length (so the service need not read chunks).
             headers.append(("content-length", request.headers["content-length"]))
-        client = request.client.host if request.client else ""
-        forwarded = request.headers.get("x-forwarded-for")
-        headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
-        headers.append(("x-forwarded-proto", request.url.scheme))
-        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        headers += forwarding
+        pool = services.pools.get(name)
+        key = (
+            hash_key(
+                pool,
+                session=request.headers.get(SESSION_HEADER),
+                client=client,
+                arguments=dict(request.query_params),
+            )
+            if pool is not None
+            else None
+        )
         try:
             upstream = await router.proxy(
                 name,
                 request.method,
-                "/" + path,
+                target,
                 call=call,
                 query=request.url.query,
                 headers=headers,
                 body=body,
+                key=key,
             )
         except MeshgateError:
             if limited is not None and limited.exceeded:  # cut short by us, not by the service

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import Response
 
-from meshgate.api.problems import read_json_object
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
@@ -56,7 +56,13 @@ class Enqueue(BaseModel):
         return self
 
 
-def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter:
+def build(
+    router: Router,
+    workers: Workers,
+    *,
+    max_body_bytes: int,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["tasks"])
     store = workers.store
 
@@ -74,7 +80,7 @@ def build(router: Router, workers: Workers, *, max_body_bytes: int) -> APIRouter
 
     @api.post("/enqueue", summary="Enqueue a task; 202 once it is durably stored")
     async def enqueue(request: Request) -> Response:
-        body = await read_json_object(request, max_body_bytes)
+        body = await read_json_object(request, max_body_bytes, max_json_depth)
         try:
             req = Enqueue.model_validate(body)
         except ValidationError as e:

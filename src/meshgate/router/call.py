@@ -18,10 +18,19 @@ from meshgate.errors import InvalidArguments, LoopDetected
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.resilience import Deadline
 
-__all__ = ["CALLER_HEADER", "HOPS_HEADER", "TIMEOUT_HEADER", "Call", "parse_hops", "parse_timeout"]
+__all__ = [
+    "CALLER_HEADER",
+    "HOPS_HEADER",
+    "SESSION_HEADER",
+    "TIMEOUT_HEADER",
+    "Call",
+    "parse_hops",
+    "parse_timeout",
+]
 
 TIMEOUT_HEADER = "x-meshgate-timeout"  # seconds left for the call; the next hop gets the rest
 HOPS_HEADER = "x-meshgate-hops"  # gateways this call has passed through
+SESSION_HEADER = "x-meshgate-session"  # a client's session, for hash_key = "session"
 
 
 @dataclass

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+
+from meshgate.config import find_command
 
 log = logging.getLogger("meshgate.upstream.process")
 
@@ -104,13 +107,25 @@ async def spawn(
     cwd: str | None,
     protocol_factory: Callable[[], asyncio.SubprocessProtocol],
 ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
-    """Start a process in a new process group with stdin/stdout/stderr piped to the protocol."""
+    """Start a process in a new process group with stdin/stdout/stderr piped to the protocol.
+
+    The command is looked up on the server's PATH, then next to the gateway's own Python
+    (`config.find_command`); not found, FileNotFoundError says where it was looked for.
+    """
     loop = asyncio.get_running_loop()
     full_env = {**os.environ, **env}
+    executable = find_command(command, full_env.get("PATH"))
+    if executable is None:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"not found on PATH nor in {os.path.dirname(sys.executable)}",
+            command,
+        )
     return await loop.subprocess_exec(
         protocol_factory,
         command,
         *args,
+        executable=executable,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meshgate.api.problems import read_body
+from meshgate.api.problems import nests_deeper_than, read_body
 from meshgate.api.responses import json_response
 from meshgate.errors import PayloadTooLarge
 from meshgate.frontend.server import McpFront
@@ -81,12 +81,19 @@ def check_content_type(request: Request) -> None:
         raise Reject(415, INVALID_REQUEST, "Content-Type must be application/json")
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, within the size limit; 413 or a parse error otherwise."""
+async def read_json(request: Request, limit: int, max_depth: int) -> Any:
+    """The body as JSON, within the size and nesting limits; 413, 400 or a parse error
+    otherwise."""
     try:
         raw = await read_body(request, limit)
     except PayloadTooLarge as e:
         raise Reject(413, INVALID_REQUEST, e.detail) from None
+    if nests_deeper_than(raw, max_depth):
+        raise Reject(
+            400,
+            INVALID_REQUEST,
+            f"the message nests arrays and objects deeper than {max_depth} levels",
+        )
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:

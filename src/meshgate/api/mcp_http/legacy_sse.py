@@ -33,12 +33,18 @@ class LegacySse:
     """Sessions of the HTTP+SSE transport, answered by the handshake era."""
 
     def __init__(
-        self, handshake: HandshakeEra, *, max_body_bytes: int, allowed_origins: set[str]
+        self,
+        handshake: HandshakeEra,
+        *,
+        max_body_bytes: int,
+        max_json_depth: int,
+        allowed_origins: set[str],
     ) -> None:
         self.handshake = handshake
         self.front = handshake.front
         self.sessions = handshake.sessions
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
         self.allowed_origins = allowed_origins
 
     async def sse(self, request: Request) -> Response:
@@ -77,7 +83,7 @@ class LegacySse:
             session = self.sessions.get(request.query_params.get("session_id", ""))
             if session is None or not session.legacy:
                 raise Reject(404, INVALID_REQUEST, "no HTTP+SSE session with that session_id")
-            msg = await read_json(request, self.max_body_bytes)
+            msg = await read_json(request, self.max_body_bytes, self.max_json_depth)
         except Reject as r:
             return r.response()
         msg_kind = kind(msg)

@@ -25,6 +25,7 @@ from meshgate.api.mcp_http.checks import (
 from meshgate.api.mcp_http.handshake import HandshakeEra
 from meshgate.api.mcp_http.legacy_sse import LegacySse
 from meshgate.api.mcp_http.stateless import StatelessEra, is_stateless
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH
 from meshgate.api.responses import dumps
 from meshgate.errors import UnknownService
 from meshgate.frontend.server import McpFront
@@ -45,15 +46,20 @@ class McpHttp:
         *,
         max_body_bytes: int,
         allowed_origins: list[str],
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
         self.front = front
         self.sessions = sessions
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
         self.allowed_origins = set(allowed_origins)
         self.handshake = HandshakeEra(front, sessions)
         self.stateless = StatelessEra(front)
         self.legacy = LegacySse(
-            self.handshake, max_body_bytes=max_body_bytes, allowed_origins=self.allowed_origins
+            self.handshake,
+            max_body_bytes=max_body_bytes,
+            max_json_depth=max_json_depth,
+            allowed_origins=self.allowed_origins,
         )
 
     # -- wiring --------------------------------------------------------------------------------
@@ -123,7 +129,7 @@ class McpHttp:
                 "Accept must include application/json or text/event-stream", status_code=406
             )
         check_content_type(request)
-        body = await read_json(request, self.max_body_bytes)
+        body = await read_json(request, self.max_body_bytes, self.max_json_depth)
 
         first = body[0] if isinstance(body, list) and body else body
         is_init = isinstance(first, dict) and first.get("method") == "initialize"
