@@ -98,7 +98,7 @@ def test_deeply_nested_mcp_messages_are_refused_with_a_json_rpc_error(tmp_path: 
         for kind, value in DEEP.items():
             body = (
                 '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", '
-                '"params": {"name": "echo", "arguments": {"text": %s}}}' % value
+                '"params": {"name": "echo", "arguments": {"text": ' + value + "}}}"
             )
             r = gw.http.post("/mcp/fault", content=body.encode(), headers=headers)
             assert r.status_code == 400, (kind, r.text)
