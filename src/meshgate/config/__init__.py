@@ -1,0 +1,58 @@
+"""Configuration: the settings' shapes (`settings.py`) and how files, the environment and
+flags become them (`loading.py`)."""
+
+from meshgate.config.loading import (
+    ConfigProblems,
+    Problem,
+    check_file,
+    collect,
+    find_command,
+    load,
+)
+from meshgate.config.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    SERVICE_NAME,
+    BreakerSettings,
+    CallerInterceptor,
+    Check,
+    HeadersInterceptor,
+    HealthSettings,
+    InterceptorSpec,
+    MeshSettings,
+    Registration,
+    RestartSettings,
+    RetrySettings,
+    ServerPolicy,
+    ServerSpec,
+    Settings,
+    SizeLimitInterceptor,
+    TraceInterceptor,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "SERVICE_NAME",
+    "BreakerSettings",
+    "CallerInterceptor",
+    "Check",
+    "ConfigProblems",
+    "HeadersInterceptor",
+    "HealthSettings",
+    "InterceptorSpec",
+    "MeshSettings",
+    "Problem",
+    "Registration",
+    "RestartSettings",
+    "RetrySettings",
+    "ServerPolicy",
+    "ServerSpec",
+    "Settings",
+    "SizeLimitInterceptor",
+    "TraceInterceptor",
+    "check_file",
+    "collect",
+    "find_command",
+    "load",
+]
