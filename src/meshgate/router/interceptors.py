@@ -1,8 +1,9 @@
 """Request interceptors: an ordered chain applied to calls through the gateway.
 
-Configured in `meshgate.toml` as `[[mesh.interceptors]]` tables, run in that order on the HTTP
-proxy (`/call/{service}/...`) and on tool calls (REST and MCP). Each sees the outgoing call
-(`Call`) before it is sent and may change it or refuse it with an error:
+Configured in `meshgate.toml` as `[[mesh.interceptors]]` tables, run in that order by the
+router on every call, whichever entry it came by (REST, /mcp, /sse, the HTTP proxy, task enqueue
+and execution). Each sees the call (`Call`) before it is routed and may change it or refuse it
+with an error:
 
 - `headers`: set headers on calls to HTTP services (`set = {"X-Env" = "prod"}`);
 - `caller`: take the caller's identity from a header (`header`, default `X-Meshgate-Caller`);
@@ -12,8 +13,8 @@ proxy (`/call/{service}/...`) and on tool calls (REST and MCP). Each sees the ou
 - `size_limit`: refuse request bodies (for tool calls: the JSON of the arguments) over
   `max_request_bytes` (413).
 
-Adding one: a class with `before(call)`, a config model for its table in `config.py` (added
-to `InterceptorSpec`), and a line in `build_chain`.
+Adding one: a class with `before(call)`, a config model for its table in
+`config/settings.py` (added to `InterceptorSpec`), and a line in `build_chain`.
 """
 
 from __future__ import annotations
