@@ -26,6 +26,7 @@ from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router
 from meshgate.router.interceptors import Call
+from meshgate.services.http import ServiceResponse
 from meshgate.services.mesh import ServiceMesh
 
 _REGISTER_BODY = {
@@ -275,13 +276,14 @@ def build(
                     f"request body exceeds the limit of {max_body_bytes} bytes"
                 ) from None
             raise
-        out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
-        return StreamingResponse(
-            upstream.aiter_raw(),
+        response = StreamingResponse(
+            upstream.chunks(),
             status_code=upstream.status_code,
-            headers=dict(out),
-            background=BackgroundTask(upstream.aclose),
+            background=BackgroundTask(_close, upstream),
         )
+        out = [(k.lower(), v) for k, v in upstream.raw_headers]
+        response.raw_headers = [(k, v) for k, v in out if k.decode("latin-1") not in HOP_BY_HOP]
+        return response
 
     @api.get("/topology", summary="Services, their states and caller -> callee edges")
     async def topology(format: str = "json") -> Response:
@@ -397,6 +399,10 @@ def build(
         return Response(json.dumps(body), media_type="application/json")
 
     return api
+
+
+async def _close(upstream: ServiceResponse) -> None:
+    upstream.close()
 
 
 class _Limited:

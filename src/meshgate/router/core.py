@@ -17,8 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
-
-import httpx
+from urllib.parse import urlsplit
 
 from meshgate.balancer import Balancer
 from meshgate.config import ServerPolicy
@@ -48,6 +47,13 @@ from meshgate.resilience import (
     backoff_delay,
 )
 from meshgate.router.interceptors import Chain
+from meshgate.services.http import (
+    ServiceBroken,
+    ServiceClient,
+    ServiceResponse,
+    ServiceTimeout,
+    Unreachable,
+)
 from meshgate.services.mesh import ServiceMesh, ServicePool
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool, Supervisor
@@ -76,9 +82,9 @@ def _attempt_outcome(error: BaseException | None) -> str:
         return "ok"
     if isinstance(error, asyncio.CancelledError):
         return "cancelled"
-    if isinstance(error, TimeoutError | httpx.TimeoutException):
+    if isinstance(error, TimeoutError):  # ServiceTimeout too
         return "timeout"
-    if isinstance(error, ConnectionLost | httpx.ConnectError | httpx.RemoteProtocolError):
+    if isinstance(error, ConnectionLost | Unreachable | ServiceBroken):
         return "crashed"
     return "error"
 
@@ -377,7 +383,7 @@ class Router:
         body: bytes | AsyncIterator[bytes] = b"",
         timeout_s: float | None = None,
         caller: str | None = None,
-    ) -> httpx.Response:
+    ) -> ServiceResponse:
         """Send one HTTP request to a healthy instance of an HTTP service; the same path as
         MCP calls (breaker, balancer, in-flight limit, deadline), retried on another instance
         only when that is safe: it never reached the instance, or the method is idempotent.
@@ -415,7 +421,7 @@ class Router:
     async def _proxy(
         self,
         pool: ServicePool,
-        client: httpx.AsyncClient,
+        client: ServiceClient,
         method: str,
         path: str,
         *,
@@ -424,7 +430,7 @@ class Router:
         body: bytes | AsyncIterator[bytes],
         timeout_s: float | None,
         caller: str | None,
-    ) -> httpx.Response:
+    ) -> ServiceResponse:
         if not self.accepting:
             raise ShuttingDown("the gateway is shutting down")
         service = pool.name
@@ -439,25 +445,28 @@ class Router:
             for attempt in range(1, policy.retry.max_attempts + 1):
                 inst = await self._acquire(pool, deadline, tried, None)
                 started = time.monotonic()
-                request = client.build_request(
-                    method,
-                    inst.reg.base_url + path + (f"?{query}" if query else ""),
-                    headers=headers,
-                    content=body,
-                    timeout=httpx.Timeout(max(0.001, deadline.remaining())),
-                )
+                url = inst.reg.base_url + path + (f"?{query}" if query else "")
                 reached = True
                 try:
-                    response = await self._send(client, inst.id, service, request)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    response = await self._send(
+                        client,
+                        inst.id,
+                        service,
+                        method,
+                        url,
+                        headers or [],
+                        body,
+                        max(0.001, deadline.remaining()),
+                    )
+                except Unreachable as e:
                     reached, error = False, f"{inst.id}: cannot connect: {e}"
-                except httpx.TimeoutException:
+                except ServiceTimeout:
                     inst.breaker.on_failure()
                     raise UpstreamTimeout(
                         f"{inst.id} did not answer {method} {path} within the deadline"
                     ) from None
-                except httpx.HTTPError as e:
-                    error = f"{inst.id} failed mid-request: {type(e).__name__}: {e}"
+                except ServiceBroken as e:
+                    error = f"{inst.id} failed mid-request: {e}"
                 except asyncio.CancelledError:
                     inst.breaker.on_abandon()
                     raise
@@ -486,21 +495,32 @@ class Router:
             self.edges.record(caller, service, ok=ok)
 
     async def _send(
-        self, client: httpx.AsyncClient, instance: str, service: str, request: httpx.Request
-    ) -> httpx.Response:
+        self,
+        client: ServiceClient,
+        instance: str,
+        service: str,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes],
+        timeout: float,
+    ) -> ServiceResponse:
         """One attempt of a proxied call, measured and (with tracing on) a client span whose
         context travels in the request's headers."""
         t = tracing.active()
         span = None
         if t is not None:
             span = t.start_span(
-                f"{request.method} {instance}",
+                f"{method} {instance}",
                 kind=tracing.SpanKind.CLIENT,
-                attributes={"meshgate.instance": instance, "url.path": request.url.path},
+                attributes={"meshgate.instance": instance, "url.path": urlsplit(url).path},
             )
-            request.headers.update(tracing.inject(span))
+            context = tracing.inject(span)
+            headers = [(k, v) for k, v in headers if k.lower() not in context] + [*context.items()]
         with Measure(partial(metrics.attempt, service, instance), _attempt_outcome, span) as m:
-            response = await client.send(request, stream=True)
+            response = await client.request(
+                method, url, headers=headers, body=body, timeout=timeout
+            )
             if response.status_code >= 500:
                 m.outcome = "error"
             return response
