@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from meshgate.api.problems import read_body, read_json_object
+from meshgate.api.routing import DirectRoute, ProxiedResponse
 from meshgate.config import Registration
 from meshgate.errors import (
     InvalidArguments,
@@ -26,7 +26,6 @@ from meshgate.observability.topology import CALLER_HEADER, dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router
 from meshgate.router.interceptors import Call
-from meshgate.services.http import ServiceResponse
 from meshgate.services.mesh import ServiceMesh
 
 _REGISTER_BODY = {
@@ -37,7 +36,7 @@ _REGISTER_BODY = {
 }
 
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1) and those the proxy sets itself.
+# Hop-by-hop headers (RFC 9110 section 7.6.1): never passed on, either way.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -48,13 +47,17 @@ HOP_BY_HOP = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
-        "host",
-        "content-length",
     }
 )
-
-
 TIMEOUT_HEADER = "x-meshgate-timeout"  # seconds; the service's call_timeout_s otherwise
+# Request headers not passed on: hop-by-hop, ours, those the client library sets itself, and
+# the X-Forwarded-* ones the proxy sets anew.
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+NOT_FORWARDED = HOP_BY_HOP | FORWARDED | {"host", "content-length", TIMEOUT_HEADER}
+# Response headers not passed back. Content-Length stays (the body passes unchanged, so the
+# server need not re-frame it in chunks), except where a body must be empty whatever it says.
+NOT_RETURNED = frozenset(h.encode() for h in HOP_BY_HOP)
+NOT_RETURNED_EMPTY = NOT_RETURNED | {b"content-length"}
 
 
 def _timeout(value: str | None) -> float | None:
@@ -211,60 +214,43 @@ def build(
         next_cursor = _encode_cursor(items[-1]["name"]) if more else None
         return _json({"items": items, "next_cursor": next_cursor})
 
-    @api.api_route(
-        "/call/{name}/{path:path}",
-        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
-    )
-    async def call(name: str, path: str, request: Request) -> Response:
+    async def call(request: Request, name: str, path: str) -> Response:
+        scope = request.scope
+        incoming = request.headers
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
-        if request.method.upper() in IDEMPOTENT_METHODS:
+        method = scope["method"]
+        if method in IDEMPOTENT_METHODS:
             # Read whole: a request that failed after it was sent may be sent again.
             body = await read_body(request, max_body_bytes)
             size = len(body)
         else:  # streamed on; never sent twice
-            size = int(request.headers.get("content-length") or 0)
+            size = int(incoming.get("content-length") or 0)
             if size > max_body_bytes:
                 raise PayloadTooLarge(
                     f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
                 )
             limited = _Limited(request.stream(), max_body_bytes)
             body = limited.chunks()
-        timeout_s = _timeout(request.headers.get(TIMEOUT_HEADER))
+        timeout_s = _timeout(incoming.get(TIMEOUT_HEADER))
+        target = "/" + path
         intercepted = router.interceptors.run(
             Call(
                 service=name,
                 kind="http",
-                target="/" + path,
-                incoming=request.headers,
-                caller=request.headers.get(CALLER_HEADER),
+                target=target,
+                incoming=incoming,
+                caller=incoming.get(CALLER_HEADER),
                 body_size=size,
             )
         )
-        added = {k.lower() for k in intercepted.headers}
-        headers = [
-            (k, v)
-            for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP
-            and k.lower() != TIMEOUT_HEADER
-            and k.lower() not in added
-        ]
-        headers += list(intercepted.headers.items())
-        if not isinstance(body, bytes) and "content-length" in request.headers:
-            # A streamed body keeps its declared length (so the service need not read chunks).
-            headers.append(("content-length", request.headers["content-length"]))
-        client = request.client.host if request.client else ""
-        forwarded = request.headers.get("x-forwarded-for")
-        headers.append(("x-forwarded-for", f"{forwarded}, {client}" if forwarded else client))
-        headers.append(("x-forwarded-proto", request.url.scheme))
-        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        headers = _forwarded(scope, intercepted.headers, streamed=not isinstance(body, bytes))
         try:
             upstream = await router.proxy(
                 name,
-                request.method,
-                "/" + path,
-                query=request.url.query,
+                method,
+                target,
+                query=scope["query_string"].decode("latin-1"),
                 headers=headers,
                 body=body,
                 timeout_s=timeout_s,
@@ -276,14 +262,20 @@ def build(
                     f"request body exceeds the limit of {max_body_bytes} bytes"
                 ) from None
             raise
-        response = StreamingResponse(
-            upstream.chunks(),
-            status_code=upstream.status_code,
-            background=BackgroundTask(_close, upstream),
-        )
+        status = upstream.status_code
+        dropped = NOT_RETURNED_EMPTY if status in (204, 304) else NOT_RETURNED
         out = [(k.lower(), v) for k, v in upstream.raw_headers]
-        response.raw_headers = [(k, v) for k, v in out if k.decode("latin-1") not in HOP_BY_HOP]
-        return response
+        return ProxiedResponse(upstream, [(k, v) for k, v in out if k not in dropped])
+
+    # DirectRoute: FastAPI's per-request dependency resolution skipped (the handler reads
+    # what it needs from the request itself).
+    api.add_api_route(
+        "/call/{name}/{path:path}",
+        call,
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
+        route_class_override=DirectRoute,
+    )
 
     @api.get("/topology", summary="Services, their states and caller -> callee edges")
     async def topology(format: str = "json") -> Response:
@@ -401,8 +393,34 @@ def build(
     return api
 
 
-async def _close(upstream: ServiceResponse) -> None:
-    upstream.close()
+def _forwarded(
+    scope: MutableMapping[str, Any], added: dict[str, str], *, streamed: bool
+) -> list[tuple[str, str]]:
+    """The headers of the request to the service: the client's, less hop-by-hop headers and
+    those an interceptor sets, then the interceptors' and the X-Forwarded-* ones."""
+    replaced = {k.lower() for k in added} if added else ()
+    headers: list[tuple[str, str]] = []
+    forwarded_for = host = declared = ""
+    for raw_name, raw_value in scope["headers"]:  # names come lower-cased from the server
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        if name == "x-forwarded-for":
+            forwarded_for = value  # extended below
+        elif name == "host":
+            host = value
+        elif name == "content-length":
+            declared = value
+        if name in NOT_FORWARDED or name in replaced:
+            continue
+        headers.append((name, value))
+    headers += added.items()
+    if streamed and declared:
+        # A streamed body keeps its declared length (so the service need not read chunks).
+        headers.append(("content-length", declared))
+    client = scope["client"][0] if scope.get("client") else ""
+    headers.append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))
+    headers.append(("x-forwarded-proto", scope["scheme"]))
+    headers.append(("x-forwarded-host", host))
+    return headers
 
 
 class _Limited:
