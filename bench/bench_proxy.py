@@ -2,7 +2,7 @@
 plain reverse proxies, and through meshgate's `/api/v1/mesh/v2/call/{service}/...`.
 
     .venv/bin/python bench/bench_proxy.py [--duration 3] [--rounds 3] [--concurrency 1 2 4 8 16]
-                                          [--baseline-rev REV] [--sustained 60]
+                                          [--baseline-rev REV ...] [--sustained 60]
 
 One trivial ASGI backend (uvicorn with its defaults, uvloop and httptools when installed,
 `--backend-workers` processes, 1 by default) serves every mode of the run, on a loopback port
@@ -12,10 +12,10 @@ the backend, as one meshgate process has. meshgate knows the backend as a static
 `[[mesh.services]]` entry with an HTTP check. wrk (keep-alive, GET, Debian package `wrk`)
 drives each mode in turn for `--duration` seconds at each concurrency, `--rounds` times, so
 drift of the machine hits every mode alike; the best and the median round are reported.
-`--baseline-rev` adds a gateway running another revision of this repository (its `src`,
+`--baseline-rev` adds a gateway for each revision of this repository it names (its `src`,
 extracted with `git archive` into the temp dir) to the same alternation.
 
-`--sustained S` instead drives meshgate alone (after the baseline revision's, if one is given)
+`--sustained S` instead drives meshgate alone (after the baseline revisions', if any are given)
 at concurrency 16 for S seconds and reports requests/s, p50/p95/p99 and errors (wrk counts non-2xx
 answers, connect, read, write and timeout errors).
 """
@@ -290,7 +290,7 @@ def wrk_run(url: str, concurrency: int, duration: int, script: Path) -> dict[str
 
 def baseline_src(tmp: Path, rev: str) -> str:
     """Another revision's `src`, extracted (no worktree, nothing changed in the repository)."""
-    tree = tmp / "baseline"
+    tree = tmp / f"baseline-{rev}"
     tree.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True
@@ -373,7 +373,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--backend-workers", type=int, default=1)
-    p.add_argument("--baseline-rev", help="also run this git revision's gateway")
+    p.add_argument(
+        "--baseline-rev", nargs="+", default=[], help="also run these git revisions' gateways"
+    )
     p.add_argument("--sustained", type=int, metavar="SECONDS", help="meshgate only, c=16")
     p.add_argument("--serve-backend", type=int, metavar="FD", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -389,10 +391,10 @@ def main() -> int:
         script.write_text(WRK_DONE)
         backend_url = stack.enter_context(run_backend(args.backend_workers))
         gateways = {}
-        if args.baseline_rev:
-            src = baseline_src(tmp, args.baseline_rev)
-            gateways[f"meshgate {args.baseline_rev}"] = stack.enter_context(
-                run_gateway(tmp / "baseline-gateway", backend_url, src)
+        for rev in args.baseline_rev:
+            src = baseline_src(tmp, rev)
+            gateways[f"meshgate {rev}"] = stack.enter_context(
+                run_gateway(tmp / f"gateway-{rev}", backend_url, src)
             )
         gateways["meshgate"] = stack.enter_context(run_gateway(tmp / "gateway", backend_url))
         if args.sustained:
