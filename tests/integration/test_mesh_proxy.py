@@ -45,9 +45,10 @@ class Service:
             self.peers.add(tuple(scope["client"]))
         while (await receive()).get("more_body"):
             pass
-        if path == "/stream":  # one chunk, then nothing until released or left
+        if path == "/stream":  # one chunk (none if ?quiet), then nothing until released or left
             await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"first;", "more_body": True})
+            if scope["query_string"] != b"quiet":
+                await send({"type": "http.response.body", "body": b"first;", "more_body": True})
             left = asyncio.ensure_future(receive())
             released = asyncio.ensure_future(self.released.wait())
             await asyncio.wait((left, released), return_when=asyncio.FIRST_COMPLETED)
@@ -109,6 +110,13 @@ def service() -> Iterator[tuple[Service, str]]:
         sock.close()
 
 
+def wait_ended(svc: Service, how: str) -> None:
+    end = time.monotonic() + 10
+    while svc.stream_ended != how:
+        assert time.monotonic() < end, f"the service's stream: {svc.stream_ended!r}"
+        time.sleep(0.02)
+
+
 def test_the_proxy_streams_passes_bodies_whole_reuses_and_closes_connections(
     tmp_path: Path,
 ) -> None:
@@ -134,14 +142,16 @@ def test_the_proxy_streams_passes_bodies_whole_reuses_and_closes_connections(
                 assert b"".join(chunks) == b"second"
             assert svc.stream_ended == "released"
 
-            # A reader that leaves mid-stream: the proxy closes its connection to the service.
+            # A reader that leaves mid-stream, or before the first bytes: the proxy closes its
+            # connection to the service.
             svc.released.clear()
             with gw.http.stream("GET", f"{call}/stream", timeout=10) as r:
                 assert next(r.iter_raw()) == b"first;"
-            end = time.monotonic() + 10
-            while svc.stream_ended != "disconnect":
-                assert time.monotonic() < end, f"the service's stream {svc.stream_ended}"
-                time.sleep(0.02)
+            wait_ended(svc, "disconnect")
+            svc.stream_ended = ""
+            with gw.http.stream("GET", f"{call}/stream?quiet", timeout=10) as r:
+                assert r.status_code == 200
+            wait_ended(svc, "disconnect")
 
             # A large body comes whole, with its length; HEAD has the length and no body.
             r = gw.get(f"{call}/big")

@@ -403,8 +403,8 @@ def _forwarded(
     forwarded_for = host = declared = ""
     for raw_name, raw_value in scope["headers"]:  # names come lower-cased from the server
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        if name == "x-forwarded-for":
-            forwarded_for = value  # extended below
+        if name == "x-forwarded-for":  # extended below, several lines joined as one
+            forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
         elif name == "host":
             host = value
         elif name == "content-length":

@@ -59,10 +59,11 @@ class ProxiedResponse(Response):
     """An HTTP service's answer passed on: its head at once, its body as it arrives.
 
     A body that came whole with its head (most answers) goes out in one message, with no task
-    beside it. A longer one streams, watched by one task that closes the service's response
-    when the client goes away, so that a stream with nothing to send for a while does not keep
-    its connection after its reader left. (Starlette's StreamingResponse starts a task group
-    and a listener for every response, and needs a BackgroundTask to close the upstream.)
+    beside it. Any other streams, watched by one task that closes the service's response when
+    the client goes away, so that a stream with nothing to send for a while (before its first
+    bytes, too) does not keep its connection after its reader left. (Starlette's
+    StreamingResponse starts a task group and a listener for every response, and needs a
+    BackgroundTask to close the upstream.)
     """
 
     def __init__(self, upstream: ServiceResponse, headers: list[tuple[bytes, bytes]]) -> None:
@@ -81,15 +82,13 @@ class ProxiedResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            chunk = await upstream.read_chunk()
-            if upstream.complete:
-                await send({"type": "http.response.body", "body": chunk})
+            if upstream.arrived:
+                await send({"type": "http.response.body", "body": await upstream.read_chunk()})
                 return
             watch = asyncio.ensure_future(_close_on_disconnect(receive, upstream))
             try:
-                while chunk:
+                while chunk := await upstream.read_chunk():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    chunk = await upstream.read_chunk()
                 await send({"type": "http.response.body", "body": b""})
             except ServiceBroken:
                 if not watch.done():

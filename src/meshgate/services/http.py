@@ -63,9 +63,9 @@ class ServiceResponse:
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = response.raw_headers
 
     @property
-    def complete(self) -> bool:
-        """The whole body has been read."""
-        return self._content.at_eof()
+    def arrived(self) -> bool:
+        """The whole body is in (reading it will not wait)."""
+        return self._content.is_eof()
 
     async def read_chunk(self) -> bytes:
         """The next bytes of the body as they arrived (b"" at its end)."""
