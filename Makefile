@@ -71,6 +71,7 @@ test: lint typecheck pytest
 bench: setup
 	$(BIN)/python bench/bench_echo.py
 	$(BIN)/python bench/bench_mcp.py
+	$(BIN)/python bench/bench_proxy.py
 
 # Peer gateways for bench/bench_mcp.py, outside the project's own environment.
 bench-peers:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from meshgate.api.forwarding import (
     PEER,
@@ -21,6 +20,7 @@ from meshgate.api.forwarding import (
 )
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.api.responses import json_response
+from meshgate.api.routing import DirectRoute, ProxiedResponse
 from meshgate.config import Registration
 from meshgate.errors import (
     InvalidArguments,
@@ -51,7 +51,7 @@ _REGISTER_BODY = {
 }
 
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1) and those the proxy sets itself.
+# Hop-by-hop headers (RFC 9110 section 7.6.1): never passed on, either way.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -62,13 +62,16 @@ HOP_BY_HOP = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
-        "host",
-        "content-length",
     }
 )
-
-
-MESH_HEADERS = frozenset({TIMEOUT_HEADER, HOPS_HEADER})  # set anew for the next hop
+# Request headers not passed on: hop-by-hop, those the client library sets itself, and the
+# mesh's own (set anew for the next hop). Forwarding headers are dropped too, unless the client
+# is a trusted proxy (`forwarding.forwarded` decides which go on).
+NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", TIMEOUT_HEADER, HOPS_HEADER}
+# Response headers not passed back. Content-Length stays (the body passes unchanged, so the
+# server need not re-frame it in chunks), except where a body must be empty whatever it says.
+NOT_RETURNED = frozenset(h.encode() for h in HOP_BY_HOP)
+NOT_RETURNED_EMPTY = NOT_RETURNED | {b"content-length"}
 
 
 def _timeout(value: str | None) -> float | None:
@@ -221,72 +224,60 @@ def build(
         next_cursor = _encode_cursor(items[-1]["name"]) if more else None
         return json_response({"items": items, "next_cursor": next_cursor})
 
-    @api.api_route(
-        "/call/{name}/{path:path}",
-        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
-    )
-    async def call(name: str, path: str, request: Request) -> Response:
-        hops = parse_hops(request.headers.get(HOPS_HEADER), max_hops=max_hops)
+    async def call(request: Request, name: str, path: str) -> Response:
+        scope = request.scope
+        incoming = request.headers
+        hops = parse_hops(incoming.get(HOPS_HEADER), max_hops=max_hops)
         # Checked on the raw path: Starlette has decoded `path`, so `%2e%2e` is `..` there.
-        target = forward_path(request.scope.get("raw_path") or path.encode(), path)
+        target = forward_path(scope.get("raw_path") or path.encode(), path)
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
-        if request.method.upper() in IDEMPOTENT_METHODS:
+        method = scope["method"]
+        if method in IDEMPOTENT_METHODS:
             # Read whole: a request that failed after it was sent may be sent again.
             body = await read_body(request, max_body_bytes)
             size = len(body)
         else:  # streamed on; never sent twice
-            size = int(request.headers.get("content-length") or 0)
+            size = int(incoming.get("content-length") or 0)
             if size > max_body_bytes:
                 raise PayloadTooLarge(
                     f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
                 )
             limited = _Limited(request.stream(), max_body_bytes)
             body = limited.chunks()
-        peer = request.scope.get(PEER) or (request.client.host if request.client else "")
-        client, forwarding = forwarded(request.headers, peer, request.url.scheme, trusted)
+        peer = scope.get(PEER) or (scope["client"][0] if scope.get("client") else "")
+        client, forwarding = forwarded(incoming, peer, scope["scheme"], trusted)
         call = Call(
             service=name,
             kind="http",
             target=target,
             entry="proxy",
-            incoming=request.headers,
-            caller=request.headers.get(CALLER_HEADER),
+            incoming=incoming,
+            caller=incoming.get(CALLER_HEADER),
             body_size=size,
-            timeout_s=_timeout(request.headers.get(TIMEOUT_HEADER)),
+            timeout_s=_timeout(incoming.get(TIMEOUT_HEADER)),
             hops=hops,
             client=client,
         )
-        headers = [
-            (k, v)
-            for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP
-            and k.lower() not in MESH_HEADERS
-            and not is_forwarding_header(k)
-        ]
-        if not isinstance(body, bytes) and "content-length" in request.headers:
-            # A streamed body keeps its declared length (so the service need not read chunks).
-            headers.append(("content-length", request.headers["content-length"]))
-        headers += forwarding
+        headers = _passed_on(scope, streamed=not isinstance(body, bytes)) + forwarding
         pool = services.pools.get(name)
         key = (
             hash_key(
                 pool,
-                session=request.headers.get(SESSION_HEADER),
+                session=incoming.get(SESSION_HEADER),
                 client=client,
                 arguments=dict(request.query_params),
             )
-            if pool is not None
+            if pool is not None and pool.policy.strategy in ("consistent_hash", "ip_hash")
             else None
         )
         try:
             upstream = await router.proxy(
                 name,
-                request.method,
+                method,
                 target,
                 call=call,
-                query=request.url.query,
+                query=scope["query_string"].decode("latin-1"),
                 headers=headers,
                 body=body,
                 key=key,
@@ -297,13 +288,20 @@ def build(
                     f"request body exceeds the limit of {max_body_bytes} bytes"
                 ) from None
             raise
-        out = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
-        return StreamingResponse(
-            upstream.aiter_raw(),
-            status_code=upstream.status_code,
-            headers=dict(out),
-            background=BackgroundTask(upstream.aclose),
-        )
+        status = upstream.status_code
+        dropped = NOT_RETURNED_EMPTY if status in (204, 304) else NOT_RETURNED
+        out = [(k.lower(), v) for k, v in upstream.raw_headers]
+        return ProxiedResponse(upstream, [(k, v) for k, v in out if k not in dropped])
+
+    # DirectRoute: FastAPI's per-request dependency resolution skipped (the handler reads
+    # what it needs from the request itself).
+    api.add_api_route(
+        "/call/{name}/{path:path}",
+        call,
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
+        route_class_override=DirectRoute,
+    )
 
     @api.get("/topology", summary="Services, their states and caller -> callee edges")
     async def topology(format: str = "json") -> Response:
@@ -419,6 +417,25 @@ def build(
         return json_response(body)
 
     return api
+
+
+def _passed_on(scope: MutableMapping[str, Any], *, streamed: bool) -> list[tuple[str, str]]:
+    """The client's request headers that go on to the service, read from the raw scope: less
+    hop-by-hop, forwarding and the mesh's own headers (the caller adds the forwarding ones it
+    trusts, and the router the mesh's and the interceptors')."""
+    headers: list[tuple[str, str]] = []
+    declared = ""
+    for raw_name, raw_value in scope["headers"]:  # names come lower-cased from the server
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        if name == "content-length":
+            declared = value
+        if name in NOT_FORWARDED or is_forwarding_header(name):
+            continue
+        headers.append((name, value))
+    if streamed and declared:
+        # A streamed body keeps its declared length (so the service need not read chunks).
+        headers.append(("content-length", declared))
+    return headers
 
 
 class _Limited:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import httpx
 from opentelemetry.trace import Span
 
 from meshgate.errors import (
@@ -32,6 +31,13 @@ from meshgate.observability import tracing
 from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics
 from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER
+from meshgate.services.http import (
+    ServiceBroken,
+    ServiceClient,
+    ServiceResponse,
+    ServiceTimeout,
+    Unreachable,
+)
 from meshgate.services.mesh import ServiceInstance
 from meshgate.upstream.instance import Instance
 from meshgate.wire.connection import ConnectionLost, ResponseTooLarge
@@ -192,7 +198,7 @@ class HttpAttempt:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: ServiceClient,
         method: str,
         path: str,
         *,
@@ -209,28 +215,26 @@ class HttpAttempt:
         self.body = body
         self.hops = hops
 
-    async def send(self, inst: ServiceInstance, timeout: float, hurried: bool) -> httpx.Response:
+    async def send(self, inst: ServiceInstance, timeout: float, hurried: bool) -> ServiceResponse:
         # The next hop gets what is left of the deadline and one more hop.
         headers = [
             *self.headers,
             (TIMEOUT_HEADER, f"{timeout:.3f}"),
             (HOPS_HEADER, str(self.hops + 1)),
         ]
-        request = self.client.build_request(
-            self.method,
-            inst.reg.base_url + self.path + (f"?{self.query}" if self.query else ""),
-            headers=headers,
-            content=self.body,
-            timeout=httpx.Timeout(timeout),
-        )
+        url = inst.reg.base_url + self.path + (f"?{self.query}" if self.query else "")
         span = _client_span(f"{self.method} {inst.id}", inst.id, {"url.path": self.path})
         if span is not None:  # the trace goes on in the service
-            request.headers.update(tracing.inject(span))
+            context = tracing.inject(span)
+            headers = [(k, v) for k, v in headers if k.lower() not in context]
+            headers += context.items()
         what = f"{self.method} {self.path}"
         with Measure(partial(metrics.attempt, inst.service, inst.id), attempt_outcome, span) as m:
             try:
-                response = await self.client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                response = await self.client.request(
+                    self.method, url, headers=headers, body=self.body, timeout=timeout
+                )
+            except Unreachable as e:
                 raise Failed(
                     Failure(
                         UpstreamError(f"{inst.id}: cannot connect: {e}"),
@@ -238,7 +242,7 @@ class HttpAttempt:
                         retryable=True,
                     )
                 ) from None
-            except httpx.TimeoutException:
+            except ServiceTimeout:
                 raise Failed(
                     Failure(
                         UpstreamTimeout(
@@ -248,16 +252,13 @@ class HttpAttempt:
                         blame=not hurried,
                     )
                 ) from None
-            except httpx.HTTPError as e:
+            except ServiceBroken as e:
                 raise Failed(
-                    Failure(
-                        UpstreamCrashed(f"{inst.id} failed mid-request: {type(e).__name__}: {e}"),
-                        retryable=True,
-                    )
+                    Failure(UpstreamCrashed(f"{inst.id} failed mid-request: {e}"), retryable=True)
                 ) from None
             if response.status_code >= 500:
                 m.outcome = "error"
             return response
 
-    def healthy(self, result: httpx.Response) -> bool:
+    def healthy(self, result: ServiceResponse) -> bool:
         return result.status_code not in (502, 503, 504)

@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar, cast
 
-import httpx
-
 from meshgate.balancer import Balancer
 from meshgate.config import ServerPolicy
 from meshgate.errors import (
@@ -54,6 +52,7 @@ from meshgate.router.attempts import (
 )
 from meshgate.router.call import Call
 from meshgate.router.interceptors import Chain
+from meshgate.services.http import ServiceResponse
 from meshgate.services.mesh import ServiceMesh
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool, Supervisor
@@ -282,7 +281,7 @@ class Router:
         headers: list[tuple[str, str]] | None = None,
         body: bytes | AsyncIterator[bytes] = b"",
         key: str | None = None,
-    ) -> httpx.Response:
+    ) -> ServiceResponse:
         """Send one HTTP request to a healthy instance of an HTTP service; retried on another
         instance only when it never reached the first, or the method is idempotent.
 

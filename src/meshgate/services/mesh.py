@@ -21,14 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
+from meshgate.services.http import ServiceBroken, ServiceClient, Unreachable
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import breaker_policy
 from meshgate.wire import protocol
@@ -150,9 +149,7 @@ class ServiceMesh:
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
         self.transitions: Counter[tuple[str, str]] = Counter()
         # For checks and for calls through the router (`/call`): pooled keep-alive connections.
-        self.client = httpx.AsyncClient(
-            follow_redirects=False, timeout=None, limits=httpx.Limits(max_connections=1000)
-        )
+        self.client = ServiceClient(max_connections=1000)
         self._ttl_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -315,13 +312,15 @@ class ServiceMesh:
                     return None
                 if check.type == "mcp":
                     return await self._mcp_check(inst, url + check.path, check.timeout_s)
-                r = await self.client.get(url + check.path)
-                if 200 <= r.status_code < 300:
+                status = await self.client.status(url + check.path, timeout=check.timeout_s)
+                if 200 <= status < 300:
                     return None
-                return f"HTTP {r.status_code} from {check.path}"
+                return f"HTTP {status} from {check.path}"
         except TimeoutError:
             return f"no answer within {check.timeout_s}s"
-        except (OSError, httpx.HTTPError) as e:
+        except Unreachable as e:
+            return f"cannot connect: {e}"
+        except (OSError, ServiceBroken) as e:
             return f"{type(e).__name__}: {e}".rstrip(": ")
 
     async def _mcp_check(self, inst: ServiceInstance, url: str, timeout: float) -> str | None:

@@ -369,12 +369,12 @@ class Workers:
         )
         try:
             raw = b""
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.chunks():
                 raw += chunk
                 if len(raw) > MAX_RESULT_BYTES:
                     raise PermanentFailure({"detail": "the answer exceeds 1 MiB"})
         finally:
-            await response.aclose()
+            response.close()
         try:
             answer: Any = json.loads(raw) if raw else None
         except ValueError:
