@@ -26,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,24 +151,16 @@ async def bench_direct(server: str, calls: int, levels: list[int]) -> dict[int, 
         client.reader.cancel()
 
 
-@contextmanager
-def revision_tree(rev: str, parent: Path) -> Iterator[Path]:
-    """A checkout of another revision of this repository (a `git worktree` under `parent`),
-    whose `src` a benchmark runs as a baseline gateway; removed afterwards."""
-    tree = parent / "baseline"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield tree
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-            check=False,
-            capture_output=True,
-        )
+def revision_src(rev: str, parent: Path) -> str:
+    """Another revision's `src`, extracted under `parent` (`git archive`: no worktree, nothing
+    changed in the repository), for a benchmark to run as a baseline gateway."""
+    tree = parent / f"baseline-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return str(tree / "src")
 
 
 def start(server: str, workdir: Path) -> GatewayProcess:
@@ -215,27 +206,44 @@ def run_wrk(
                 timeout=60,
                 check=True,
             )  # warm-up
-            r = subprocess.run(
-                ["wrk", f"-t{min(c, threads)}", f"-c{c}", f"-d{duration}s", "-s", f.name, url],
-                capture_output=True,
-                text=True,
-                timeout=duration + 60,
-                check=True,
-            )
-            m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
-            if m is None:
-                raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
-            n, errors, micros = int(m[1]), int(m[2]), int(m[3])
-            if errors:
-                print(f"warning: {errors} errors at concurrency {c}", file=sys.stderr)
-            out[c] = {
-                "p50_ms": float(m[4]) / 1e3,
-                "p95_ms": float(m[5]) / 1e3,
-                "p99_ms": float(m[6]) / 1e3,
-                "calls_per_s": n / (micros / 1e6),
-                "errors": errors,
-            }
+            out[c] = wrk_once(url, Path(f.name), c, duration, threads=threads)
+            if out[c]["errors"]:
+                print(f"warning: {out[c]['errors']:.0f} errors at concurrency {c}", file=sys.stderr)
     return out
+
+
+def wrk_once(
+    url: str, script: Path, concurrency: int, duration: int, *, threads: int = 2
+) -> dict[str, float]:
+    """One wrk run with a script that ends in WRK_DONE: calls/s, latency percentiles (ms),
+    errors and the number of requests."""
+    r = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(concurrency, threads)}",
+            f"-c{concurrency}",
+            f"-d{duration}s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    )
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
+    if m is None:
+        raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
+    n, errors, micros = int(m[1]), int(m[2]), int(m[3])
+    return {
+        "p50_ms": float(m[4]) / 1e3,
+        "p95_ms": float(m[5]) / 1e3,
+        "p99_ms": float(m[6]) / 1e3,
+        "calls_per_s": n / (micros / 1e6),
+        "errors": errors,
+        "requests": n,
+    }
 
 
 def bench_gateway_wrk(

@@ -13,15 +13,15 @@ Every row calls `echo` of the same stdio server (meshgate's fault server) in the
 HTTP load comes from `wrk` (Debian package) with two threads, keep-alive connections and a
 fresh JSON-RPC id per request, all on one MCP session. Peers are looked for in `--peers`
 (default `.tools/peers`, filled by `make bench-peers`); a missing peer is skipped and said so.
-`--baseline-rev` adds a gateway run from another revision of this repository (a `git worktree`
-in a temp dir); the two gateways alternate for `--rounds` rounds and each row keeps its best.
+`--baseline-rev` adds a gateway run from another revision of this repository (extracted with
+`git archive` into a temp dir); the two gateways alternate for `--rounds` rounds and each row
+keeps its best.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench_echo import REPO, SERVERS, bench_direct, revision_tree, run_wrk
+from bench_echo import REPO, SERVERS, bench_direct, revision_src, run_wrk
 from meshgate.testing.gateway import start_gateway
 
 STATELESS = "2026-07-28"
@@ -196,17 +196,17 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--peers", type=Path, default=REPO / ".tools" / "peers")
     p.add_argument("--rounds", type=int, default=1, help="rounds per gateway (best is kept)")
-    p.add_argument("--baseline-rev", help="also run this git revision's gateway (a worktree)")
+    p.add_argument("--baseline-rev", help="also run this git revision's gateway")
     args = p.parse_args()
     server_cmd, _, _ = SERVERS["fault"]
     rows: dict[str, dict[int, dict[str, float]]] = {}
     rows["direct stdio"] = asyncio.run(bench_direct("fault", args.calls, args.concurrency))
 
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as tmp:
         sources: dict[str, str | None] = {"meshgate": None}
         if args.baseline_rev:
-            tree = stack.enter_context(revision_tree(args.baseline_rev, Path(tmp)))
-            sources[f"meshgate {args.baseline_rev} (baseline)"] = str(tree / "src")
+            baseline = revision_src(args.baseline_rev, Path(tmp))
+            sources[f"meshgate {args.baseline_rev} (baseline)"] = baseline
         gateways = {}
         try:
             for i, (name, src) in enumerate(sources.items()):

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -41,23 +40,13 @@ from typing import Any
 
 import httpx
 
+from bench_echo import REPO, WRK_DONE, revision_src, wrk_once
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 SERVICE = "echo"
 PATH = "/hello?x=1"
 BODY = b'{"ok":true}'
-
-# Prints the line `wrk_run` parses (latencies are in microseconds).
-WRK_DONE = """
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %f %f %f\\n", summary.requests,
-    summary.errors.status + summary.errors.connect + summary.errors.read
-      + summary.errors.write + summary.errors.timeout,
-    summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
-end
-"""
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -265,38 +254,9 @@ def run_gateway(tmp: Path, backend_url: str, src: str | None = None) -> Iterator
 
 
 def wrk_run(url: str, concurrency: int, duration: int, script: Path) -> dict[str, float]:
-    """One wrk run: requests/s, latency percentiles (ms) and errors."""
-    cmd = ["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{duration}s"]
-    r = subprocess.run(
-        [*cmd, "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-    )
-    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", r.stdout)
-    if m is None:
-        raise RuntimeError(f"unexpected wrk output: {r.stdout} {r.stderr}")
-    n, errors, micros = int(m[1]), int(m[2]), int(m[3])
-    return {
-        "rps": n / (micros / 1e6),
-        "p50_ms": float(m[4]) / 1e3,
-        "p95_ms": float(m[5]) / 1e3,
-        "p99_ms": float(m[6]) / 1e3,
-        "errors": errors,
-        "requests": n,
-    }
-
-
-def baseline_src(tmp: Path, rev: str) -> str:
-    """Another revision's `src`, extracted (no worktree, nothing changed in the repository)."""
-    tree = tmp / f"baseline-{rev}"
-    tree.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return str(tree / "src")
+    """One wrk run: requests/s (`rps`), latency percentiles (ms) and errors."""
+    r = wrk_once(url, script, concurrency, duration)
+    return {**r, "rps": r["calls_per_s"]}
 
 
 def table(results: dict[str, dict[int, list[dict[str, float]]]], levels: list[int]) -> str:
@@ -392,7 +352,7 @@ def main() -> int:
         backend_url = stack.enter_context(run_backend(args.backend_workers))
         gateways = {}
         for rev in args.baseline_rev:
-            src = baseline_src(tmp, rev)
+            src = revision_src(rev, tmp)
             gateways[f"meshgate {rev}"] = stack.enter_context(
                 run_gateway(tmp / f"gateway-{rev}", backend_url, src)
             )

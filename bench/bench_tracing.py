@@ -10,14 +10,13 @@ for `tracing` / `trace_sample_ratio`; wrk drives REST calls of `echo` at each in
 is reported with the median. Metrics are always on; a second table times, in process, what the
 instrumentation adds to one call with tracing off (the label lookups and one histogram
 observation) against the call itself. `--baseline-rev` adds a gateway run from another
-revision of this repository (a `git worktree` in a temp dir), e.g. one from before the
+revision of this repository (extracted with `git archive` into a temp dir), e.g. one from before the
 instrumentation, to the same alternation.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import shutil
@@ -28,7 +27,7 @@ import time
 import timeit
 from pathlib import Path
 
-from bench_echo import SERVERS, WRK_SCRIPT, revision_tree, run_wrk
+from bench_echo import SERVERS, WRK_SCRIPT, revision_src, run_wrk
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 
@@ -66,7 +65,7 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--baseline-rev", help="also run this git revision's gateway (a worktree)")
+    p.add_argument("--baseline-rev", help="also run this git revision's gateway")
     args = p.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing (Debian package wrk)", file=sys.stderr)
@@ -76,11 +75,13 @@ def main() -> int:
     modes: dict[str, tuple[dict[str, str], str | None]] = {
         mode: (env, None) for mode, env in MODES.items()
     }
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as tmp:
         if args.baseline_rev:
-            tree = stack.enter_context(revision_tree(args.baseline_rev, Path(tmp)))
             baseline: dict[str, tuple[dict[str, str], str | None]] = {
-                f"revision {args.baseline_rev} (baseline)": ({}, str(tree / "src"))
+                f"revision {args.baseline_rev} (baseline)": (
+                    {},
+                    revision_src(args.baseline_rev, Path(tmp)),
+                )
             }
             modes = {**baseline, **modes}
         results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
