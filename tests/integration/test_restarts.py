@@ -112,3 +112,20 @@ max_failures = 3
         gave_up = [i for i, m in enumerate(log) if m.startswith("f-1: stopped -> failed (3 ")]
         second_restart = next(i for i, m in enumerate(log) if "(failures in a row: 2 of 3)" in m)
         assert gave_up and gave_up[0] > second_restart
+
+
+def test_a_leader_that_dies_takes_the_child_holding_its_stdout(tmp_path: Path) -> None:
+    # `sh` runs the server as its child (not exec: a command follows), as `npx` runs `node`:
+    # killing the leader leaves the child holding the pipes until the group is ended.
+    entry = fault_server()
+    command = " ".join([entry["command"], *entry["args"]]) + "; exit 0"
+    with run_gateway(tmp_path, {"f": {"command": "/bin/sh", "args": ["-c", command]}}) as gw:
+        [leader] = gw.instances("f")
+        r = gw.call("f", "pid")
+        child = int(r.json()["content"][0]["text"])
+        assert child != leader["pid"]
+        os.kill(leader["pid"], signal.SIGKILL)
+        assert not wait_gone({leader["pid"], child}, 10)
+        after = replaced(gw, leader["pid"])
+        assert after["restarts"] == 1
+        assert int(gw.call("f", "pid").json()["content"][0]["text"]) not in (child, leader["pid"])

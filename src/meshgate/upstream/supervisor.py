@@ -348,7 +348,11 @@ class ServerPool:
         task.add_done_callback(self._instance_tasks.discard)
 
     async def _watch(self, inst: Instance) -> None:
-        """Probe health until the process stops talking; then deregister and reap it."""
+        """Probe health until the process exits or stops talking; then deregister and reap it.
+
+        The exit of the process is enough: a grandchild that still holds its stdout (`npx`
+        and its `node`) goes with the group in `_end`, rather than when the pipe drains.
+        """
         h = self.policy.health
         slot_health = self.slots[inst.slot - 1].health
         health = asyncio.create_task(
@@ -363,7 +367,7 @@ class ServerPool:
             name=f"health {inst.id}",
         )
         detached = asyncio.ensure_future(inst.detached.wait())
-        ended = (inst.conn.closed,)
+        ended = (inst.conn.closed, inst.conn.exited)
         try:
             waits: set[asyncio.Future[Any]] = {*ended, detached}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -439,11 +443,12 @@ class ServerPool:
         return inst
 
     async def _watch_dedicated(self, inst: Instance) -> None:
+        ended = (inst.conn.closed, inst.conn.exited)
         try:
-            await asyncio.shield(inst.conn.closed)
+            await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
             log.info("%s exited (code %s)", inst.id, inst.conn.exit_code)
         finally:
-            if inst.conn.closed.done():
+            if any(f.done() for f in ended):
                 await self._end(inst, f"exited with code {inst.conn.exit_code}")
             self.dedicated.pop(inst.id, None)
             self.notify()
