@@ -43,6 +43,8 @@ LIFECYCLE: dict[InstanceState, frozenset[InstanceState]] = {
 }
 """The moves an instance may make, from each state."""
 
+_LEVELS = {S.UNHEALTHY: logging.WARNING, S.FAILED: logging.ERROR}  # of a move's log line
+
 CHECKED = frozenset({S.STARTING, S.HEALTHY, S.UNHEALTHY})
 """The states that checks move an instance between."""
 
@@ -102,7 +104,7 @@ class HealthLog:
 
     def moved(self, instance: str, old: InstanceState, new: InstanceState, why: str) -> None:
         self.transitions[(old.value, new.value)] += 1
-        level = logging.WARNING if new in (S.UNHEALTHY, S.FAILED) else logging.INFO
+        level = _LEVELS.get(new, logging.INFO)
         self.logger.log(level, "%s: %s -> %s (%s)", instance, old.value, new.value, why)
 
     def checked(self, instance: str, service: str, result: CheckResult, fail_streak: int) -> None:

@@ -251,6 +251,16 @@ def test_log_lines_tell_transitions_and_the_first_failure_of_a_streak(
     ]
 
 
+def test_giving_up_is_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    h, book = make(Thresholds(), S.STOPPED)
+    with caplog.at_level(logging.INFO, logger="test.health"):
+        h.move(S.FAILED, "5 failures in a row; giving up: exited with code 1 after 0.1s")
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.getMessage().startswith("svc-1: stopped -> failed (5 failures in a row")
+    assert book.transitions == {("stopped", "failed"): 1}
+
+
 def test_thresholds_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Thresholds(healthy_after=0)
