@@ -181,6 +181,9 @@ def test_the_proxy_streams_passes_bodies_whole_reuses_and_closes_connections(
                 conn.close()
             for name in ("traceparent", "tracestate"):  # 1 % of calls are traced
                 seen.pop(name, None)
+            # The mesh's own: the deadline left and the hop count, for the next hop.
+            assert 25 < float(seen.pop("x-meshgate-timeout")[0]) <= 30
+            assert seen.pop("x-meshgate-hops") == ["1"]
             assert seen == {
                 "host": [url.removeprefix("http://")],
                 "x-request": ["1"],

@@ -6,7 +6,8 @@ and only its checks move it: `healthy_after` passing checks make it `healthy`,
 `unhealthy_after` failing ones `unhealthy`, and back. A check is real: an HTTP GET of its health
 path that must answer 2xx in time, a TCP connect, or an MCP request (`server/discover` or
 `ping`, after discovery or the handshake). An instance registered with a TTL must
-send `PUT .../heartbeat` within it, or it is removed. Every transition is logged and counted.
+send `PUT .../heartbeat` within it, or it is removed. Every transition is logged and counted
+(`meshgate.health`, as for MCP server processes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
+from meshgate.health import CheckResult, Health, HealthLog, Thresholds, run_checks
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
@@ -41,7 +43,13 @@ class ServiceInstance(LatencyTracked):
     """One registered endpoint and what its checks found; the router picks among these."""
 
     def __init__(
-        self, reg: Registration, heartbeat_at: float, policy: ServerPolicy, *, static: bool
+        self,
+        reg: Registration,
+        heartbeat_at: float,
+        policy: ServerPolicy,
+        *,
+        static: bool,
+        health_log: HealthLog,
     ) -> None:
         super().__init__()
         self.reg = reg
@@ -53,15 +61,26 @@ class ServiceInstance(LatencyTracked):
             breaker_policy(policy), on_transition=metrics.breaker_hook(reg.name, self.id)
         )
         self.in_flight = 0
-        self.state = InstanceState.STARTING
+        check = reg.check
+        self.health = Health(
+            self.id,
+            self.service,
+            Thresholds(check.healthy_after, check.unhealthy_after),
+            health_log,
+        )
         self.heartbeat_at = heartbeat_at
         self.registered_at = time.time()
-        self.ok_streak = 0
-        self.fail_streak = 0
-        self.last_check: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
         self.mcp: HttpUpstream | None = None  # the MCP check's connection
         self.mcp_era: protocol.Era | None = None
+
+    @property
+    def state(self) -> InstanceState:
+        return self.health.state
+
+    @property
+    def last_check(self) -> dict[str, Any] | None:
+        return self.health.last_view()
 
     @property
     def routable(self) -> bool:
@@ -147,11 +166,16 @@ class ServiceMesh:
         self.instances: dict[str, ServiceInstance] = {}
         self.pools: dict[str, ServicePool] = {}
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
-        self.transitions: Counter[tuple[str, str]] = Counter()
+        self.health_log = HealthLog(log)
         # For checks and for calls through the router (`/call`): pooled keep-alive connections.
         self.client = ServiceClient(max_connections=1000)
         self._ttl_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+
+    @property
+    def transitions(self) -> Counter[tuple[str, str]]:
+        """State transitions of HTTP instances, as (from, to) state values."""
+        return self.health_log.transitions
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -219,7 +243,13 @@ class ServiceMesh:
 
     def _add(self, reg: Registration, heartbeat_at: float) -> ServiceInstance:
         policy = self.policies.get(reg.name, self.policy)
-        inst = ServiceInstance(reg, heartbeat_at, policy, static=reg.instance_id in self.static)
+        inst = ServiceInstance(
+            reg,
+            heartbeat_at,
+            policy,
+            static=reg.instance_id in self.static,
+            health_log=self.health_log,
+        )
         self.instances[inst.id] = inst
         pool = self.pools.get(reg.name)
         if pool is None:
@@ -258,44 +288,29 @@ class ServiceMesh:
         )
 
     def _transition(self, inst: ServiceInstance, state: InstanceState, why: str) -> None:
-        if inst.state is state:
-            return
-        self.transitions[(inst.state.value, state.value)] += 1
-        log.info("%s: %s -> %s (%s)", inst.id, inst.state.value, state.value, why)
-        inst.state = state
-        if state is not InstanceState.STOPPED:
+        if inst.health.move(state, why):
+            self._moved(inst)
+
+    def _moved(self, inst: ServiceInstance) -> None:
+        """Tell the registry and the pool's waiters of the instance's new state."""
+        if inst.state is not InstanceState.STOPPED:
             self.registry.update(self._record(inst))
         pool = self.pools.get(inst.service)
         if pool is not None:
             pool.notify()
 
     async def _check_loop(self, inst: ServiceInstance) -> None:
-        check = inst.reg.check
-        while True:
-            started = time.monotonic()
-            error = await self._check(inst)
-            metrics.health_check(inst.service, error is None)
-            inst.last_check = {
-                "ok": error is None,
-                "error": error,
-                "latency_ms": round((time.monotonic() - started) * 1000, 3),
-                "at": time.time(),
-            }
-            if error is None:
-                inst.ok_streak, inst.fail_streak = inst.ok_streak + 1, 0
-                if (
-                    inst.state is not InstanceState.HEALTHY
-                    and inst.ok_streak >= check.healthy_after
-                ):
-                    self._transition(inst, InstanceState.HEALTHY, f"{inst.ok_streak} checks passed")
-            else:
-                inst.ok_streak, inst.fail_streak = 0, inst.fail_streak + 1
-                if (
-                    inst.state is not InstanceState.UNHEALTHY
-                    and inst.fail_streak >= check.unhealthy_after
-                ):
-                    self._transition(inst, InstanceState.UNHEALTHY, error)
-            await asyncio.sleep(check.interval_s * self._rng.uniform(0.9, 1.1))
+        def checked(_: CheckResult, new: InstanceState | None) -> None:
+            if new is not None:
+                self._moved(inst)
+
+        await run_checks(
+            inst.health,
+            lambda: self._check(inst),
+            interval_s=inst.reg.check.interval_s,
+            rng=self._rng,
+            on_result=checked,
+        )
 
     async def _check(self, inst: ServiceInstance) -> str | None:
         """None when the check passed, else why it failed."""

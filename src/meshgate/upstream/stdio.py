@@ -95,7 +95,9 @@ class StdioConnection(asyncio.SubprocessProtocol):
         if not self.exited.done():
             self.exited.set_result(self.exit_code)
         # Output may still be in the pipes; connection_lost follows once they are drained. A
-        # grandchild that holds stdout open must not keep the instance half-alive, though.
+        # grandchild that holds stdout open must not keep the instance half-alive, though: the
+        # supervisor kills the process group on `exited` (the pipe then closes at once), and
+        # this timer covers a holder outside the group.
         asyncio.get_running_loop().call_later(_EXIT_DRAIN_S, self._finish)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:

@@ -2,9 +2,10 @@
 
 Each pool has `instances` slots. A slot runs one process at a time: spawn, discover or
 handshake, `tools/list`, and only then register it as healthy. Health probes run on an
-interval; an exit deregisters the instance at once and the slot restarts it with exponential
-backoff and full jitter. A slot that keeps failing before it becomes stable ends `failed`, with
-its last stderr lines kept for the API.
+interval (`meshgate.health` decides the states); an exit deregisters the instance at once and
+the slot starts the next process: at once after a first failure, with exponential backoff and
+full jitter after each further one in a row. A slot that keeps failing before it becomes stable
+ends `failed`, with its last stderr lines kept for the API.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 from meshgate.balancer import Balancer, make_balancer
 from meshgate.config import ServerSpec
 from meshgate.errors import NoHealthyInstance, Overloaded
+from meshgate.health import CheckResult, HealthLog, run_checks
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceState, Registry
-from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal, backoff_delay
+from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 from meshgate.upstream import process
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import Instance, breaker_policy
+from meshgate.upstream.slot import STDERR_KEPT, Slot, describe_start_failure
 from meshgate.upstream.stdio import StdioConnection
 from meshgate.wire import protocol
 from meshgate.wire.connection import ConnectionLost, McpConnection
@@ -49,20 +52,6 @@ STOP_GRACE_S = 5.0
 LISTEN_TIMEOUT_S = 365 * 24 * 3600.0  # a subscription lasts as long as its instance
 
 
-class Slot:
-    """One position in a pool; its process comes and goes, its id stays."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.instance: Instance | None = None
-        self.state = InstanceState.STARTING
-        self.restarts = 0
-        self.failures = 0
-        self.last_error: str | None = None
-        self.last_stderr: list[str] = []
-        self.settled = asyncio.Event()  # set once the first start succeeded or gave up
-
-
 class ServerPool:
     """All instances of one MCP server, plus what the router needs to pick among them."""
 
@@ -74,6 +63,7 @@ class ServerPool:
         registry: Registry,
         reaper: process.Reaper | None,
         rng: random.Random | None = None,
+        health_log: HealthLog | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -86,7 +76,11 @@ class ServerPool:
         r = self.policy.retry
         self.retry_backoff = BackoffPolicy(r.backoff_base_s, r.backoff_cap_s)
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
-        self.slots = [Slot(i + 1) for i in range(self.policy.instances)]
+        self.health_log = health_log or HealthLog(log)
+        self.slots = [
+            Slot(self.name, i, self.policy, self.health_log, self.rng)
+            for i in range(1, self.policy.instances + 1)
+        ]
         self.tools: dict[str, JSON] = {}
         self.tools_version = 0
         self.waiters = 0
@@ -150,32 +144,11 @@ class ServerPool:
             "strategy": self.policy.strategy,
             "state": self.state.value,
             "instances": [
-                *(self._slot_view(s) for s in self.slots),
+                *(s.view(self.node) for s in self.slots),
                 *(i.view() for i in self.dedicated.values()),
             ],
             "tools": sorted(self.tools),
         }
-
-    def _slot_view(self, slot: Slot) -> dict[str, Any]:
-        if slot.instance is not None and slot.state is not InstanceState.FAILED:
-            view = slot.instance.view()
-            if view["state"] != InstanceState.STOPPED.value:
-                view["state"] = slot.state.value
-        else:
-            view = {
-                "id": f"{self.name}-{slot.index}",
-                "state": slot.state.value,
-                "pid": None,
-                "node": self.node,
-                "breaker": "closed",
-                "in_flight": 0,
-                "restarts": slot.restarts,
-            }
-        if slot.last_error:
-            view["last_error"] = slot.last_error
-        if slot.state is InstanceState.FAILED:
-            view["last_stderr"] = slot.last_stderr
-        return view
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -196,17 +169,17 @@ class ServerPool:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        running = [s.instance for s in self.slots if s.instance is not None]
         await asyncio.gather(
-            *(self._end(s.instance) for s in self.slots if s.instance is not None),
-            *(self._end(i) for i in list(self.dedicated.values())),
+            *(self._end(i, "the gateway stops") for i in [*running, *self.dedicated.values()]),
             return_exceptions=True,
         )
         await asyncio.gather(*self._instance_tasks, return_exceptions=True)
         for s in self.slots:
-            s.state = InstanceState.STOPPED
+            s.health.move(InstanceState.STOPPED, "the gateway stops")
         self.notify()
 
-    async def _end(self, inst: Instance) -> None:
+    async def _end(self, inst: Instance, why: str) -> None:
         """Make sure the process group is gone, gently if it is still running."""
         pid = inst.pid
         inst.conn.close_stdin()
@@ -217,12 +190,13 @@ class ServerPool:
                     await asyncio.shield(inst.conn.exited)
             if self.reaper is not None:
                 self.reaper.unwatch(pid)
-        self._set_state(inst, InstanceState.STOPPED)
+        self._set_state(inst, InstanceState.STOPPED, why)
 
-    def _set_state(self, inst: Instance, state: InstanceState) -> None:
+    def _set_state(self, inst: Instance, state: InstanceState, why: str) -> None:
+        """Move an instance (and its slot, while it holds it) and tell the registry."""
         slot = self.slots[inst.slot - 1]
         if slot.instance is inst:
-            slot.state = state
+            slot.health.move(state, why)
         if inst.state is state:
             return
         previous, inst.state = inst.state, state
@@ -235,45 +209,42 @@ class ServerPool:
         self.notify()
 
     async def _run_slot(self, slot: Slot) -> None:
-        restart = self.policy.restart
-        backoff = BackoffPolicy(restart.backoff_base_s, restart.backoff_cap_s)
         while not self._stopping:
-            slot.state = InstanceState.STARTING
+            slot.health.move(InstanceState.STARTING, f"restart {slot.restarts}")
             inst = await self._start_instance(slot)
             slot.settled.set()
+            ran: float | None = None
             if inst is not None:
                 await self._watch(inst)
                 if inst.detached.is_set():
                     continue  # handed to a client session: start the next spare at once
-                ran = time.monotonic() - inst.started_at
-                slot.failures = 0 if ran >= restart.stable_after_s else slot.failures + 1
                 if self._stopping:
                     return
-                code = inst.conn.exit_code
-                slot.last_error = f"exited with code {code} after {ran:.1f}s"
-                slot.last_stderr = list(inst.conn.stderr)[-20:]
-                log.warning("%s %s; restarting", inst.id, slot.last_error)
-            else:
-                slot.failures += 1
-            if slot.failures >= restart.max_failures:
-                slot.state = InstanceState.FAILED
-                log.error(
-                    "%s-%d failed %d times in a row; giving up: %s",
-                    self.name,
-                    slot.index,
-                    slot.failures,
-                    slot.last_error,
+                ran = time.monotonic() - inst.started_at
+            delay = slot.crashes.ended(ran)
+            if delay is None:
+                slot.health.move(
+                    InstanceState.FAILED,
+                    f"{slot.failures} failures in a row; giving up: {slot.last_error}",
                 )
                 self.notify()
                 return
             slot.restarts += 1
             metrics.restart(self.name)
-            await asyncio.sleep(backoff_delay(max(1, slot.failures), backoff, self.rng))
+            log.warning(
+                "%s: restarting %s (failures in a row: %d of %d)",
+                slot.id,
+                f"in {delay:.3f}s" if delay else "at once",
+                slot.failures,
+                slot.crashes.max_failures,
+            )
+            if delay:
+                await asyncio.sleep(delay)
 
     async def _start_instance(self, slot: Slot) -> Instance | None:
         """Spawn and verify one process; None (with slot.last_error set) when that fails."""
         spec, policy = self.spec, self.policy
-        label = f"{self.name}-{slot.index}"
+        label = slot.id
 
         def make_conn() -> StdioConnection:
             return StdioConnection(
@@ -331,9 +302,9 @@ class ServerPool:
             if isinstance(e, ConnectionLost) and inst.identity is None and self.era_hint is None:
                 # Some handshake-era servers exit on a request before `initialize`.
                 self.era_hint = protocol.Era.HANDSHAKE
-            slot.last_error = _describe_start_failure(e, policy.startup_timeout_s)
-            await self._end(inst)
-            slot.last_stderr = list(conn.stderr)[-20:]
+            slot.last_error = describe_start_failure(e, policy.startup_timeout_s)
+            await self._end(inst, "did not start")
+            slot.last_stderr = list(conn.stderr)[-STDERR_KEPT:]
             log.error("%s did not start: %s", label, slot.last_error)
             return None
         if self.era_hint is None:
@@ -343,14 +314,12 @@ class ServerPool:
             self._listen(inst)
         self._set_catalog(tools)
         slot.last_error = None
-        self._set_state(inst, InstanceState.HEALTHY)
-        log.info(
-            "%s healthy: pid %s, %s era (%s), %d tools",
-            label,
-            conn.pid,
-            inst.identity.era.value,
-            inst.identity.protocol_version,
-            len(tools),
+        ident = inst.identity
+        self._set_state(
+            inst,
+            InstanceState.HEALTHY,
+            f"verified: pid {conn.pid}, {ident.era.value} era ({ident.protocol_version}), "
+            f"{len(tools)} tools",
         )
         return inst
 
@@ -388,52 +357,60 @@ class ServerPool:
         task.add_done_callback(self._instance_tasks.discard)
 
     async def _watch(self, inst: Instance) -> None:
-        """Probe health until the process stops talking; then deregister and reap it."""
-        health = asyncio.create_task(self._health_loop(inst), name=f"health {inst.id}")
+        """Probe health until the process exits or stops talking; then deregister and reap it.
+
+        The exit of the process is enough: a grandchild that still holds its stdout (`npx`
+        and its `node`) goes with the group in `_end`, rather than when the pipe drains.
+        """
+        h = self.policy.health
+        slot_health = self.slots[inst.slot - 1].health
+        health = asyncio.create_task(
+            run_checks(
+                slot_health,
+                lambda: self._probe(inst),
+                interval_s=h.interval_s,
+                rng=self.rng,
+                first_at_once=False,  # it was verified a moment ago
+                on_result=lambda result, new: self._checked(inst, result, new),
+            ),
+            name=f"health {inst.id}",
+        )
         detached = asyncio.ensure_future(inst.detached.wait())
+        ended = (inst.conn.closed, inst.conn.exited)
         try:
-            waits: set[asyncio.Future[Any]] = {inst.conn.closed, detached}
+            waits: set[asyncio.Future[Any]] = {*ended, detached}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             health.cancel()
             detached.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health
-            if inst.conn.closed.done() and not inst.detached.is_set():
-                self._set_state(inst, InstanceState.STOPPED)
+            if any(f.done() for f in ended) and not inst.detached.is_set():
+                # Stdout may close a moment before the exit status is known.
+                code = inst.conn.exit_code
+                why = "exited" if code is None else f"exited with code {code}"
+                self._set_state(inst, InstanceState.STOPPED, why)
                 # Grandchildren, or a process that only closed its stdout, go with the group.
-                await self._end(inst)
+                await self._end(inst, why)
+                slot = self.slots[inst.slot - 1]
+                if slot.instance is inst:
+                    slot.ended(inst, time.monotonic() - inst.started_at)
 
-    async def _health_loop(self, inst: Instance) -> None:
+    async def _probe(self, inst: Instance) -> str | None:
         h = self.policy.health
-        ok_streak = fail_streak = 0
         assert inst.era is not None
-        while True:
-            await asyncio.sleep(h.interval_s * self.rng.uniform(0.9, 1.1))
-            started = time.monotonic()
-            error: str | None = None
-            try:
-                await protocol.probe(inst.conn, inst.era, timeout=h.timeout_s)
-            except TimeoutError:
-                error = f"no answer within {h.timeout_s}s"
-            except (ConnectionLost, JsonRpcError) as e:
-                error = str(e)
-            metrics.health_check(self.name, error is None)
-            inst.last_health = {
-                "ok": error is None,
-                "error": error,
-                "latency_ms": round((time.monotonic() - started) * 1000, 3),
-                "at": time.time(),
-            }
-            if error is None:
-                ok_streak, fail_streak = ok_streak + 1, 0
-                if inst.state is InstanceState.UNHEALTHY and ok_streak >= h.healthy_after:
-                    self._set_state(inst, InstanceState.HEALTHY)
-            else:
-                ok_streak, fail_streak = 0, fail_streak + 1
-                log.warning("%s health check failed (%d): %s", inst.id, fail_streak, error)
-                if inst.state is InstanceState.HEALTHY and fail_streak >= h.unhealthy_after:
-                    self._set_state(inst, InstanceState.UNHEALTHY)
+        try:
+            await protocol.probe(inst.conn, inst.era, timeout=h.timeout_s)
+        except TimeoutError:
+            return f"no answer within {h.timeout_s}s"
+        except (ConnectionLost, JsonRpcError) as e:
+            return str(e)
+        return None
+
+    def _checked(self, inst: Instance, result: CheckResult, new: InstanceState | None) -> None:
+        inst.last_health = result.view()
+        if new is not None:
+            self._set_state(inst, new, "health checks")
 
     # -- dedicated mode: a process per client session ------------------------------------------
 
@@ -465,8 +442,7 @@ class ServerPool:
         inst.id = f"{self.name}-d{next(self._dedicated_ids)}"
         self.dedicated[inst.id] = inst
         self.registry.register(inst.record())
-        slot.instance = None
-        slot.state = InstanceState.STARTING
+        slot.hand_over()
         inst.detached.set()  # its slot's watcher lets go of it and starts the next spare
         task = asyncio.create_task(self._watch_dedicated(inst), name=f"dedicated {inst.id}")
         self._instance_tasks.add(task)
@@ -476,12 +452,13 @@ class ServerPool:
         return inst
 
     async def _watch_dedicated(self, inst: Instance) -> None:
+        ended = (inst.conn.closed, inst.conn.exited)
         try:
-            await asyncio.shield(inst.conn.closed)
+            await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
             log.info("%s exited (code %s)", inst.id, inst.conn.exit_code)
         finally:
-            if inst.conn.closed.done():
-                await self._end(inst)
+            if any(f.done() for f in ended):
+                await self._end(inst, f"exited with code {inst.conn.exit_code}")
             self.dedicated.pop(inst.id, None)
             self.notify()
 
@@ -489,7 +466,7 @@ class ServerPool:
         """The session is over: end its process."""
         if self.dedicated.get(inst.id) is inst:
             log.info("%s released by its session", inst.id)
-            await self._end(inst)
+            await self._end(inst, "released by its session")
 
     # -- messages from servers ----------------------------------------------------------------
 
@@ -545,23 +522,24 @@ class ServerPool:
         )
 
 
-def _describe_start_failure(e: BaseException, timeout: float) -> str:
-    if isinstance(e, TimeoutError):
-        return f"no answer to discovery/handshake or tools/list within {timeout}s"
-    if isinstance(e, ConnectionLost):
-        return f"exited during startup ({e})"
-    if isinstance(e, JsonRpcError):
-        return f"startup request failed: {e}"
-    return str(e)
-
-
 class Supervisor:
     """Every pool of the gateway; owns the reaper that guards against a gateway crash."""
 
-    def __init__(self, specs: Iterable[ServerSpec], *, node: str, registry: Registry) -> None:
+    def __init__(
+        self,
+        specs: Iterable[ServerSpec],
+        *,
+        node: str,
+        registry: Registry,
+        health_log: HealthLog | None = None,
+    ) -> None:
         self.reaper = process.Reaper()
+        self.health_log = health_log or HealthLog(log)
         self.pools = {
-            s.name: ServerPool(s, node=node, registry=registry, reaper=self.reaper) for s in specs
+            s.name: ServerPool(
+                s, node=node, registry=registry, reaper=self.reaper, health_log=self.health_log
+            )
+            for s in specs
         }
 
     async def start(self, *, wait: bool = True) -> None:
