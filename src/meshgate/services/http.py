@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
+from yarl import URL
 
 # Response heads up to 64 KiB a line (aiohttp's default, 8 KiB, is stricter than most servers).
 _MAX_HEAD_LINE = 64 * 1024
@@ -124,7 +125,8 @@ class ServiceClient:
         try:
             response = await session.request(
                 method,
-                url,
+                # As the caller wrote it: escapes kept (yarl would decode `%2e`, for one).
+                URL(url, encoded=True),
                 headers=headers,
                 data=body or None,
                 timeout=limit,
