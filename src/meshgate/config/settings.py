@@ -101,6 +101,12 @@ class ServerPolicy(_Model):
     name; "" for none)."""
     max_line_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     stderr_lines: int = Field(200, ge=1)
+    inherit_env: bool = False
+    """Start this server's processes with the gateway's whole environment; by default they get
+    their `.mcp.json` `env` over only the variables in `upstream.process.INHERITED_ENV`."""
+    env_passthrough: tuple[str, ...] = ()
+    """Variables of the gateway's environment passed to this server's processes besides those
+    `INHERITED_ENV` lets through (a name the gateway does not have is skipped)."""
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
@@ -125,6 +131,14 @@ class ServerPolicy(_Model):
     def _available_mode(cls, value: str) -> str:
         if value not in ("shared", "sticky", "dedicated"):
             raise ValueError(f"unknown mode {value!r}; expected shared, sticky or dedicated")
+        return value
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in value if not n or "=" in n or "\0" in n]
+        if bad:
+            raise ValueError(f"not environment variable names: {bad!r}")
         return value
 
     @field_validator("hash_key")

@@ -48,6 +48,11 @@ TOOLS: dict[str, tuple[str, JSON, JSON | None]] = {
     "pid": ("Return the process id", _EMPTY, _READ_ONLY),
     "meta": ("Return the request's params._meta", _EMPTY, _READ_ONLY),
     "stats": ("Return counters as JSON", _EMPTY, _READ_ONLY),
+    "env": (
+        "Return the sorted names of the environment's variables as JSON, or one's value",
+        {"type": "object", "properties": {"name": {"type": "string"}}},
+        _READ_ONLY,
+    ),
     "progress": ("Send progress notifications, then answer", _EMPTY, _READ_ONLY),
     "add_tool": (
         "Add a tool and send list_changed",
@@ -308,6 +313,17 @@ class FaultServer:
 
     async def tool_pid(self, args: JSON, meta: JSON) -> JSON:
         return self.text(str(os.getpid()))
+
+    async def tool_env(self, args: JSON, meta: JSON) -> JSON:
+        # Shows what the gateway let through to its servers; a missing variable is an error so
+        # that it cannot be mistaken for an empty one.
+        name = args.get("name")
+        if name is None:
+            return self.text(json.dumps(sorted(os.environ)))
+        value = os.environ.get(str(name))
+        if value is None:
+            return self.text(f"{name} is not set", is_error=True)
+        return self.text(value)
 
     async def tool_stats(self, args: JSON, meta: JSON) -> JSON:
         return self.text(

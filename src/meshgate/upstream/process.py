@@ -16,16 +16,77 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from meshgate.config import find_command
 
 log = logging.getLogger("meshgate.upstream.process")
 
 _PR_SET_PDEATHSIG = 1
+
+INHERITED_ENV: frozenset[str] = frozenset(
+    {
+        # What any program expects of a login: where to find commands, the user, the locale
+        # (LC_* below), the time zone, the terminal, and where temporary files go.
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ",
+        "TMPDIR", "TEMP", "TMP",
+        # Where the user's configuration and caches live; uv and npm keep theirs there.
+        "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
+        "XDG_RUNTIME_DIR",
+        # Which certificates to trust, so that servers reach HTTPS behind a private CA.
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+        # node and npx: module lookup (npm's settings come as npm_config_*, below).
+        "NODE_PATH",
+        # Python and uvx: which interpreter, code and caches, none of them secret (uv's index
+        # URLs and credentials are not here: a URL may hold a password).
+        "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONUTF8", "PYTHONIOENCODING",
+        "UV_CACHE_DIR", "UV_TOOL_DIR", "UV_TOOL_BIN_DIR", "UV_PYTHON_INSTALL_DIR",
+        "UV_PYTHON", "UV_PYTHON_PREFERENCE", "UV_PYTHON_DOWNLOADS", "UV_OFFLINE", "UV_NO_CACHE",
+        # Windows: what its C runtime, node and Python cannot start or find files without.
+        "SYSTEMROOT", "SYSTEMDRIVE", "WINDIR", "COMSPEC", "PATHEXT", "APPDATA",
+        "LOCALAPPDATA", "PROGRAMDATA", "PROGRAMFILES", "USERPROFILE", "HOMEDRIVE", "HOMEPATH",
+        "USERNAME", "PROCESSOR_ARCHITECTURE", "NUMBER_OF_PROCESSORS",
+    }
+)  # fmt: skip
+"""The variables of the gateway's environment that every MCP server process gets (those the
+gateway has), besides its `.mcp.json` `env`: enough for `npx`, `uvx` and most servers to run,
+and nothing that usually holds a secret (API keys, tokens, proxy URLs with passwords), which a
+server could hand to its callers (server-everything's `get-env` tool does). Policy
+`inherit_env` gives a server everything; `env_passthrough` adds chosen names."""
+
+INHERITED_ENV_PREFIXES = ("LC_", "npm_config_", "NPM_CONFIG_")
+"""Families of variables let through too: the locale categories, and npm's settings (offline,
+cache, registry...) as npm reads them from the environment, less those that look like
+credentials (`_CREDENTIAL`)."""
+
+_CREDENTIAL = re.compile(r"auth|token|pass|secret|otp|user|email|key|cert", re.IGNORECASE)
+
+
+def _inherited(name: str) -> bool:
+    if name in INHERITED_ENV:
+        return True
+    return name.startswith(INHERITED_ENV_PREFIXES) and not _CREDENTIAL.search(name)
+
+
+def child_env(
+    configured: Mapping[str, str],
+    *,
+    inherit_env: bool = False,
+    passthrough: Iterable[str] = (),
+    environ: Mapping[str, str] = os.environ,
+) -> dict[str, str]:
+    """The environment of a server process: the allowed part of `environ` (all of it with
+    `inherit_env`), then the `passthrough` names it has, then the server's `configured` env."""
+    if inherit_env:
+        base = dict(environ)
+    else:
+        base = {k: v for k, v in environ.items() if _inherited(k)}
+        base.update((k, environ[k]) for k in passthrough if k in environ)
+    return {**base, **configured}
 
 
 def _libc_prctl() -> Callable[..., int] | None:
@@ -106,14 +167,18 @@ async def spawn(
     env: Mapping[str, str],
     cwd: str | None,
     protocol_factory: Callable[[], asyncio.SubprocessProtocol],
+    *,
+    inherit_env: bool = False,
+    env_passthrough: Iterable[str] = (),
 ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
     """Start a process in a new process group with stdin/stdout/stderr piped to the protocol.
 
+    Its environment is `env` over the part of the gateway's that `child_env` lets through.
     The command is looked up on the server's PATH, then next to the gateway's own Python
     (`config.find_command`); not found, FileNotFoundError says where it was looked for.
     """
     loop = asyncio.get_running_loop()
-    full_env = {**os.environ, **env}
+    full_env = child_env(env, inherit_env=inherit_env, passthrough=env_passthrough)
     executable = find_command(command, full_env.get("PATH"))
     if executable is None:
         raise FileNotFoundError(

@@ -270,7 +270,13 @@ class ServerPool:
         else:
             try:
                 _, proto = await process.spawn(
-                    spec.command, spec.args, spec.env, spec.cwd, make_conn
+                    spec.command,
+                    spec.args,
+                    spec.env,
+                    spec.cwd,
+                    make_conn,
+                    inherit_env=policy.inherit_env,
+                    env_passthrough=policy.env_passthrough,
                 )
             except OSError as e:
                 slot.last_error = f"cannot start {spec.command!r}: {e.strerror or e}"
