@@ -22,6 +22,8 @@ def refused(gw: Gateway, body: dict[str, Any], rule: str) -> None:
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert rule in json.dumps(r.json()), r.text
+    kind = "invalid-arguments" if "http:// or https://" in rule else "registration-refused"
+    assert r.json()["type"].endswith(f"/{kind}"), r.text
 
 
 def test_registrations_that_would_reach_what_only_the_gateway_can_are_refused(
