@@ -11,6 +11,7 @@ import pytest
 
 from tests.gateway import Gateway, run_gateway
 from tests.integration.test_call_path import closed_port
+from tests.integration.test_mesh_registry import wait_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,5 +142,13 @@ def test_credentials_in_a_registered_url_are_never_shown(tmp_path: Path) -> None
             .json()["instances"][0]["url"]
             .startswith("http://agent:***@127.0.0.1:")
         )
+        # A failed MCP check's error names the URL: redacted too.
+        mcp = {"type": "mcp", "path": "/mcp", "interval_s": 0.2}
+        r = gw.http.post(f"{API}/register", json={"name": "m", "url": url, "check": mcp})
+        assert r.status_code == 201, r.text
+        view = wait_service(gw, "m", lambda v: v["instances"][0]["last_check"] is not None)
+        error = view["instances"][0]["last_check"]["error"]
+        assert "MCP check failed" in error and "agent:***@" in error, error
+        assert "s3cret" not in gw.get(f"{API}/services").text
         assert "agent:***@" in "\n".join(gw.log)
         assert "s3cret" not in "\n".join(gw.log)

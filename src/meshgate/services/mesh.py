@@ -393,7 +393,9 @@ class ServiceMesh:
             if inst.mcp is not None:
                 inst.mcp.close_stdin()
             inst.mcp = None
-            return f"MCP check failed: {e}"
+            # The connection's errors name its URL, credentials and all.
+            url = inst.reg.base_url
+            return f"MCP check failed: {e}".replace(url, redact_url(url))
 
     async def _expire_loop(self) -> None:
         while True:
