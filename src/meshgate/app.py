@@ -31,6 +31,7 @@ from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
 from meshgate.services.mesh import ServiceMesh
+from meshgate.services.policy import RegistrationPolicy
 from meshgate.storage import check_dir, check_file
 from meshgate.tasks import open_queue
 from meshgate.tasks.workers import Workers
@@ -73,6 +74,15 @@ def build_app(settings: Settings) -> FastAPI:
         node=settings.node_id,
         policy=settings.default_policy,
         policies=settings.service_policies,
+        registration=RegistrationPolicy.of(
+            allowed=settings.mesh.registration_allowed_networks,
+            denied=settings.mesh.registration_denied_networks,
+            allow_loopback=settings.mesh.registration_allow_loopback,
+            allow_private=settings.mesh.registration_allow_private,
+            resolve_timeout_s=settings.mesh.registration_resolve_timeout_s,
+            listen_host=settings.mesh.host,
+            listen_port=settings.mesh.port,
+        ),
     )
     router = Router(
         supervisor,

@@ -106,27 +106,43 @@ def test_deadline_and_hop_count_travel_to_the_next_hop(tmp_path: Path) -> None:
         assert r.status_code == 422 and "x-meshgate-timeout" in r.json()["detail"]
 
 
-def test_a_service_registered_at_the_gateway_itself_ends_in_508(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {}) as gw:
-        r = gw.http.post(
-            f"{API}/register",
-            json={"name": "loop", "url": f"{gw.url}{API}/call/loop", "check": {"type": "tcp"}},
-        )
-        assert r.status_code == 201, r.text
-        wait_service(gw, "loop", lambda v: v["state"] == "healthy")
-        r = gw.get(f"{API}/call/loop/anything")
+def test_two_gateways_registered_at_each_other_end_in_508(tmp_path: Path) -> None:
+    # A service registered at the gateway itself is refused (test_registration_policy); two
+    # gateways can still make a loop, and the hop limit ends it.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        run_gateway(tmp_path / "a", {}, node="a") as a,
+        run_gateway(tmp_path / "b", {}, node="b") as b,
+    ):
+        for gw, other in ((a, b), (b, a)):
+            r = gw.http.post(
+                f"{API}/register",
+                json={
+                    "name": "loop",
+                    "url": f"{other.url}{API}/call/loop",
+                    "check": {"type": "tcp"},
+                },
+            )
+            assert r.status_code == 201, r.text
+        for gw in (a, b):
+            wait_service(gw, "loop", lambda v: v["state"] == "healthy")
+        r = a.get(f"{API}/call/loop/anything")
         assert r.status_code == 508, r.text
         body = r.json()
         assert body["type"].endswith("/loop-detected")
         assert body["hops"] == body["max_hops"] == 8
-        # Every gateway on the way answered with the innermost one's 508: one call per hop.
-        stats = gw.get("/metrics").text
-        calls = [
-            line
-            for line in stats.splitlines()
-            if line.startswith("meshgate_call_duration_seconds_count") and 'service="loop"' in line
-        ]
-        assert sum(float(line.split()[-1]) for line in calls) == 8
+        # Every gateway on the way answered with the innermost one's 508: one call per hop,
+        # shared between the two.
+        total = 0.0
+        for gw in (a, b):
+            total += sum(
+                float(line.split()[-1])
+                for line in gw.get("/metrics").text.splitlines()
+                if line.startswith("meshgate_call_duration_seconds_count")
+                and 'service="loop"' in line
+            )
+        assert total == 8
 
 
 def test_task_workers_pass_the_interceptor_chain(tmp_path: Path) -> None:

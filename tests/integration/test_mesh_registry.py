@@ -399,16 +399,22 @@ def test_per_service_policy_from_the_policy_file(tmp_path: Path) -> None:
 
 
 def test_an_mcp_health_check_speaks_mcp(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+    # The MCP service is another gateway's endpoint (one at the gateway itself is refused).
+    (tmp_path / "mcp").mkdir()
+    (tmp_path / "gw").mkdir()
+    with (
+        run_gateway(tmp_path / "mcp", {"fault": fault_server()}, node="mcp") as server,
+        run_gateway(tmp_path / "gw", {}) as gw,
+    ):
         fast = {"interval_s": 0.2, "unhealthy_after": 2}
         good = {
             "name": "tools",
-            "url": gw.url,
+            "url": server.url,
             "check": {"type": "mcp", "path": "/mcp/fault", **fast},
         }
         bad = {
             "name": "ghost",
-            "url": gw.url,
+            "url": server.url,
             "check": {"type": "mcp", "path": "/mcp/none", **fast},
         }
         assert gw.http.post(f"{API}/register", json=good).status_code == 201

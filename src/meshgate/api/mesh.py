@@ -42,6 +42,7 @@ from meshgate.router.call import (
     parse_timeout,
 )
 from meshgate.services.mesh import ServiceMesh
+from meshgate.services.policy import redact_url
 
 _REGISTER_BODY = {
     "requestBody": {
@@ -128,7 +129,7 @@ def build(
                     "node": r.node,
                     "kind": r.kind,
                     "state": r.state.value,
-                    "url": r.address,
+                    "url": redact_url(r.address) if r.address else r.address,
                     "tags": r.metadata.get("tags", []),
                     "remote": True,
                 }
@@ -163,6 +164,8 @@ def build(
             raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
         if reg.instance_id in services.static:
             raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
+        server = request.scope.get("server")
+        await services.check(reg, own_port=server[1] if server else None)
         inst, created = services.register(reg)
         return json_response(inst.view(), 201 if created else 200)
 

@@ -294,6 +294,17 @@ class MeshSettings(_Model):
     trusted_proxies: list[str] = Field(default_factory=list)
     """Networks (CIDR) of proxies in front of the gateway: only from these are a client's
     `X-Forwarded-*` and `Forwarded` headers passed on and its `X-Forwarded-For` believed."""
+    registration_allowed_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDR) a registered service's address must be in; empty: any not denied."""
+    registration_denied_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDR) refused to registrations, on top of those always refused (link-local,
+    cloud metadata, unspecified, multicast, broadcast, the gateway's own listener)."""
+    registration_allow_loopback: bool = True
+    """Whether services may be registered at loopback addresses (where local agents run)."""
+    registration_allow_private: bool = True
+    """Whether services may be registered at private addresses (10/8, 172.16/12, fd00::/8...)."""
+    registration_resolve_timeout_s: float = Field(2.0, gt=0, le=60)
+    """How long resolving a registered host name may take before the registration is refused."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
@@ -311,7 +322,12 @@ class MeshSettings(_Model):
             raise ValueError("a static service has no TTL: it is not expected to heartbeat")
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "registration_allowed_networks",
+        "registration_denied_networks",
+        mode="before",
+    )
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, str):  # MESHGATE_TRUSTED_PROXIES: comma-separated

@@ -30,6 +30,13 @@ from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 from meshgate.services.http import ServiceBroken, ServiceClient, Unreachable
+from meshgate.services.policy import (
+    RegistrationPolicy,
+    RegistrationRefused,
+    Unresolved,
+    check_address,
+    redact_url,
+)
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import breaker_policy
 from meshgate.wire import protocol
@@ -93,7 +100,7 @@ class ServiceInstance(LatencyTracked):
             "id": self.id,
             "name": self.service,
             "kind": "http",
-            "url": reg.base_url,
+            "url": redact_url(reg.base_url),
             "state": self.state.value,
             "tags": reg.tags,
             "metadata": reg.metadata,
@@ -156,8 +163,10 @@ class ServiceMesh:
         policy: ServerPolicy | None = None,
         policies: Mapping[str, ServerPolicy] | None = None,
         clock: Callable[[], float] = time.time,
+        registration: RegistrationPolicy | None = None,
     ) -> None:
         self.store = store
+        self.registration = registration or RegistrationPolicy()
         self.clock = clock  # wall-clock seconds of heartbeats, as the store keeps them
         self.registry = registry
         self.node = node
@@ -181,6 +190,8 @@ class ServiceMesh:
 
     async def start(self, static: list[Registration] | None = None) -> None:
         for reg in static or []:
+            if not await self._admitted(reg, "static service"):
+                continue
             self.static.add(reg.instance_id)
             self._add(reg, self.clock())
         for id_, body, heartbeat_at in self.store.all():
@@ -190,6 +201,9 @@ class ServiceMesh:
                 reg = Registration.model_validate(body)
             except ValueError as e:
                 log.warning("stored registration %s is no longer valid; dropped: %s", id_, e)
+                self.store.delete(id_)
+                continue
+            if not await self._admitted(reg, "stored registration"):
                 self.store.delete(id_)
                 continue
             self._add(reg, heartbeat_at)
@@ -209,7 +223,31 @@ class ServiceMesh:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
 
+    async def _admitted(self, reg: Registration, what: str) -> bool:
+        """Whether a registration read at start passes the registration policy (a name that
+        does not resolve now is kept: its DNS may come up later, and it reaches nothing)."""
+        try:
+            await self.check(reg)
+        except Unresolved as e:
+            log.warning("%s %s: %s; kept", what, reg.instance_id, e.detail)
+        except RegistrationRefused as e:
+            log.warning(
+                "%s %s refused by the registration policy; dropped: %s",
+                what,
+                reg.instance_id,
+                e.detail,
+            )
+            return False
+        return True
+
     # -- the API's operations ------------------------------------------------------------------
+
+    async def check(self, reg: Registration, *, own_port: int | None = None) -> None:
+        """Refuse (RegistrationRefused, 422) a registration whose address the policy does
+        not allow; `own_port`: the port the registering request came in on."""
+        if reg.address is not None:
+            check_address(reg.address)
+        await self.registration.check(reg.base_url, own_port=own_port)
 
     def register(self, reg: Registration) -> tuple[ServiceInstance, bool]:
         """Store and start checking a registration; (instance, created). The same registration
@@ -257,7 +295,9 @@ class ServiceMesh:
         pool.instances[inst.id] = inst
         self.registry.register(self._record(inst))
         inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
-        log.info("%s registered at %s (%s check)", inst.id, reg.base_url, reg.check.type)
+        log.info(
+            "%s registered at %s (%s check)", inst.id, redact_url(reg.base_url), reg.check.type
+        )
         return inst
 
     def _remove(self, inst: ServiceInstance, *, reason: str) -> None:
@@ -353,7 +393,9 @@ class ServiceMesh:
             if inst.mcp is not None:
                 inst.mcp.close_stdin()
             inst.mcp = None
-            return f"MCP check failed: {e}"
+            # The connection's errors name its URL, credentials and all.
+            url = inst.reg.base_url
+            return f"MCP check failed: {e}".replace(url, redact_url(url))
 
     async def _expire_loop(self) -> None:
         while True:
