@@ -102,6 +102,17 @@ class InvalidArguments(MeshgateError):
     jsonrpc_code = INVALID_PARAMS
 
 
+class RegistrationRefused(InvalidArguments):
+    """A registration's URL is one the policy does not allow."""
+
+    type = "registration-refused"
+    title = "Registration refused"
+
+
+class Unresolved(RegistrationRefused):
+    """A registration's host name did not resolve (in time): nothing could be checked."""
+
+
 class PayloadTooLarge(MeshgateError):
     """The request body exceeds the configured limit."""
 

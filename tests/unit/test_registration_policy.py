@@ -7,10 +7,9 @@ import ipaddress
 
 import pytest
 
+from meshgate.errors import RegistrationRefused, Unresolved
 from meshgate.services.policy import (
     RegistrationPolicy,
-    RegistrationRefused,
-    Unresolved,
     check_address,
     redact_url,
 )

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
+from meshgate.errors import RegistrationRefused, Unresolved
 from meshgate.health import CheckResult, Health, HealthLog, Thresholds, run_checks
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
@@ -32,8 +33,6 @@ from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Sign
 from meshgate.services.http import ServiceBroken, ServiceClient, Unreachable
 from meshgate.services.policy import (
     RegistrationPolicy,
-    RegistrationRefused,
-    Unresolved,
     check_address,
     redact_url,
 )

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
-from meshgate.errors import InvalidArguments
+from meshgate.errors import RegistrationRefused, Unresolved
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -39,17 +39,6 @@ PRIVATE = tuple(
 # A DNS name (labels of letters, digits and hyphens) or an IP literal; nothing that could
 # carry userinfo, a path or a second host into the URL built from `address`.
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+")
-
-
-class RegistrationRefused(InvalidArguments):
-    """A registration's URL is one the policy does not allow."""
-
-    type = "registration-refused"
-    title = "Registration refused"
-
-
-class Unresolved(RegistrationRefused):
-    """A registration's host name did not resolve (in time): nothing could be checked."""
 
 
 def redact_url(url: str) -> str:
