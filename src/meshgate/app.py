@@ -19,6 +19,7 @@ from starlette.routing import Route
 from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
+from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.frontend.server import McpFront
@@ -194,6 +195,13 @@ def build_app(settings: Settings) -> FastAPI:
         app.add_middleware(tracing.TracingMiddleware)
     if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client
         app.add_middleware(TrustedForwarding, trusted=TrustedProxies(settings.mesh.trusted_proxies))
+    # Outermost: a request for a Host not served, or a cross-site write, goes no further,
+    # and the Host checked is the one the client sent.
+    app.add_middleware(
+        RequestGuard,
+        hosts=allowed_hosts(settings.mesh.allowed_hosts, settings.mesh.host),
+        origins=settings.mesh.allowed_origins,
+    )
     app.router.routes += [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),

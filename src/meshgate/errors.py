@@ -131,6 +131,33 @@ class Unauthenticated(MeshgateError):
     jsonrpc_code = INVALID_REQUEST
 
 
+class OriginNotAllowed(MeshgateError):
+    """A state-changing request came from a web page on a site not allowed to drive the mesh."""
+
+    status = 403
+    type = "origin-not-allowed"
+    title = "Origin not allowed"
+    jsonrpc_code = INVALID_REQUEST
+
+
+class UnsupportedMediaType(MeshgateError):
+    """A request body is not of the media type the route reads."""
+
+    status = 415
+    type = "unsupported-media-type"
+    title = "Unsupported media type"
+    jsonrpc_code = INVALID_REQUEST
+
+
+class HostNotAllowed(MeshgateError):
+    """The Host a request names is not one this gateway answers for (DNS rebinding)."""
+
+    status = 421
+    type = "host-not-allowed"
+    title = "Host not allowed"
+    jsonrpc_code = INVALID_REQUEST
+
+
 class NotFound(MeshgateError):
     """An unknown service, tool, instance or task."""
 

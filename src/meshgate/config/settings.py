@@ -311,6 +311,8 @@ class MeshSettings(_Model):
     max_sessions: int = Field(1000, ge=1)
     session_idle_timeout_s: float = Field(1800.0, gt=0)
     allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] | None = None
+    """Host header values (port left off) the gateway answers; None: loopback and `host`."""
     interceptors: list[InterceptorSpec] = Field(default_factory=list)
     services: list[Registration] = Field(default_factory=list)
     """Static HTTP services, registered at every start ([[mesh.services]])."""

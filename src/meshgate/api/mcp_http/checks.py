@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meshgate.api.guard import origin_allowed, origin_refusal
 from meshgate.api.problems import nests_deeper_than, read_body
 from meshgate.api.responses import json_response
 from meshgate.errors import PayloadTooLarge
@@ -28,7 +28,6 @@ SESSION_HEADER = "mcp-session-id"
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 class Reject(Exception):
@@ -50,16 +49,10 @@ class Reject(Exception):
 
 
 def check_origin(request: Request, allowed: set[str]) -> None:
+    """The Origin rule REST uses too (api.guard), answered in JSON-RPC."""
     origin = request.headers.get("origin")
-    if origin is None or origin in allowed or "*" in allowed:
-        return
-    host = urlsplit(origin).hostname
-    if host is None or host.lower() not in LOOPBACK_HOSTS:
-        raise Reject(
-            403,
-            INVALID_REQUEST,
-            f"origin {origin!r} is not allowed; add it to mesh.allowed_origins to permit it",
-        )
+    if not origin_allowed(origin, allowed):
+        raise Reject(403, INVALID_REQUEST, origin_refusal(str(origin)).detail)
 
 
 def accepts(request: Request) -> tuple[bool, bool]:
