@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -148,6 +149,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    bound_port = sock.getsockname()[1]
+    if bound_port != settings.mesh.port:  # --port 0: the port the OS chose is the one to know
+        settings = dataclasses.replace(
+            settings, mesh=settings.mesh.model_copy(update={"port": bound_port})
+        )
     try:
         app = build_app(settings)  # opens the databases: their problems come before "listening"
     except ConfigError as e:
