@@ -40,6 +40,8 @@ UPSTREAM_ERROR = -32010
 UPSTREAM_CRASHED = -32011
 UPSTREAM_TIMEOUT = -32012
 LOOP_DETECTED = -32013
+FORBIDDEN = -32014  # the caller's roles do not allow this server, tool or method
+RATE_LIMITED = -32015  # the caller's or the target's rate limit is spent; retry after
 
 
 class MeshgateError(Exception):
@@ -56,11 +58,14 @@ class MeshgateError(Exception):
         *,
         retry_after: float | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
         self.extra: dict[str, Any] = dict(extra or {})
+        # Response headers the error needs (WWW-Authenticate on a 401, RateLimit on a 429).
+        self.headers: dict[str, str] = dict(headers or {})
 
     def to_problem(self, instance: str | None = None) -> dict[str, Any]:
         """The RFC 9457 body for this error."""
@@ -129,6 +134,31 @@ class Unauthenticated(MeshgateError):
     type = "unauthenticated"
     title = "Unauthenticated"
     jsonrpc_code = INVALID_REQUEST
+
+
+class Forbidden(MeshgateError):
+    """The caller is known, and its roles do not allow this."""
+
+    status = 403
+    type = "forbidden"
+    title = "Forbidden"
+    jsonrpc_code = FORBIDDEN
+
+
+class RateLimited(MeshgateError):
+    """A rate limit is spent; `retry_after` says when a call would be taken again."""
+
+    status = 429
+    type = "rate-limited"
+    title = "Too many requests"
+    jsonrpc_code = RATE_LIMITED
+
+
+class TooManyRequests(RateLimited):
+    """A bound on held resources (sessions, queued tasks) is reached for this caller or queue."""
+
+    type = "too-many"
+    title = "Too many"
 
 
 class OriginNotAllowed(MeshgateError):

@@ -23,7 +23,7 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem_response(err: MeshgateError, instance: str | None = None) -> Response:
-    headers = {}
+    headers = dict(err.headers)
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     return json_response(err.to_problem(instance), err.status, headers, media_type=PROBLEM_JSON)
