@@ -9,6 +9,15 @@ from meshgate.config.loading import (
     find_command,
     load,
 )
+from meshgate.config.security import (
+    MESH_OPERATIONS,
+    AuthSettings,
+    JwtSettings,
+    LimitSettings,
+    MtlsSettings,
+    RoleSettings,
+    SecuritySettings,
+)
 from meshgate.config.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -33,7 +42,9 @@ from meshgate.config.settings import (
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "MESH_OPERATIONS",
     "SERVICE_NAME",
+    "AuthSettings",
     "BreakerSettings",
     "CallerInterceptor",
     "Check",
@@ -41,11 +52,16 @@ __all__ = [
     "HeadersInterceptor",
     "HealthSettings",
     "InterceptorSpec",
+    "JwtSettings",
+    "LimitSettings",
     "MeshSettings",
+    "MtlsSettings",
     "Problem",
     "Registration",
     "RestartSettings",
     "RetrySettings",
+    "RoleSettings",
+    "SecuritySettings",
     "ServerPolicy",
     "ServerSpec",
     "Settings",

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from meshgate.config.security import SecuritySettings
 from meshgate.config.settings import (
     MeshSettings,
     ServerPolicy,
@@ -251,9 +252,13 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services"}):
+    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services", *_SECURITY}):
         problems.append(
-            Problem(f, key, "unknown table; expected mesh, defaults, servers or services")
+            Problem(
+                f,
+                key,
+                "unknown table; expected mesh, defaults, servers, services, auth, roles or limits",
+            )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
     for key, value in tables.items():
@@ -263,6 +268,19 @@ def _parse_policy(
     servers = {k: v for k, v in tables["servers"].items() if isinstance(v, dict)}
     services = {k: v for k, v in tables["services"].items() if isinstance(v, dict)}
     return tables["mesh"], tables["defaults"], servers, services
+
+
+_SECURITY = ("auth", "roles", "limits")
+
+
+def _parse_security(data: dict[str, Any], f: str, problems: list[Problem]) -> SecuritySettings:
+    """`[auth]`, `[roles.NAME]` and `[[limits]]`, validated together."""
+    raw = {k: data[k] for k in _SECURITY if k in data}
+    try:
+        return SecuritySettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "", e))
+        return SecuritySettings()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -327,11 +345,13 @@ def collect(
     defaults_raw: dict[str, Any] = {}
     per_server: dict[str, dict[str, Any]] = {}
     per_service: dict[str, dict[str, Any]] = {}
+    security = SecuritySettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
         if toml is not None:
             mesh_raw, defaults_raw, per_server, per_service = _parse_policy(toml, pf, problems)
+            security = _parse_security(toml, pf, problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -389,6 +409,7 @@ def collect(
             servers=specs,
             default_policy=ServerPolicy(**defaults_raw),
             service_policies=service_policies,
+            security=security,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

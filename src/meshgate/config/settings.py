@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from meshgate.balancer import STRATEGIES
+from meshgate.config.security import SecuritySettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
@@ -395,6 +396,7 @@ class Settings:
     servers: Mapping[str, ServerSpec] = field(default_factory=dict)
     default_policy: ServerPolicy = field(default_factory=ServerPolicy)  # [defaults]
     service_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)  # [services.*]
+    security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
     config_path: str | None = None
     policy_path: str | None = None
 
