@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
+from meshgate.api.auth import Authentication, build_metadata
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
@@ -31,6 +32,9 @@ from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
+from meshgate.security.authn import Authenticator
+from meshgate.security.gate import Gate
+from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
 from meshgate.storage import check_dir, check_file
@@ -85,12 +89,17 @@ def build_app(settings: Settings) -> FastAPI:
             listen_port=settings.mesh.port,
         ),
     )
+    security = settings.security
+    policy = Policy(security.roles, enabled=security.auth_enabled)
     router = Router(
         supervisor,
         services,
         interceptors=build_chain(list(settings.mesh.interceptors)),
+        gate=Gate(policy),
         min_timeout_s=settings.mesh.min_call_timeout_s,
     )
+    auth = security.auth
+    authenticator = Authenticator(auth)
     workers = Workers(
         open_queue(settings.mesh.queue, settings.tasks_path),
         router,
@@ -183,6 +192,17 @@ def build_app(settings: Settings) -> FastAPI:
     app.include_router(mcp_rest.build(router, **limits))
     app.include_router(tasks.build(router, workers, **limits))
     app.include_router(
+        build_metadata(
+            enabled=authenticator.enabled,
+            resource=auth.resource if auth else None,
+            authorization_servers=auth.authorization_servers
+            or ((auth.jwt.issuer,) if auth.jwt else ())
+            if auth
+            else (),
+            scopes=auth.scopes_supported if auth else (),
+        )
+    )
+    app.include_router(
         observability.build(
             router,
             registry_status=registry.status,
@@ -193,6 +213,13 @@ def build_app(settings: Settings) -> FastAPI:
     )
     if settings.mesh.tracing:  # off: not even a layer to pass through
         app.add_middleware(tracing.TracingMiddleware)
+    # Every request's principal, found once, before any route runs.
+    app.add_middleware(
+        Authentication,
+        authenticator=authenticator,
+        public_paths=auth.public_paths if auth else (),
+        resource=auth.resource if auth else None,
+    )
     if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client
         app.add_middleware(TrustedForwarding, trusted=TrustedProxies(settings.mesh.trusted_proxies))
     # Outermost: a request for a Host not served, or a cross-site write, goes no further,

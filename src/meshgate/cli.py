@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", help="queue backend URL (embedded)")
     s.add_argument("--node-id")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="serve on a non-loopback --host without authentication (anyone who can reach "
+        "the port can call every tool)",
+    )
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
@@ -123,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         "queue": args.queue,
         "node_id": args.node_id,
         "log_level": args.log_level,
+        "insecure": args.insecure,
     }
     try:
         settings = load(config, policy, overrides=overrides)
@@ -136,6 +144,23 @@ def _serve(args: argparse.Namespace) -> int:
         json_lines=None if log_format == "auto" else log_format == "json",
         modules=settings.mesh.log_levels,
     )
+    if settings.exposed_without_auth:
+        if not settings.mesh.insecure:
+            print(
+                f"error: refusing to serve on {settings.mesh.host} without authentication: "
+                "anyone who can reach it could call every tool of every server.\n"
+                "  Configure [auth] in the policy file (see docs/security.md and "
+                "examples/secure.toml),\n"
+                "  or listen on loopback only (--host 127.0.0.1),\n"
+                "  or pass --insecure if something in front of meshgate authenticates callers.",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("meshgate").warning(
+            "serving on %s WITHOUT authentication (--insecure): anyone who can reach this "
+            "port can call every tool of every server",
+            settings.mesh.host,
+        )
     try:
         check_storage(settings)
     except ConfigError as e:

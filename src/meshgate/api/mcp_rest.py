@@ -7,12 +7,16 @@ import math
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from meshgate.api.auth import requires
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
+from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
 from meshgate.api.routing import DirectRoute, unless_disconnected
 from meshgate.errors import InvalidArguments, UnknownService
 from meshgate.router import Router, hash_key
 from meshgate.router.call import CALLER_HEADER, SESSION_HEADER, Call
+from meshgate.security import principal_of
+from meshgate.security.policy import Action
 from meshgate.upstream.supervisor import ServerPool
 
 _CALL_BODY = {
@@ -44,19 +48,31 @@ def build(
             raise UnknownService(f"no MCP server named {name!r}")
         return p
 
-    @api.get("/servers", summary="Every MCP server with its instances")
-    async def list_servers() -> Response:
+    @api.get(
+        "/servers",
+        summary="Every MCP server with its instances",
+        dependencies=[requires("discover")],
+    )
+    async def list_servers(request: Request) -> Response:
         items = [p.view() for p in router.supervisor.pools.values()]
-        return json_response({"items": items, "next_cursor": None})
+        return json_response(for_caller(request, {"items": items, "next_cursor": None}))
 
-    @api.get("/servers/{name}", summary="One MCP server with its instances")
-    async def get_server(name: str) -> Response:
-        return json_response(pool(name).view())
+    @api.get(
+        "/servers/{name}",
+        summary="One MCP server with its instances",
+        dependencies=[requires("discover")],
+    )
+    async def get_server(request: Request, name: str) -> Response:
+        return json_response(for_caller(request, pool(name).view()))
 
-    @api.get("/servers/{name}/tools", summary="The tools of one MCP server")
-    async def list_tools(name: str) -> Response:
+    @api.get("/servers/{name}/tools", summary="The tools of one MCP server the caller may call")
+    async def list_tools(request: Request, name: str) -> Response:
+        gate, principal = router.gate, principal_of(request.scope)
+        may = [t for t in sorted(pool(name).tools) if gate.allows(principal, Action.tool(name, t))]
+        if not may and not gate.allows(principal, Action.server(name)):
+            await gate.admit(principal, Action.server(name))  # no right to it at all: 403
         p = pool(name)
-        return json_response({"items": [p.tools[t] for t in sorted(p.tools)], "next_cursor": None})
+        return json_response({"items": [p.tools[t] for t in may], "next_cursor": None})
 
     async def call_tool(request: Request, name: str, tool: str) -> Response:
         body = await read_json_object(request, max_body_bytes, max_json_depth)
@@ -74,13 +90,6 @@ def build(
             or timeout_s <= 0
         ):
             raise InvalidArguments("'timeout_s' must be a positive number")
-        p = pool(name)
-        key = hash_key(
-            p,
-            session=request.headers.get(SESSION_HEADER),
-            client=request.client.host if request.client else None,
-            arguments=arguments,
-        )
         call = Call(
             service=name,
             kind="mcp",
@@ -90,6 +99,14 @@ def build(
             caller=request.headers.get(CALLER_HEADER),
             arguments=arguments,
             timeout_s=timeout_s,
+            principal=principal_of(request.scope),
+        )
+        await router.admit(call)
+        key = hash_key(
+            pool(name),
+            session=request.headers.get(SESSION_HEADER),
+            client=request.client.host if request.client else None,
+            arguments=arguments,
         )
         result = router.call_tool(name, tool, arguments, call=call, key=key)
         return json_response(await unless_disconnected(request, result))

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from meshgate.api.auth import requires
 from meshgate.api.forwarding import (
     PEER,
     TrustedProxies,
@@ -19,6 +20,7 @@ from meshgate.api.forwarding import (
     is_forwarding_header,
 )
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
+from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
 from meshgate.api.routing import DirectRoute, ProxiedResponse
 from meshgate.config import Registration
@@ -41,6 +43,8 @@ from meshgate.router.call import (
     parse_hops,
     parse_timeout,
 )
+from meshgate.security import principal_of
+from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import redact_url
 
@@ -160,6 +164,7 @@ def build(
                 {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in e.errors()
             ]
             raise InvalidArguments("invalid registration", extra={"errors": errors}) from None
+        await router.gate.admit(principal_of(request.scope), Action.mesh("register", reg.name))
         if reg.name in router.supervisor.pools:
             raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
         if reg.instance_id in services.static:
@@ -172,7 +177,8 @@ def build(
     @api.delete(
         "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
     )
-    async def deregister(name: str, instance_id: str) -> Response:
+    async def deregister(request: Request, name: str, instance_id: str) -> Response:
+        await router.gate.admit(principal_of(request.scope), Action.mesh("deregister", name))
         if instance_id in services.static:
             raise InvalidArguments(
                 f"{instance_id!r} is defined in meshgate.toml ([[mesh.services]]); remove it there"
@@ -185,7 +191,8 @@ def build(
         "/services/{name}/instances/{instance_id}/heartbeat",
         summary="Renew the TTL of an HTTP service instance",
     )
-    async def heartbeat(name: str, instance_id: str) -> Response:
+    async def heartbeat(request: Request, name: str, instance_id: str) -> Response:
+        await router.gate.admit(principal_of(request.scope), Action.mesh("register", name))
         inst = services.heartbeat(name, instance_id)
         if inst is None:
             raise NotFound(
@@ -193,8 +200,13 @@ def build(
             )
         return json_response(inst.view())
 
-    @api.get("/services", summary="Services, MCP and HTTP, with filters and pagination")
+    @api.get(
+        "/services",
+        summary="Services, MCP and HTTP, with filters and pagination",
+        dependencies=[requires("discover")],
+    )
     async def list_services(
+        request: Request,
         kind: str | None = None,
         tag: str | None = None,
         state: str | None = None,
@@ -225,7 +237,7 @@ def build(
         more = len(items) > limit
         items = items[:limit]
         next_cursor = _encode_cursor(items[-1]["name"]) if more else None
-        return json_response({"items": items, "next_cursor": next_cursor})
+        return json_response(for_caller(request, {"items": items, "next_cursor": next_cursor}))
 
     async def call(request: Request, name: str, path: str) -> Response:
         scope = request.scope
@@ -236,18 +248,12 @@ def build(
         body: bytes | AsyncIterator[bytes]
         limited: _Limited | None = None
         method = scope["method"]
-        if method in IDEMPOTENT_METHODS:
-            # Read whole: a request that failed after it was sent may be sent again.
-            body = await read_body(request, max_body_bytes)
-            size = len(body)
-        else:  # streamed on; never sent twice
-            size = int(incoming.get("content-length") or 0)
-            if size > max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
-                )
-            limited = _Limited(request.stream(), max_body_bytes)
-            body = limited.chunks()
+        declared = incoming.get("content-length")
+        size = int(declared) if declared and declared.isdigit() else 0
+        if size > max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
+            )
         peer = scope.get(PEER) or (scope["client"][0] if scope.get("client") else "")
         client, forwarding = forwarded(incoming, peer, scope["scheme"], trusted)
         call = Call(
@@ -261,7 +267,17 @@ def build(
             timeout_s=_timeout(incoming.get(TIMEOUT_HEADER)),
             hops=hops,
             client=client,
+            method=method,
+            principal=principal_of(scope),
         )
+        # Checked before a byte of the body is read: a caller who may not send it never does.
+        await router.admit(call)
+        if method in IDEMPOTENT_METHODS:
+            # Read whole: a request that failed after it was sent may be sent again.
+            body = await read_body(request, max_body_bytes)
+        else:  # streamed on; never sent twice
+            limited = _Limited(request.stream(), max_body_bytes)
+            body = limited.chunks()
         headers = _passed_on(scope, streamed=not isinstance(body, bytes)) + forwarding
         pool = services.pools.get(name)
         key = (
@@ -306,7 +322,11 @@ def build(
         route_class_override=DirectRoute,
     )
 
-    @api.get("/topology", summary="Services, their states and caller -> callee edges")
+    @api.get(
+        "/topology",
+        summary="Services, their states and caller -> callee edges",
+        dependencies=[requires("discover")],
+    )
     async def topology(format: str = "json") -> Response:
         views = all_views()
         declared = {
@@ -362,8 +382,12 @@ def build(
         }
         return json_response(body)
 
-    @api.get("/services/{name}", summary="One service with its instances")
-    async def get_service(name: str) -> Response:
+    @api.get(
+        "/services/{name}",
+        summary="One service with its instances",
+        dependencies=[requires("discover")],
+    )
+    async def get_service(request: Request, name: str) -> Response:
         views: dict[str, dict[str, Any]] = {}
         if name in router.supervisor.pools:
             views[name] = mcp_view(name)
@@ -372,12 +396,12 @@ def build(
         remote(views, name)
         if name not in views:
             raise UnknownService(f"no service named {name!r}")
-        return json_response(views[name])
+        return json_response(for_caller(request, views[name]))
 
     services_mesh = services
 
     @api.get("/health", summary="Mesh status: registry and per-service instance counts")
-    async def health() -> Response:
+    async def health(request: Request) -> Response:
         summary: dict[str, dict[str, Any]] = {}
         for name, pool in router.supervisor.pools.items():
             counts = Counter(s.state.value for s in pool.slots)
@@ -417,7 +441,7 @@ def build(
             "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }
-        return json_response(body)
+        return json_response(for_caller(request, body))
 
     return api
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from meshgate.api.auth import requires
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound
 from meshgate.observability import tracing
@@ -63,7 +64,12 @@ def build(
         metrics.tasks_running_here.set(queue.get("running_here", 0))
         metrics.sessions.set(sessions())
 
-    @api.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @api.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        include_in_schema=False,
+        dependencies=[requires("discover")],
+    )
     async def metrics_endpoint() -> Response:
         await collect()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -80,7 +86,11 @@ def build(
             return json_response({"status": "draining"}, 503)
         return json_response({"status": "ready"})
 
-    @api.get("/api/v1/mesh/v2/traces", summary="The most recent traces, newest first")
+    @api.get(
+        "/api/v1/mesh/v2/traces",
+        summary="The most recent traces, newest first",
+        dependencies=[requires("discover")],
+    )
     async def traces(limit: int = 50) -> Response:
         if not 1 <= limit <= 1000:
             raise InvalidArguments("limit must be between 1 and 1000")
@@ -88,7 +98,11 @@ def build(
         items = recent.traces(limit) if recent is not None else []
         return json_response({"tracing": recent is not None, "items": items})
 
-    @api.get("/api/v1/mesh/v2/traces/{trace_id}", summary="One recent trace, with its spans")
+    @api.get(
+        "/api/v1/mesh/v2/traces/{trace_id}",
+        summary="One recent trace, with its spans",
+        dependencies=[requires("discover")],
+    )
     async def one_trace(trace_id: str) -> Response:
         recent = tracing.recent
         found = recent.trace(trace_id) if recent is not None else None

@@ -14,8 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from meshgate.api.redaction import hide_paths
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, InvalidInput, MeshgateError, NotFound, PayloadTooLarge
+from meshgate.security import principal_of
 
 log = logging.getLogger("meshgate.api")
 
@@ -33,6 +35,9 @@ async def _meshgate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MeshgateError)
     if exc.status >= 500:
         log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.detail)
+    if not principal_of(request.scope).is_admin:
+        exc.detail = hide_paths(exc.detail)
+        exc.extra = hide_paths(exc.extra)
     return problem_response(exc, request.url.path)
 
 

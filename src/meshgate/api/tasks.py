@@ -17,6 +17,8 @@ from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownT
 from meshgate.observability import tracing
 from meshgate.router import Router
 from meshgate.router.call import CALLER_HEADER, Call
+from meshgate.security import Principal, principal_of
+from meshgate.security.policy import Action
 from meshgate.tasks.base import FINAL, page, view
 from meshgate.tasks.workers import Workers
 
@@ -86,13 +88,15 @@ def build(
         except ValidationError as e:
             errors = [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in e.errors()]
             raise InvalidArguments("invalid task", extra={"errors": errors}) from None
-        name = check_target(req.target)
         target = req.target.model_dump()
-        # Identity and policy are checked when a task is accepted, and again when it runs.
+        # Identity and policy are checked when a task is accepted, and again when it runs,
+        # with the rights of the principal that enqueued it (kept with the task).
         is_tool = isinstance(req.target, ToolTarget)
-        call = router.admit(
+        principal = principal_of(request.scope)
+        await router.gate.admit(principal, Action.mesh("enqueue"))
+        call = await router.admit(
             Call(
-                service=name,
+                service=target["server"] if is_tool else target["service"],
                 kind="mcp" if is_tool else "http",
                 target=target["tool"] if is_tool else target["path"],
                 entry="enqueue",
@@ -100,10 +104,14 @@ def build(
                 caller=request.headers.get(CALLER_HEADER),
                 arguments=target.get("arguments") if is_tool else None,
                 body_size=0 if is_tool else len(json.dumps(target.get("body"))),
+                method="tools/call" if is_tool else target["method"],
+                principal=principal,
             )
         )
+        name = check_target(req.target)
         if call.caller:
             target["caller"] = call.caller
+        target["principal"] = principal.to_json()
         if req.callback_url:
             target["callback_url"] = req.callback_url
         if tracing.active() is not None:  # the task's spans join this request's trace
@@ -119,12 +127,31 @@ def build(
         workers.wake()
         return json_response({"task_id": task_id, "created": created}, 202)
 
+    async def own_task(request: Request, task_id: str, operation: str) -> dict[str, Any]:
+        """The task, if the caller may see it: its own (enqueued by the same principal), or
+        any with the `tasks.read` / `tasks.cancel` operation. Someone else's task is "not
+        found", as one that does not exist: ids are not confirmed to whoever guesses them."""
+        task = await store.get(task_id)
+        if task is not None and not may_touch(request, task, operation):
+            task = None
+        if task is None:
+            raise NotFound(f"no task {task_id!r}")
+        return task
+
+    def may_touch(request: Request, task: dict[str, Any], operation: str) -> bool:
+        principal = principal_of(request.scope)
+        gate = router.gate
+        if not gate.enabled or gate.allows(principal, Action.mesh(operation)):
+            return True
+        owner = Principal.from_json((task.get("target") or {}).get("principal"))
+        return owner.name == principal.name and owner.via == principal.via
+
     @api.get("/task/{task_id}", summary="A task; wait_s long-polls until it is final")
-    async def get_task(task_id: str, wait_s: float = 0) -> Response:
+    async def get_task(request: Request, task_id: str, wait_s: float = 0) -> Response:
         if not 0 <= wait_s <= 300:
             raise InvalidArguments("wait_s must be between 0 and 300")
         end = time.monotonic() + wait_s
-        task = await store.get(task_id)
+        task: dict[str, Any] | None = await own_task(request, task_id, "tasks.read")
         while task is not None and task["status"] not in FINAL and time.monotonic() < end:
             await workers.changed(min(1.0, end - time.monotonic()))
             task = await store.get(task_id)
@@ -133,7 +160,8 @@ def build(
         return json_response(view(task))
 
     @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
-    async def cancel_task(task_id: str) -> Response:
+    async def cancel_task(request: Request, task_id: str) -> Response:
+        await own_task(request, task_id, "tasks.cancel")
         before = await workers.cancel(task_id)
         if before is None:
             raise NotFound(f"no task {task_id!r}")
@@ -142,9 +170,8 @@ def build(
         return json_response({**view(task), "was": before})
 
     @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
-    async def retry_task(task_id: str) -> Response:
-        if await store.get(task_id) is None:
-            raise NotFound(f"no task {task_id!r}")
+    async def retry_task(request: Request, task_id: str) -> Response:
+        await own_task(request, task_id, "tasks.cancel")
         if not await store.retry_dead(task_id):
             raise InvalidArguments("only a dead or failed task can be retried")
         workers.wake()
@@ -154,8 +181,10 @@ def build(
 
     @api.get("/tasks", summary="Tasks, by id, with a status filter and cursor pagination")
     async def list_tasks(
-        status: str | None = None, limit: int = 100, cursor: str | None = None
+        request: Request, status: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> Response:
+        """Every task for callers with `tasks.read`; a page of one's own tasks otherwise
+        (a page may then hold fewer than `limit` items while `next_cursor` goes on)."""
         if status is not None and status not in ("queued", "running", *FINAL):
             raise InvalidArguments(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
@@ -164,6 +193,7 @@ def build(
             items, next_cursor = await page(store, cursor, limit, status=status)
         except ValueError:
             raise InvalidArguments("cursor is not one this API gave out") from None
+        items = [t for t in items if may_touch(request, t, "tasks.read")]
         return json_response({"items": [view(t) for t in items], "next_cursor": next_cursor})
 
     return api

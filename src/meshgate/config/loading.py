@@ -316,6 +316,7 @@ _ENV_FIELDS = {
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",
     "shutdown_grace_s": "MESHGATE_SHUTDOWN_GRACE_S",
+    "insecure": "MESHGATE_INSECURE",
 }
 
 

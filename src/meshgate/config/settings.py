@@ -307,6 +307,9 @@ class MeshSettings(_Model):
     registration_resolve_timeout_s: float = Field(2.0, gt=0, le=60)
     """How long resolving a registered host name may take before the registration is refused."""
     shutdown_grace_s: float = Field(10.0, ge=0)
+    insecure: bool = False
+    """Serve on an address other than loopback without authentication ([auth]); refused
+    otherwise, and warned about at every start when set."""
     # MCP Streamable HTTP front end
     namespace_separator: str = "__"
     max_sessions: int = Field(1000, ge=1)
@@ -373,6 +376,16 @@ class MeshSettings(_Model):
         raise ValueError(f"backend {value!r} is not available; use embedded or redis://")
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address reaches this machine only (`localhost`, 127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: where it resolves to may change; taken as exposed
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """One MCP server from `.mcp.json`, with its merged policy: a stdio command, or a `url`
@@ -399,6 +412,11 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
     config_path: str | None = None
     policy_path: str | None = None
+
+    @property
+    def exposed_without_auth(self) -> bool:
+        """Whether the gateway would listen beyond this machine with no authentication."""
+        return not self.security.auth_enabled and not is_loopback_host(self.mesh.host)
 
     @property
     def node_id(self) -> str:

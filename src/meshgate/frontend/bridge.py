@@ -51,7 +51,7 @@ class Bridge:
             pin, params = self._unwrap(pool, state, params)
         chosen: list[Instance] = []
         if call is None:
-            call = ctx.call(server, method)
+            call = ctx.call(server, method, method=method)
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.router.call(
                 server,
@@ -141,6 +141,7 @@ class Bridge:
             RequestContext(
                 ctx.version,
                 ctx.stateless,
+                principal=ctx.principal,
                 ask=ctx.session_ask,
                 client_capabilities=ctx.client_capabilities,
             )

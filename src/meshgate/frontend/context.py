@@ -11,6 +11,7 @@ from typing import Any
 from meshgate.errors import InvalidArguments, MeshgateError, UnknownService, UnknownTool
 from meshgate.router import Pin
 from meshgate.router.call import Call
+from meshgate.security import NOBODY, Principal
 from meshgate.wire.jsonrpc import (
     INVALID_PARAMS,
     JSON,
@@ -59,9 +60,13 @@ class RequestContext:
     key: str | None = None  # consistent-hash key (session id or client address)
     session: str | None = None  # the handshake-era session's id
     entry: str = "mcp"  # where the request came in: "mcp" (HTTP transports) or "task"
+    principal: Principal = NOBODY  # who the client was authenticated as
 
-    def call(self, server: str, target: str, arguments: Any = None) -> Call:
-        """The router's view of one request of this client to `server`."""
+    def call(
+        self, server: str, target: str, arguments: Any = None, *, method: str = "tools/call"
+    ) -> Call:
+        """The router's view of one request of this client to `server`: a tool call (`target`
+        the tool), or another MCP `method` (`target` the same method)."""
         return Call(
             service=server,
             kind="mcp",
@@ -71,6 +76,8 @@ class RequestContext:
             caller=self.caller,
             arguments=arguments,
             timeout_s=self.timeout_s,
+            method=method,
+            principal=self.principal,
         )
 
 

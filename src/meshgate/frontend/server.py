@@ -32,6 +32,8 @@ from meshgate.frontend.context import (
 )
 from meshgate.frontend.tasks import McpTasks
 from meshgate.router import Router, tool_is_retry_safe
+from meshgate.security import Principal
+from meshgate.security.policy import Action
 from meshgate.upstream.supervisor import ServerPool
 from meshgate.wire.jsonrpc import (
     INVALID_PARAMS,
@@ -191,7 +193,7 @@ class McpFront:
             if own and self.router.pool(target or "").policy.mode == "dedicated":
                 # The session's own process, whose tools may have changed on its own.
                 return {"tools": await self._list_all(target or "", method, "tools", ctx)}
-            return self._list_tools(target, ctx.version)
+            return self._list_tools(target, ctx)
         if method == "tools/call":
             return await self._call_tool(target, params, ctx)
         if method.startswith("tasks/") and self.tasks is not None:
@@ -214,20 +216,22 @@ class McpFront:
 
     # -- tools ---------------------------------------------------------------------------------
 
-    def _list_tools(self, target: str | None, version: str) -> JSON:
-        tasks = self.tasks
+    def _list_tools(self, target: str | None, ctx: RequestContext) -> JSON:
+        """The tools of a server, or of all (namespaced): those the caller may call."""
+        tasks, version, gate = self.tasks, ctx.version, self.router.gate
         if target is not None:
             pool = self.router.pool(target)
             self._need_catalog(pool)
+            names = sorted(pool.tools)
+            if gate.enabled:
+                names = [t for t in names if gate.allows(ctx.principal, Action.tool(target, t))]
             if tasks is None:
-                return {"tools": [pool.tools[t] for t in sorted(pool.tools)]}
-            return {
-                "tools": [
-                    tasks.annotate(pool, t, pool.tools[t], version) for t in sorted(pool.tools)
-                ]
-            }
+                return {"tools": [pool.tools[t] for t in names]}
+            return {"tools": [tasks.annotate(pool, t, pool.tools[t], version) for t in names]}
         tools = []
         for public, (server, name) in self._aggregate_tools().items():
+            if gate.enabled and not gate.allows(ctx.principal, Action.tool(server, name)):
+                continue
             pool = self.router.supervisor.pools[server]
             tool = dict(pool.tools[name])
             tool["name"] = public
@@ -300,12 +304,13 @@ class McpFront:
         else:
             server, tool = target, public
         pool = self.router.pool(server)
+        # Admitted here, before a task may be made of it and before the tool is looked up:
+        # identity and policy come first (a caller learns nothing of tools it may not use).
+        call = await self.router.admit(ctx.call(server, tool, arguments))
         own_process = pool.policy.mode == "dedicated" and ctx.pins is not None
         if tool not in pool.tools and not own_process:  # a session's own process may differ
             self._need_catalog(pool)
             raise UnknownTool(f"{server} has no tool named {tool!r}")
-        # Admitted here, before a task may be made of it: identity and policy come first.
-        call = self.router.admit(ctx.call(server, tool, arguments))
         ctx.caller = call.caller
         tasks = self.tasks
         if tasks is not None and tasks.wants_task(
@@ -352,6 +357,7 @@ class McpFront:
             timeout_s=timeout_s,
             caller=target.get("caller"),
             entry="task",
+            principal=Principal.from_json(target.get("principal")),
         )
         arguments = target.get("arguments") or {}
         params = {"name": tool, "arguments": arguments}
@@ -379,8 +385,12 @@ class McpFront:
             if not self._serving(target, capability):
                 return {key: []}
             return await self._forward(pool.name, method, params, ctx)
-        # The aggregate lists everything in one page: each server's pages are followed here.
+        # The aggregate lists everything in one page: each server's pages are followed here;
+        # only servers the caller may use are asked.
         pools = self._serving(None, capability)
+        gate = self.router.gate
+        if gate.enabled:
+            pools = [p for p in pools if gate.allows(ctx.principal, Action.server(p.name))]
         pages = await asyncio.gather(
             *(self._list_all(p.name, method, key, ctx) for p in pools), return_exceptions=True
         )

@@ -17,6 +17,7 @@ from typing import Any
 from meshgate.errors import InvalidArguments, LoopDetected
 from meshgate.observability.topology import CALLER_HEADER
 from meshgate.resilience import Deadline
+from meshgate.security import NOBODY, Principal
 
 __all__ = [
     "CALLER_HEADER",
@@ -51,6 +52,8 @@ class Call:
     hops: int = 0  # gateways passed before this one
     client: str | None = None  # the client's address, as far as the gateway can trust it
     admitted: bool = False  # the interceptor chain has run
+    method: str = "tools/call"  # mcp: the MCP method (target is the tool for tools/call); http
+    principal: Principal = NOBODY  # who the request was authenticated as; NOBODY may do nothing
 
     def size(self) -> int:
         if self.arguments is not None:
@@ -75,7 +78,7 @@ class Call:
     @classmethod
     def internal(cls, service: str, kind: str, target: str) -> Call:
         """A call the gateway makes on its own behalf (catalog listings and the like)."""
-        return cls(service=service, kind=kind, target=target, entry="internal")
+        return cls(service=service, kind=kind, target=target, entry="internal", method=target)
 
 
 def parse_timeout(value: object, *, name: str, minimum: float, maximum: float = 3600.0) -> float:

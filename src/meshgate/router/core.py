@@ -52,6 +52,8 @@ from meshgate.router.attempts import (
 )
 from meshgate.router.call import Call
 from meshgate.router.interceptors import Chain
+from meshgate.security.gate import Gate
+from meshgate.security.policy import Action
 from meshgate.services.http import ServiceResponse
 from meshgate.services.mesh import ServiceMesh
 from meshgate.upstream.instance import Instance
@@ -78,6 +80,15 @@ def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
         return True
     annotations = pool.tools.get(tool, {}).get("annotations") or {}
     return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
+
+
+def action_of(call: Call) -> Action:
+    """What a call asks to do, as the policy's rules see it."""
+    if call.kind == "http":
+        return Action.http(call.service, call.method or "GET", call.target)
+    if call.method == "tools/call":
+        return Action.tool(call.service, call.target)
+    return Action.server(call.service)
 
 
 class HasPolicy(Protocol):
@@ -161,12 +172,14 @@ class Router:
         services: ServiceMesh | None = None,
         *,
         interceptors: Chain | None = None,
+        gate: Gate | None = None,
         min_timeout_s: float = 0.05,
     ) -> None:
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
         self.interceptors = interceptors or Chain()
+        self.gate = gate or Gate()
         self.min_timeout_s = min_timeout_s
         self.in_flight = 0
         self.accepting = True
@@ -179,13 +192,19 @@ class Router:
             raise UnknownService(f"no MCP server named {service!r}")
         return pool
 
-    def admit(self, call: Call) -> Call:
-        """Run the interceptor chain on a call, once: identity, policy, limits. An entry that
-        must decide before routing (a task to enqueue) admits first; the router admits the
-        rest."""
-        if not call.admitted:
-            self.interceptors.run(call)
-            call.admitted = True
+    async def admit(self, call: Call) -> Call:
+        """Check a call once: the gate (policy, limits) for its principal, then the interceptor
+        chain. An entry that must decide before routing (a task to enqueue, a tool call that
+        may become a task) admits first; the router admits the rest."""
+        if call.admitted:
+            return call
+        if call.entry != "internal":
+            await self.gate.admit(call.principal, action_of(call))
+        call.caller = self.gate.caller(call.principal, call.caller)
+        self.interceptors.run(call)
+        # Again: a `caller` interceptor may have taken the header's word.
+        call.caller = self.gate.caller(call.principal, call.caller)
+        call.admitted = True
         return call
 
     # -- entries -------------------------------------------------------------------------------
@@ -201,6 +220,7 @@ class Router:
         on_progress: ProgressHandler | None = None,
     ) -> JSON:
         """Call one tool; returns the MCP `tools/call` result."""
+        await self.admit(call)  # before anything is looked up: nothing is told to strangers
         pool = self.pool(service)
         if tool not in pool.tools:
             if not pool.tools and not pool.routable():
@@ -237,7 +257,7 @@ class Router:
         retried. Measured (`meshgate_call_duration_seconds`) and, with tracing on, one span.
         """
         pool = self.pool(service)
-        self.admit(call)
+        await self.admit(call)
         if call.meta:
             meta = params.get("_meta")
             params = {**params, "_meta": {**(meta or {}), **call.meta}}
@@ -293,7 +313,7 @@ class Router:
         pool = self.services.pools.get(service) if self.services is not None else None
         if pool is None or self.services is None:
             raise UnknownService(f"no HTTP service named {service!r}")
-        self.admit(call)
+        await self.admit(call)
         added = {k.lower() for k in call.headers}
         out = [(k, v) for k, v in headers or [] if k.lower() not in added]
         out += list(call.headers.items())

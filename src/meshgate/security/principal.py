@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Via = Literal["key", "jwt", "mtls", "anonymous", "local", "node"]
+_VIAS = ("key", "jwt", "mtls", "anonymous", "local", "node")
 
 # Where the authentication middleware leaves the principal in an ASGI scope.
 PRINCIPAL_SCOPE_KEY = "meshgate.principal"
@@ -37,12 +38,17 @@ class Principal:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Principal:
+    def from_json(cls, data: object) -> Principal:
+        """The principal a task was enqueued by (`to_json`); NOBODY when none was kept."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            return NOBODY
+        roles = data.get("roles")
+        service = data.get("service")
         return cls(
-            name=str(data["name"]),
-            roles=frozenset(str(r) for r in data.get("roles", ())),
-            via=data.get("via", "key"),
-            service=data.get("service"),
+            name=data["name"],
+            roles=frozenset(str(r) for r in roles) if isinstance(roles, list) else frozenset(),
+            via=data["via"] if data.get("via") in _VIAS else "key",
+            service=service if isinstance(service, str) else None,
         )
 
 

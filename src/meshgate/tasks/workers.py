@@ -28,6 +28,7 @@ import httpx
 from meshgate.errors import (
     MeshgateError,
     QueueUnavailable,
+    RateLimited,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -37,6 +38,7 @@ from meshgate.observability.metrics import metrics
 from meshgate.resilience import BackoffPolicy, backoff_delay
 from meshgate.router import Router
 from meshgate.router.call import Call
+from meshgate.security import Principal
 from meshgate.tasks.base import FINAL, TaskQueue, view
 from meshgate.wire.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 
@@ -262,7 +264,7 @@ class Workers:
             result = await self._execute(id_, task["target"], remaining)
         except PermanentFailure as e:
             await self._durably(finish, id_, "failed", error=e.error)
-        except (Unavailable, UpstreamTimeout, UpstreamError) as e:
+        except (Unavailable, UpstreamTimeout, UpstreamError, RateLimited) as e:
             error = _error(e)
             if e.extra.get("upstream_code") in REQUEST_ERRORS:  # another try is refused alike
                 await self._durably(finish, id_, "failed", error=error)
@@ -327,6 +329,8 @@ class Workers:
             arguments=arguments,
             body_size=body_size,
             timeout_s=timeout_s,
+            method="tools/call" if kind == "mcp" else target.get("method", "POST"),
+            principal=Principal.from_json(target.get("principal")),
         )
 
     async def _execute(self, id_: str, target: dict[str, Any], timeout_s: float | None) -> Any:

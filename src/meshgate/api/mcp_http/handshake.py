@@ -36,6 +36,7 @@ from meshgate.frontend.context import LOG_LEVELS, Ask, Emit, RequestContext, jso
 from meshgate.frontend.server import LATEST_HANDSHAKE, McpFront
 from meshgate.frontend.sessions import ClientSession, SessionStore
 from meshgate.observability.topology import CALLER_HEADER
+from meshgate.security import principal_of
 from meshgate.wire import jsonrpc
 from meshgate.wire.jsonrpc import (
     INTERNAL_ERROR,
@@ -208,6 +209,7 @@ class HandshakeEra:
             pins=session.pins,
             caller=session.caller,
             headers=request.headers,
+            principal=principal_of(request.scope),
             session=session.id,
             session_ask=_asker(session, session.emit_standing),
             session_emit=session.emit_standing,

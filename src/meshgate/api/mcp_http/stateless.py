@@ -35,6 +35,7 @@ from meshgate.frontend.input_required import INPUT_METHODS, WRAPPED_PREFIX, Park
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import EventStream
 from meshgate.observability.topology import CALLER_HEADER
+from meshgate.security import principal_of
 from meshgate.wire import jsonrpc
 from meshgate.wire.jsonrpc import (
     HEADER_MISMATCH,
@@ -174,6 +175,7 @@ class StatelessEra:
             caller=request.headers.get(CALLER_HEADER)
             or obj(meta.get(META_CLIENT_INFO)).get("name"),
             headers=request.headers,
+            principal=principal_of(request.scope),
         )
         if method in INPUT_METHODS:
             # The server may ask the client something mid-call: the call is parked, and each
