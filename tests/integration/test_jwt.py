@@ -336,7 +336,11 @@ def test_a_token_without_kid_uses_the_only_key() -> None:
         verifier = JwtVerifier(settings(issuer, jwks_min_refresh_s=0), clock=clock)
         await verifier.verify(lone.sign(claims(issuer, clock)))
         issuer.keys.append(second)
-        clock.now += 301  # the cache expires; the next fetch sees two keys
+        clock.now += 301  # the cache expires: the keys it has serve while it fetches again
+        await verifier.verify(lone.sign(claims(issuer, clock)))
+        await verifier.jwks.settled()
+        assert issuer.jwks_hits == 2
+        # The fetch found two keys: a token without kid no longer says which.
         assert "no key id" in await refused(verifier, lone.sign(claims(issuer, clock)))
         await verifier.close()
 
@@ -354,6 +358,7 @@ def test_discovery_finds_the_jwks_from_the_issuer() -> None:
         # The JWKS URL is remembered: a later refresh does not ask for discovery again.
         clock.now += 301
         await verifier.verify(key.sign(claims(issuer, clock)))
+        await verifier.jwks.settled()
         assert (issuer.discovery_hits, issuer.jwks_hits) == (1, 2)
         await verifier.close()
 
@@ -450,8 +455,14 @@ def test_issuer_down_later_keeps_the_cached_keys(caplog: pytest.LogCaptureFixtur
         clock.now += 61  # the cache is stale and the issuer does not answer
         with caplog.at_level(logging.WARNING, "meshgate.security.jwt"):
             p = await verifier.verify(key.sign(claims(issuer, clock)))
-        assert p.name == "alice"
+            assert p.name == "alice"  # not held up by the fetch...
+            await verifier.jwks.settled()  # ...which fails
         assert "keeping the 1 cached" in caplog.text
+        # Within the refetch interval, no new attempt; the cached key keeps serving.
+        attempts = caplog.text.count("could not be refreshed")
+        assert (await verifier.verify(key.sign(claims(issuer, clock)))).name == "alice"
+        await verifier.jwks.settled()
+        assert caplog.text.count("could not be refreshed") == attempts
         await verifier.close()
 
     run(scenario, key)
@@ -485,3 +496,24 @@ def test_a_short_rsa_key_is_refused() -> None:
         await verifier.close()
 
     run(scenario, weak)
+
+
+def test_a_slow_issuer_holds_up_no_token_whose_key_is_known() -> None:
+    key = Key("k1")
+
+    async def scenario(issuer: Issuer, clock: Clock) -> None:
+        verifier = JwtVerifier(settings(issuer, jwks_cache_s=60), clock=clock)
+        await verifier.start()
+        clock.now += 61
+        issuer.hold, issuer.asked = asyncio.Event(), asyncio.Event()
+        # The cache is stale: this starts a fetch the issuer holds back, and answers anyway.
+        assert (await verifier.verify(key.sign(claims(issuer, clock)))).name == "alice"
+        assert verifier.jwks.fetching
+        await asyncio.wait_for(issuer.asked.wait(), 10)
+        assert (await verifier.verify(key.sign(claims(issuer, clock)))).name == "alice"
+        assert issuer.jwks_hits == 2  # the second token joined the held fetch
+        issuer.hold.set()
+        await verifier.jwks.settled()
+        await verifier.close()
+
+    run(scenario, key)

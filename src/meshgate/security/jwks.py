@@ -102,10 +102,10 @@ class KeySet:
 
 
 class JwksCache:
-    """The issuer's current keys. Kept for `jwks_cache_s`; fetched again early when a token
-    names an unknown key id (keys rotate), but never more often than `jwks_min_refresh_s`, and
-    concurrent requests share one fetch, so a flood of made-up key ids costs the issuer at
-    most one request per interval."""
+    """The issuer's current keys. After `jwks_cache_s` they are fetched again while they stay
+    in use; a token naming an unknown key id (keys rotate) has them fetched at once. Never
+    more often than every `jwks_min_refresh_s`, and concurrent requests share one fetch, so a
+    flood of made-up key ids costs the issuer at most one request per interval."""
 
     def __init__(self, settings: JwtSettings, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
@@ -124,6 +124,11 @@ class JwksCache:
     def keys(self) -> KeySet | None:
         return self._keys
 
+    @property
+    def fetching(self) -> bool:
+        """Whether a fetch of the JWKS is under way."""
+        return self._inflight is not None
+
     async def close(self) -> None:
         if self._inflight is not None:
             self._inflight.cancel()
@@ -132,13 +137,19 @@ class JwksCache:
         await self._http.aclose()
 
     async def key(self, kid: str | None) -> SigningKey | None:
-        """The key for `kid`, fetching the JWKS when the cache is empty, stale, or lacks it
-        (within the refetch limit). None: the issuer does not publish such a key. Raises
+        """The key for `kid`, fetching the JWKS when the cache is empty or lacks it (within
+        the refetch limit). None: the issuer does not publish such a key. Raises
         JwksUnavailable when no keys are known and the issuer cannot be reached."""
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self._settings.jwks_cache_s
         found = self._keys.find(kid) if self._keys is not None else None
-        if (stale or found is None) and self._may_fetch(now):
+        if found is not None:
+            if stale and self._may_fetch(now):
+                # Refreshed behind the request: a slow or unreachable issuer holds up no token
+                # whose key is already known.
+                self._start()
+            return found
+        if self._may_fetch(now):
             await self.refresh()
             found = self._keys.find(kid) if self._keys is not None else None
         if self._keys is None:
@@ -165,12 +176,20 @@ class JwksCache:
     async def refresh(self) -> None:
         """Fetch the JWKS now, or join the fetch under way. Failures are logged; the keys
         fetched before stay in use."""
+        await asyncio.shield(self._start())
+
+    async def settled(self) -> None:
+        """Wait for the fetch under way, if any, to end."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
+    def _start(self) -> asyncio.Task[None]:
         if self._inflight is None:
             self._attempted_at = self._clock()
             task = asyncio.get_running_loop().create_task(self._fetch())
             task.add_done_callback(self._fetched)
             self._inflight = task
-        await asyncio.shield(self._inflight)
+        return self._inflight
 
     def _fetched(self, task: asyncio.Task[None]) -> None:
         self._inflight = None
