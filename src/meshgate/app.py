@@ -34,6 +34,7 @@ from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
 from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
+from meshgate.security.jwt import JwtVerifier
 from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
@@ -99,7 +100,8 @@ def build_app(settings: Settings) -> FastAPI:
         min_timeout_s=settings.mesh.min_call_timeout_s,
     )
     auth = security.auth
-    authenticator = Authenticator(auth)
+    jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
+    authenticator = Authenticator(auth, jwt=jwt)
     workers = Workers(
         open_queue(settings.mesh.queue, settings.tasks_path),
         router,
@@ -132,6 +134,8 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting %d MCP servers", len(supervisor.pools))
         await registry.start()
+        if jwt is not None:
+            await jwt.start()  # the issuer's keys, fetched before the first token; never fatal
         await services.start(list(settings.mesh.services))
         await supervisor.start()
         await workers.start()
@@ -157,6 +161,8 @@ def build_app(settings: Settings) -> FastAPI:
             services.store.close()
             await registry.stop()
             registry.close()
+            if jwt is not None:
+                await jwt.close()
             tracing.shutdown()
             log.info("stopped")
 

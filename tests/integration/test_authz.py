@@ -166,14 +166,16 @@ def test_unknown_metadata_resource_is_404(gw: tuple[Gateway, list[str]]) -> None
     assert g.get("/.well-known/oauth-protected-resource/api/v1").status_code == 404
 
 
+SERVE_ARGS = ("--config", "mcp.json", "--host", "0.0.0.0", "--port", "0", "--data-dir", "")
+
+
 def test_serving_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     (tmp_path / "mcp.json").write_text('{"mcpServers": {}}')
     out = subprocess.run(
-        [sys.executable, "-m", "meshgate.cli", "serve", "--config", "mcp.json"]
-        + ["--host", "0.0.0.0", "--port", "0", "--data-dir", ""],
+        [sys.executable, "-m", "meshgate.cli", "serve", *SERVE_ARGS],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -154,7 +154,7 @@ def test_rules_parse(text: str, rule: Rule) -> None:
     "bad", ["mcp:", "http:orders GET api", "mesh:bogus", "tools:x", "mcp:a b", ""]
 )
 def test_bad_rules_are_refused_at_load(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rule|mesh operation"):
         RoleSettings(allow=(bad,))
 
 
