@@ -109,6 +109,8 @@ def build_app(settings: Settings) -> FastAPI:
         SessionStore(
             max_sessions=mesh_settings.max_sessions,
             idle_timeout_s=mesh_settings.session_idle_timeout_s,
+            max_per_principal=mesh_settings.max_sessions_per_principal,
+            unused_timeout_s=mesh_settings.session_unused_timeout_s,
         ),
         max_body_bytes=mesh_settings.max_body_bytes,
         allowed_origins=mesh_settings.allowed_origins,
