@@ -34,7 +34,7 @@ from meshgate.router.interceptors import build_chain
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
 from meshgate.storage import check_dir, check_file
-from meshgate.tasks import open_queue
+from meshgate.tasks import QueueBounds, open_queue
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import Supervisor
 
@@ -92,7 +92,15 @@ def build_app(settings: Settings) -> FastAPI:
         min_timeout_s=settings.mesh.min_call_timeout_s,
     )
     workers = Workers(
-        open_queue(settings.mesh.queue, settings.tasks_path),
+        open_queue(
+            settings.mesh.queue,
+            settings.tasks_path,
+            bounds=QueueBounds(
+                max_queued=settings.mesh.max_queued_tasks,
+                max_queued_per_target=settings.mesh.max_queued_tasks_per_target,
+                max_kept=settings.mesh.max_kept_tasks,
+            ),
+        ),
         router,
         node=settings.node_id,
         concurrency=settings.mesh.task_concurrency,

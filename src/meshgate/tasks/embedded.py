@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.storage import open_sqlite
-from meshgate.tasks.base import FIELDS, FINAL, Event
+from meshgate.tasks.base import FIELDS, FINAL, UNBOUNDED, Event, QueueBounds, queue_full
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(status, target_name);
 """
 
 COLUMNS = ", ".join(FIELDS)
@@ -56,8 +57,15 @@ class EmbeddedQueue:
 
     name = "embedded"
 
-    def __init__(self, path: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock  # wall-clock seconds: stored times outlive the process
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        bounds: QueueBounds = UNBOUNDED,
+    ) -> None:
+        self._clock = clock
+        self.bounds = bounds  # wall-clock seconds: stored times outlive the process
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
@@ -99,6 +107,7 @@ class EmbeddedQueue:
                 ).fetchone()
                 if row:
                     return str(row[0]), False
+            self._check_room(target_name)
             id_ = f"t-{secrets.token_hex(8)}"
             self._db.execute(
                 "INSERT INTO tasks (id, status, target, target_name, priority, max_attempts, "
@@ -118,6 +127,21 @@ class EmbeddedQueue:
                 ),
             )
         return id_, True
+
+    def _check_room(self, target_name: str) -> None:
+        # Counted on the (status, target_name) index: a few milliseconds at 10 000 waiting.
+        b = self.bounds
+        if b.max_queued is not None:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'queued'").fetchone()
+            if n >= b.max_queued:
+                raise queue_full(b, None)
+        if b.max_queued_per_target is not None:
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND target_name = ?",
+                (target_name,),
+            ).fetchone()
+            if n >= b.max_queued_per_target:
+                raise queue_full(b, target_name)
 
     async def claim(
         self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
@@ -300,7 +324,16 @@ class EmbeddedQueue:
                 "AND status IN ('succeeded', 'failed', 'cancelled', 'dead')",
                 (self._clock() - older_than_s,),
             )
-        return cur.rowcount
+            forgotten = cur.rowcount
+            if self.bounds.max_kept is not None:
+                cur = self._db.execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks "
+                    "WHERE status IN ('succeeded', 'failed', 'cancelled', 'dead') "
+                    "ORDER BY finished_at DESC, id DESC LIMIT -1 OFFSET ?)",
+                    (self.bounds.max_kept,),
+                )
+                forgotten += cur.rowcount
+        return forgotten
 
     async def close(self) -> None:
         with self._lock:
