@@ -44,7 +44,38 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
-CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(status, target_name);
+-- Waiting (queued) tasks per target, kept by triggers in the statements that change them, so
+-- that the bound on enqueue reads one small table instead of counting 10 000 rows.
+CREATE TABLE IF NOT EXISTS waiting (target_name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS waiting_insert AFTER INSERT ON tasks WHEN NEW.status = 'queued'
+BEGIN
+    INSERT INTO waiting VALUES (NEW.target_name, 1)
+    ON CONFLICT(target_name) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_leave AFTER UPDATE OF status ON tasks
+WHEN OLD.status = 'queued' AND NEW.status != 'queued'
+BEGIN
+    UPDATE waiting SET n = n - 1 WHERE target_name = OLD.target_name;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_enter AFTER UPDATE OF status ON tasks
+WHEN OLD.status != 'queued' AND NEW.status = 'queued'
+BEGIN
+    INSERT INTO waiting VALUES (NEW.target_name, 1)
+    ON CONFLICT(target_name) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_delete AFTER DELETE ON tasks WHEN OLD.status = 'queued'
+BEGIN
+    UPDATE waiting SET n = n - 1 WHERE target_name = OLD.target_name;
+END;
+"""
+
+# At open: the counts from the tasks themselves (a file of an earlier version had none).
+RECOUNT = """
+BEGIN IMMEDIATE;
+DELETE FROM waiting;
+INSERT INTO waiting SELECT target_name, COUNT(*) FROM tasks WHERE status = 'queued'
+    GROUP BY target_name;
+COMMIT;
 """
 
 COLUMNS = ", ".join(FIELDS)
@@ -72,6 +103,7 @@ class EmbeddedQueue:
         for added in ("input_requests", "input_responses", "owner"):  # files of earlier versions
             if added not in columns:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT")
+        self._db.executescript(RECOUNT)
         self._listeners: list[Event] = []
 
     async def start(self) -> None:
@@ -129,18 +161,16 @@ class EmbeddedQueue:
         return id_, True
 
     def _check_room(self, target_name: str) -> None:
-        # Counted on the (status, target_name) index: a few milliseconds at 10 000 waiting.
         b = self.bounds
         if b.max_queued is not None:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'queued'").fetchone()
+            (n,) = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM waiting").fetchone()
             if n >= b.max_queued:
                 raise queue_full(b, None)
         if b.max_queued_per_target is not None:
-            (n,) = self._db.execute(
-                "SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND target_name = ?",
-                (target_name,),
+            row = self._db.execute(
+                "SELECT n FROM waiting WHERE target_name = ?", (target_name,)
             ).fetchone()
-            if n >= b.max_queued_per_target:
+            if row is not None and row[0] >= b.max_queued_per_target:
                 raise queue_full(b, target_name)
 
     async def claim(
