@@ -13,10 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.routing import Route
 
 from meshgate import __version__
+from meshgate.api import keys as api_keys
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
@@ -31,6 +32,7 @@ from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.interceptors import build_chain
+from meshgate.security.keys import keys_path, open_key_store
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
 from meshgate.storage import check_dir, check_file
@@ -48,12 +50,17 @@ def check_storage(settings: Settings) -> None:
     files = [(settings.registrations_path, "registry database")]
     if settings.mesh.queue == "embedded":
         files.append((settings.tasks_path, "task database"))
+    files.append((keys_path(settings), "API key database"))
     data_dir = settings.data_dir
     if data_dir is not None and any(p is not None and p.parent == data_dir for p, _ in files):
         check_dir(data_dir, "data dir")
     for path, what in files:
         if path is not None:
             check_file(path, what)
+
+
+async def _allow(request: Request) -> None:
+    """The `keys` operation's check: every caller passes."""
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -100,6 +107,7 @@ def build_app(settings: Settings) -> FastAPI:
         result_ttl_s=settings.mesh.task_result_ttl_s,
         limits=settings.task_limit,
     )
+    keys = open_key_store(settings)
     mesh_settings = settings.mesh
     mcp_tasks = McpTasks(workers)
     front = McpFront(router, separator=mesh_settings.namespace_separator, tasks=mcp_tasks)
@@ -148,6 +156,7 @@ def build_app(settings: Settings) -> FastAPI:
             services.store.close()
             await registry.stop()
             registry.close()
+            await keys.close()
             tracing.shutdown()
             log.info("stopped")
 
@@ -159,6 +168,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.router = router
     app.state.settings = settings
+    app.state.keys = keys
     # Called when the server stops accepting, before it waits for open responses: streams that
     # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
     app.state.before_shutdown = mcp_http.end_standing_streams
@@ -182,6 +192,7 @@ def build_app(settings: Settings) -> FastAPI:
     }
     app.include_router(mcp_rest.build(router, **limits))
     app.include_router(tasks.build(router, workers, **limits))
+    app.include_router(api_keys.build(keys, require=_allow))
     app.include_router(
         observability.build(
             router,
