@@ -338,9 +338,9 @@ def keys_path(settings: Settings) -> Path | None:
     return settings.data_dir / "keys.sqlite3"
 
 
-def open_key_store(settings: Settings, **options: Any) -> Keys:
+def open_key_store(settings: Settings) -> Keys:
     """The key store where the settings keep shared state: the Redis registry's server, else
-    `keys.sqlite3` in the data dir (in memory without one). `options` go to `Keys`."""
+    `keys.sqlite3` in the data dir (in memory without one)."""
     from meshgate.security.keystores import RedisKeys, SqliteKeys
 
     backend: KeyBackend
@@ -348,4 +348,4 @@ def open_key_store(settings: Settings, **options: Any) -> Keys:
         backend = RedisKeys(settings.mesh.registry)
     else:
         backend = SqliteKeys(keys_path(settings))
-    return Keys(backend, **options)
+    return Keys(backend)
