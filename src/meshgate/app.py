@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from meshgate import __version__
+from meshgate.api import keys as api_keys
 from meshgate.api import mcp_rest, mesh, observability, problems, tasks
-from meshgate.api.auth import Authentication, build_metadata
+from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
@@ -35,6 +36,7 @@ from meshgate.router.interceptors import build_chain
 from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
 from meshgate.security.jwt import JwtVerifier
+from meshgate.security.keys import keys_path, open_key_store
 from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
@@ -53,6 +55,7 @@ def check_storage(settings: Settings) -> None:
     files = [(settings.registrations_path, "registry database")]
     if settings.mesh.queue == "embedded":
         files.append((settings.tasks_path, "task database"))
+    files.append((keys_path(settings), "API key database"))
     data_dir = settings.data_dir
     if data_dir is not None and any(p is not None and p.parent == data_dir for p, _ in files):
         check_dir(data_dir, "data dir")
@@ -101,7 +104,8 @@ def build_app(settings: Settings) -> FastAPI:
     )
     auth = security.auth
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
-    authenticator = Authenticator(auth, jwt=jwt)
+    keys = open_key_store(settings)
+    authenticator = Authenticator(auth, keys=keys, jwt=jwt)
     workers = Workers(
         open_queue(
             settings.mesh.queue,
@@ -173,6 +177,7 @@ def build_app(settings: Settings) -> FastAPI:
             registry.close()
             if jwt is not None:
                 await jwt.close()
+            await keys.close()
             tracing.shutdown()
             log.info("stopped")
 
@@ -184,6 +189,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.router = router
     app.state.settings = settings
+    app.state.keys = keys
     # Called when the server stops accepting, before it waits for open responses: streams that
     # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
     app.state.before_shutdown = mcp_http.end_standing_streams
@@ -207,6 +213,7 @@ def build_app(settings: Settings) -> FastAPI:
     }
     app.include_router(mcp_rest.build(router, **limits))
     app.include_router(tasks.build(router, workers, **limits))
+    app.include_router(api_keys.build(keys, require=operation_check("keys")))
     app.include_router(
         build_metadata(
             enabled=authenticator.enabled,

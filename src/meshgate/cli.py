@@ -1,4 +1,4 @@
-"""The `meshgate` command: serve, services, call, check-config."""
+"""The `meshgate` command: serve, services, call, tasks, keys, check-config."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshgate.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8800"
 
@@ -65,6 +69,42 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--status", help="list: only tasks in this state")
     t.add_argument("--limit", type=int, default=50)
 
+    keys = sub.add_parser(
+        "keys",
+        help="create, list or revoke API keys",
+        description="Manage API keys in the gateway's own store (the data dir's keys.sqlite3, "
+        "or the Redis registry), found as `serve` finds it; no gateway needs to run.",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+
+    def key_action(name: str, help_: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help_, description=help_)
+        a.add_argument("--config", help="a .mcp.json file (as for serve)")
+        a.add_argument("--policy", help="a meshgate.toml file (as for serve)")
+        a.add_argument("--data-dir", help="where keys.sqlite3 is (as for serve)")
+        a.add_argument("--registry", help="a redis:// registry keeps the keys of every gateway")
+        return a
+
+    a = key_action("create", "make a key; it is printed once")
+    a.add_argument("name", help="who the key is for: the name its requests run as (unique)")
+    a.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        dest="roles",
+        metavar="ROLE",
+        help="a role the key holds: admin, or one of [roles.NAME] (repeat for more)",
+    )
+    a.add_argument(
+        "--expires", metavar="WHEN", help="30d, 12h, 2027-01-01T00:00:00Z (default: never)"
+    )
+    a.add_argument("--service", metavar="NAME", help="a service's key: it registers only NAME")
+    a.add_argument("--json", action="store_true", help="print JSON for scripts")
+    a = key_action("list", "show every key (never a secret)")
+    a.add_argument("--json", action="store_true", help="print JSON for scripts")
+    a = key_action("revoke", "stop a key from working")
+    a.add_argument("key_id", metavar="ID", help="the key's id, as `keys list` shows it")
+
     k = sub.add_parser("check-config", help="validate a .mcp.json or meshgate.toml")
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--json", action="store_true")
@@ -96,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "services": _services,
         "call": _call,
         "tasks": _tasks,
+        "keys": _keys,
         "check-config": _check_config,
     }[args.command]
     try:
@@ -104,13 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from meshgate.app import build_app, check_storage
+def _settings(args: argparse.Namespace, overrides: dict[str, Any]) -> Settings | None:
+    """The settings `serve` would run with: files from flags, the environment or the working
+    directory, then `overrides`; None after printing every problem."""
     from meshgate.config import ConfigProblems, load
-    from meshgate.errors import ConfigError
-    from meshgate.observability.logging import configure
 
     config = (
         args.config
@@ -122,6 +160,21 @@ def _serve(args: argparse.Namespace) -> int:
         or _env("MESHGATE_POLICY")
         or ("meshgate.toml" if Path("meshgate.toml").is_file() else None)
     )
+    try:
+        return load(config, policy, overrides=overrides)
+    except ConfigProblems as e:
+        for p in e.problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from meshgate.app import build_app, check_storage
+    from meshgate.errors import ConfigError
+    from meshgate.observability.logging import configure
+
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -132,11 +185,8 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "insecure": args.insecure,
     }
-    try:
-        settings = load(config, policy, overrides=overrides)
-    except ConfigProblems as e:
-        for p in e.problems:
-            print(f"{p.severity}: {p}", file=sys.stderr)
+    settings = _settings(args, overrides)
+    if settings is None:
         return 2
     log_format = settings.mesh.log_format
     configure(
@@ -246,6 +296,13 @@ def _fail(status: int, body: Any) -> int:
     return 1
 
 
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows as aligned columns, the first row the heading."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
 def _services(args: argparse.Namespace) -> int:
     status, body = _request(args, "GET", "/api/v1/mcp/servers")
     if status != 200:
@@ -264,9 +321,7 @@ def _services(args: argparse.Namespace) -> int:
                 str(len(s["tools"])),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _table(rows)
     for s in body["items"]:
         for i in s["instances"]:
             extra = f"  ({i['last_error']})" if i.get("last_error") else ""
@@ -339,10 +394,15 @@ def _tasks(args: argparse.Namespace) -> int:
         rows.append(
             (task["id"], task["status"], str(task["attempts"]), name, task["created_at"] or "")
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _table(rows)
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from meshgate.cli_keys import run
+
+    settings = _settings(args, {"data_dir": args.data_dir, "registry": args.registry})
+    return 2 if settings is None else run(args, settings)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -208,6 +208,15 @@ class UnknownTool(NotFound):
     jsonrpc_code = INVALID_PARAMS
 
 
+class Conflict(MeshgateError):
+    """The request clashes with what exists (an API key name already in use)."""
+
+    status = 409
+    type = "conflict"
+    title = "Conflict"
+    jsonrpc_code = INVALID_PARAMS
+
+
 class Unavailable(MeshgateError):
     """No instance can take the call right now; the caller may retry later."""
 

@@ -11,7 +11,7 @@ resource_metadata=...`, except on public paths.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -124,14 +124,19 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
-def requires(operation: str) -> Any:
-    """A route dependency: the caller's roles must allow this mesh operation (403)."""
+def operation_check(operation: str) -> Callable[[Request], Awaitable[None]]:
+    """A check that the caller's roles allow this mesh operation (403 otherwise)."""
 
     async def check(request: Request) -> None:
         gate = request.app.state.router.gate
         await gate.admit(principal_of(request.scope), Action.mesh(operation))
 
-    return Depends(check)
+    return check
+
+
+def requires(operation: str) -> Any:
+    """A route dependency: the caller's roles must allow this mesh operation (403)."""
+    return Depends(operation_check(operation))
 
 
 def build_metadata(
@@ -164,5 +169,6 @@ __all__ = [
     "Authentication",
     "base_url",
     "build_metadata",
+    "operation_check",
     "requires",
 ]
