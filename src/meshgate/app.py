@@ -22,6 +22,7 @@ from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
+from meshgate.config.tls import redis_options, upstream_context
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
@@ -66,9 +67,15 @@ def build_app(settings: Settings) -> FastAPI:
     )
     set_node(settings.node_id)
     registry = open_registry(
-        settings.mesh.registry, node=settings.node_id, lease_s=settings.mesh.registry_lease_s
+        settings.mesh.registry,
+        node=settings.node_id,
+        lease_s=settings.mesh.registry_lease_s,
+        redis_options=redis_options(settings.mesh.registry, settings.mesh),
     )
-    supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
+    upstream_tls = upstream_context(settings.mesh)
+    supervisor = Supervisor(
+        settings.servers.values(), node=settings.node_id, registry=registry, tls=upstream_tls
+    )
     services = ServiceMesh(
         RegistrationStore(settings.registrations_path),
         registry,
@@ -84,6 +91,7 @@ def build_app(settings: Settings) -> FastAPI:
             listen_host=settings.mesh.host,
             listen_port=settings.mesh.port,
         ),
+        tls=upstream_tls,
     )
     router = Router(
         supervisor,
@@ -92,7 +100,11 @@ def build_app(settings: Settings) -> FastAPI:
         min_timeout_s=settings.mesh.min_call_timeout_s,
     )
     workers = Workers(
-        open_queue(settings.mesh.queue, settings.tasks_path),
+        open_queue(
+            settings.mesh.queue,
+            settings.tasks_path,
+            redis_options=redis_options(settings.mesh.queue, settings.mesh),
+        ),
         router,
         node=settings.node_id,
         concurrency=settings.mesh.task_concurrency,

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from meshgate.errors import ConfigError
 from meshgate.tasks.base import TaskQueue
 
 
-def open_queue(url: str, path: Path | None, *, clock: Callable[[], float] = time.time) -> TaskQueue:
+def open_queue(
+    url: str,
+    path: Path | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    redis_options: Mapping[str, Any] | None = None,
+) -> TaskQueue:
     """The queue backend named by a URL: `embedded` (SQLite at `path`, or in memory when there
-    is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes).
+    is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes;
+    `redis_options` go to redis-py's `from_url`, e.g. the CA bundle of a `rediss://` URL).
     `clock` gives the times the queue stores and compares (retry delays, the result TTL)."""
     if url == "embedded":
         from meshgate.tasks.embedded import EmbeddedQueue
@@ -21,5 +29,5 @@ def open_queue(url: str, path: Path | None, *, clock: Callable[[], float] = time
     if url.startswith(("redis://", "rediss://")):
         from meshgate.tasks.redis import RedisQueue
 
-        return RedisQueue(url, clock=clock)
+        return RedisQueue(url, clock=clock, options=redis_options)
     raise ConfigError(f"queue backend {url!r} is not available; use embedded or redis://")

@@ -314,7 +314,13 @@ def _reachable(url: str) -> Any:
 class RedisQueue:
     name = "redis"
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.url = url
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
         self._clock = clock
@@ -326,6 +332,7 @@ class RedisQueue:
             decode_responses=True,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError],
+            **dict(options or {}),  # for rediss://: the CA bundle
         )
         self._scripts = {
             name: self._r.register_script(_LIB + body)
