@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -252,3 +255,30 @@ def test_oversized_heads_get_431(gw: GatewayProcess) -> None:
             pass  # closed by the gateway: what the test expects
         status, _, body = _response(s)
         assert status == 431 and b"headers-too-large" in body
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MESHGATE_MAX_CONNECTIONS", "0"),
+        ("MESHGATE_HEADER_TIMEOUT_S", "0"),
+        ("MESHGATE_BODY_TIMEOUT_S", "-1"),
+        ("MESHGATE_KEEP_ALIVE_S", "soon"),
+        ("MESHGATE_MAX_HEADER_BYTES", "100"),
+    ],
+)
+def test_bad_bounds_stop_the_start_naming_the_setting(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshgate.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path,
+        env={**os.environ, "MESHGATE_DATA_DIR": str(tmp_path / "data"), variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    setting = variable.removeprefix("MESHGATE_").lower()
+    assert f"environment {variable}: mesh.{setting}:" in proc.stderr
+    assert "listening" not in proc.stderr

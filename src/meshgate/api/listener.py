@@ -167,6 +167,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     bounds: ClassVar[ListenerBounds]
     tls_context: ClassVar[ssl.SSLContext | None]
     open_connections: ClassVar[set[BoundedHttpProtocol]]
+    refused: ClassVar[int] = 0
+    refused_logged: ClassVar[float] = float("-inf")
 
     def __init__(
         self,
@@ -210,6 +212,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.loop.call_soon(self.loop.call_soon, self._replay, raw)
 
     async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        if raw.is_closing():  # closed (a shutdown, the peer) before this task ran
+            self._forget()
+            return
         try:
             transport = await self.loop.start_tls(
                 raw,
@@ -258,11 +263,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, raw: asyncio.Transport) -> None:
         """Answer 503 at once: beyond the bound no request of this connection is read."""
         self._refused = True
-        log.warning(
-            "refused a connection from %s: %d connections open (max_connections)",
-            raw.get_extra_info("peername"),
-            len(self.open_connections),
-        )
+        refused = type(self).refused = type(self).refused + 1
+        now = self.loop.time()
+        if now - type(self).refused_logged >= 1.0:  # a flood: a line a second, not one each
+            type(self).refused_logged = now
+            log.warning(
+                "refused %d connection(s) so far, the last from %s: %d connections open "
+                "(max_connections)",
+                refused,
+                raw.get_extra_info("peername"),
+                len(self.open_connections),
+            )
         if self.tls_context is not None:
             raw.abort()
             return
