@@ -3,6 +3,7 @@ services) and to Redis. Certificates come from a throw-away CA; every server is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -298,3 +299,34 @@ def test_registry_and_queue_over_rediss(tmp_path: Path) -> None:
             untrusting.close()
     finally:
         server.stop()
+
+
+def test_tls_handshakes_are_bounded_in_number_and_time(tmp_path: Path) -> None:
+    """Connections that never begin the handshake count towards `max_connections` and are
+    closed after `header_timeout_s`; those beyond the bound are closed at once."""
+    ca = TestCA(tmp_path / "certs")
+    env = {"MESHGATE_MAX_CONNECTIONS": "20", "MESHGATE_HEADER_TIMEOUT_S": "1"}
+    with gateway(
+        tmp_path / "gw", {}, args=_tls_args(ca.server()), env=env, tls=ca.client_context()
+    ) as gw:
+        host, port = gw.url.removeprefix("https://").rsplit(":", 1)
+        silent = [socket.create_connection((host, int(port))) for _ in range(60)]
+        try:
+            for s in silent:
+                s.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):
+                    assert s.recv(1) == b""  # closed without a word: no TLS was spoken
+        finally:
+            for s in silent:
+                s.close()
+        with httpx.Client(verify=ca.client_context()) as c:
+            end = time.monotonic() + 10
+            while True:  # the server notices the closes on its side in its own time
+                try:
+                    assert c.get(gw.url + f"{API}/health").status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < end, "no handshake after the silent ones closed"
+                    time.sleep(0.05)
+    refusals = [line for line in gw.log if "refused" in line and "max_connections" in line]
+    assert refusals, "no connection was refused for max_connections"

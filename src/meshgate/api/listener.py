@@ -224,7 +224,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 ssl_handshake_timeout=self.bounds.header_timeout_s,
                 ssl_shutdown_timeout=_TLS_SHUTDOWN_S,
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+        except Exception as e:  # whatever ended it, the connection goes, and its count with it
             log.debug("TLS handshake with %s failed: %s", raw.get_extra_info("peername"), e)
             raw.abort()
             self._forget()
