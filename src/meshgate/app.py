@@ -24,6 +24,7 @@ from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
+from meshgate.config.tls import redis_options, upstream_context
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
@@ -74,9 +75,15 @@ def build_app(settings: Settings) -> FastAPI:
     )
     set_node(settings.node_id)
     registry = open_registry(
-        settings.mesh.registry, node=settings.node_id, lease_s=settings.mesh.registry_lease_s
+        settings.mesh.registry,
+        node=settings.node_id,
+        lease_s=settings.mesh.registry_lease_s,
+        redis_options=redis_options(settings.mesh.registry, settings.mesh),
     )
-    supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
+    upstream_tls = upstream_context(settings.mesh)
+    supervisor = Supervisor(
+        settings.servers.values(), node=settings.node_id, registry=registry, tls=upstream_tls
+    )
     services = ServiceMesh(
         RegistrationStore(settings.registrations_path),
         registry,
@@ -92,6 +99,7 @@ def build_app(settings: Settings) -> FastAPI:
             listen_host=settings.mesh.host,
             listen_port=settings.mesh.port,
         ),
+        tls=upstream_tls,
     )
     security = settings.security
     policy = Policy(security.roles, enabled=security.auth_enabled)
@@ -115,6 +123,7 @@ def build_app(settings: Settings) -> FastAPI:
                 max_queued_per_target=settings.mesh.max_queued_tasks_per_target,
                 max_kept=settings.mesh.max_kept_tasks,
             ),
+            redis_options=redis_options(settings.mesh.queue, settings.mesh),
         ),
         router,
         node=settings.node_id,

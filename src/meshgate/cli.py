@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
         help="serve on a non-loopback --host without authentication (anyone who can reach "
         "the port can call every tool)",
     )
+    s.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
+    s.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    s.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="verify client certificates against this PEM CA bundle (mutual TLS)",
+    )
+    s.add_argument(
+        "--tls-client-cert",
+        choices=["required", "optional"],
+        help="with --tls-client-ca: refuse clients without a certificate (required, the "
+        "default) or let them in to authenticate otherwise (optional)",
+    )
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
@@ -171,7 +184,9 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any]) -> Settings |
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from meshgate.api.listener import ListenerBounds, protocol_class
     from meshgate.app import build_app, check_storage
+    from meshgate.config.tls import server_context, upstream_context
     from meshgate.errors import ConfigError
     from meshgate.observability.logging import configure
 
@@ -184,6 +199,10 @@ def _serve(args: argparse.Namespace) -> int:
         "node_id": args.node_id,
         "log_level": args.log_level,
         "insecure": args.insecure,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "tls_client_cert": args.tls_client_cert,
     }
     settings = _settings(args, overrides)
     if settings is None:
@@ -213,6 +232,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         check_storage(settings)
+        tls = server_context(settings.mesh)
+        upstream_context(settings.mesh)  # its files' problems belong to start-up, not a call
     except ConfigError as e:
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
@@ -237,7 +258,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     logging.getLogger("meshgate").info(
-        "meshgate listening on http://%s:%d", f"[{host}]" if ":" in host else host, port
+        "meshgate listening on %s://%s:%d",
+        "http" if tls is None else "https",
+        f"[{host}]" if ":" in host else host,
+        port,
     )
 
     class Server(uvicorn.Server):
@@ -254,6 +278,10 @@ def _serve(args: argparse.Namespace) -> int:
             # Forwarding headers are believed from `mesh.trusted_proxies` only (not uvicorn's
             # default of 127.0.0.1): the app does that itself.
             proxy_headers=False,
+            # The listener's own protocol bounds connections, their heads, bodies and idle
+            # time, and does the TLS handshake (uvicorn's would be unbounded for 60 s and
+            # keep the client certificate from the app): uvicorn itself is given no TLS.
+            http=protocol_class(ListenerBounds.of(settings.mesh), tls),
         )
     )
     # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.

@@ -127,6 +127,22 @@ class PayloadTooLarge(MeshgateError):
     jsonrpc_code = INVALID_REQUEST
 
 
+class RequestTimeout(MeshgateError):
+    """A request's head or body did not arrive in time: the connection is closed."""
+
+    status = 408
+    type = "request-timeout"
+    title = "Request timeout"
+
+
+class HeadersTooLarge(MeshgateError):
+    """A request's head (request line and headers) is larger than the listener accepts."""
+
+    status = 431
+    type = "headers-too-large"
+    title = "Request header fields too large"
+
+
 class Unauthenticated(MeshgateError):
     """The call names no identity where one is required."""
 
@@ -258,6 +274,14 @@ class Overloaded(Unavailable):
     title = "Overloaded"
     jsonrpc_code = OVERLOADED
     reason = "overloaded"
+
+
+class TooManyConnections(Unavailable):
+    """The listener holds as many connections as it may: this one is answered and closed."""
+
+    type = "too-many-connections"
+    title = "Too many connections"
+    reason = "too_many_connections"
 
 
 class ShuttingDown(Unavailable):

@@ -9,7 +9,8 @@ import pytest
 from meshgate.config import AuthSettings, RoleSettings, SecuritySettings
 from meshgate.errors import Forbidden, Unauthenticated
 from meshgate.security import LOCAL, NOBODY, Principal
-from meshgate.security.authn import Authenticator, ClientCertificate
+from meshgate.security.authn import Authenticator
+from meshgate.security.client_cert import ClientCert
 from meshgate.security.gate import Gate
 from meshgate.security.policy import Action, Policy, Rule
 
@@ -198,13 +199,17 @@ def test_a_wrong_credential_is_never_taken_as_none(headers: dict[str, str]) -> N
         authenticate(auth, **headers)
 
 
+def cert(cn: str) -> ClientCert:
+    return ClientCert(f"CN={cn}", cn, (), "00")
+
+
 def test_client_certificates_map_to_roles() -> None:
     settings = AuthSettings.model_validate(
         {"mtls": {"roles": ["agent"], "subject_roles": {"ci-runner": ["ops"]}}}
     )
     auth = Authenticator(settings)
-    p = asyncio.run(auth.authenticate({}, ClientCertificate("ci-runner")))
+    p = asyncio.run(auth.authenticate({}, cert("ci-runner")))
     assert p.name == "ci-runner" and p.roles == {"agent", "ops"} and p.via == "mtls"
     # Without [auth.mtls] a certificate is no identity: no credential at all.
     with pytest.raises(Unauthenticated):
-        asyncio.run(Authenticator(AuthSettings()).authenticate({}, ClientCertificate("x")))
+        asyncio.run(Authenticator(AuthSettings()).authenticate({}, cert("x")))

@@ -22,7 +22,8 @@ from meshgate.api.problems import problem_response
 from meshgate.api.responses import json_response
 from meshgate.errors import MeshgateError, NotFound, Unauthenticated
 from meshgate.security import NOBODY, PRINCIPAL_SCOPE_KEY, principal_of
-from meshgate.security.authn import Authenticator, ClientCertificate
+from meshgate.security.authn import Authenticator
+from meshgate.security.client_cert import ClientCert, client_certificate
 from meshgate.security.oauth import (
     WELL_KNOWN,
     metadata_path,
@@ -69,7 +70,7 @@ class Authentication:
         authenticator: Authenticator,
         public_paths: Sequence[str] = (),
         resource: str | None = None,
-        certificate: Callable[[Scope], ClientCertificate | None] | None = None,
+        certificate: Callable[[Scope], ClientCert | None] = client_certificate,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
@@ -95,7 +96,7 @@ class Authentication:
             for name, value in scope["headers"]
             if name in _CREDENTIAL_HEADERS
         }
-        cert = self.certificate(scope) if self.certificate is not None else None
+        cert = self.certificate(scope)
         try:
             scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate(headers, cert)
         except Unauthenticated as e:

@@ -322,6 +322,20 @@ _ENV_FIELDS = {
     "max_queued_tasks": "MESHGATE_MAX_QUEUED_TASKS",
     "max_queued_tasks_per_target": "MESHGATE_MAX_QUEUED_TASKS_PER_TARGET",
     "max_kept_tasks": "MESHGATE_MAX_KEPT_TASKS",
+    # TLS and connection bounds
+    "tls_cert": "MESHGATE_TLS_CERT",
+    "tls_key": "MESHGATE_TLS_KEY",
+    "tls_client_ca": "MESHGATE_TLS_CLIENT_CA",
+    "tls_client_cert": "MESHGATE_TLS_CLIENT_CERT",
+    "max_connections": "MESHGATE_MAX_CONNECTIONS",
+    "header_timeout_s": "MESHGATE_HEADER_TIMEOUT_S",
+    "body_timeout_s": "MESHGATE_BODY_TIMEOUT_S",
+    "keep_alive_s": "MESHGATE_KEEP_ALIVE_S",
+    "max_header_bytes": "MESHGATE_MAX_HEADER_BYTES",
+    "upstream_ca_file": "MESHGATE_UPSTREAM_CA_FILE",
+    "upstream_client_cert": "MESHGATE_UPSTREAM_CLIENT_CERT",
+    "upstream_client_key": "MESHGATE_UPSTREAM_CLIENT_KEY",
+    "redis_ca_file": "MESHGATE_REDIS_CA_FILE",
 }
 
 

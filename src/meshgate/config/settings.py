@@ -320,6 +320,50 @@ class MeshSettings(_Model):
     interceptors: list[InterceptorSpec] = Field(default_factory=list)
     services: list[Registration] = Field(default_factory=list)
     """Static HTTP services, registered at every start ([[mesh.services]])."""
+    # TLS and connection bounds
+    tls_cert: str | None = None
+    """PEM certificate (chain) the gateway serves HTTPS with; with `tls_key`."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+    tls_client_ca: str | None = None
+    """PEM CA bundle that client certificates are verified against (mutual TLS)."""
+    tls_client_cert: Literal["required", "optional"] = "required"
+    """With `tls_client_ca`: `required` refuses a handshake without a valid client
+    certificate; `optional` lets clients without one in (to authenticate another way)."""
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    """Open client connections the listener holds; one more is answered 503 and closed."""
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """How long a request's head (request line and headers) may take to arrive, from the
+    connection's start or the first byte of the next request on a kept-alive connection."""
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """How long a request's body may take to arrive in full after its head (else 408)."""
+    keep_alive_s: float = Field(5.0, gt=0, le=3600)
+    """How long an idle kept-alive connection waits for its next request."""
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    """The largest request head (request line and headers) accepted (larger: 431)."""
+    upstream_ca_file: str | None = None
+    """PEM CA bundle for https upstreams (remote MCP servers, HTTP services); None: the
+    system's trust store."""
+    upstream_client_cert: str | None = None
+    """PEM client certificate presented to https upstreams; with `upstream_client_key`."""
+    upstream_client_key: str | None = None
+    redis_ca_file: str | None = None
+    """PEM CA bundle for `rediss://` registry and queue URLs."""
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MeshSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "tls_client_ca needs tls_cert and tls_key (client certificates "
+                "are asked for in the TLS handshake)"
+            )
+        if (self.upstream_client_cert is None) != (self.upstream_client_key is None):
+            raise ValueError(
+                "upstream_client_cert and upstream_client_key go together: give both or neither"
+            )
+        return self
 
     @field_validator("services")
     @classmethod

@@ -1,14 +1,20 @@
 """Service registry: the Registry protocol and its backends."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.embedded import EmbeddedRegistry
 
 __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "open_registry"]
 
 
-def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
+def open_registry(
+    url: str, *, node: str, lease_s: float = 15.0, redis_options: Mapping[str, Any] | None = None
+) -> Registry:
     """The registry backend named by a URL: `embedded` or `sqlite:///PATH` (this node only),
-    or `redis://` / `rediss://` (shared by several nodes)."""
+    or `redis://` / `rediss://` (shared by several nodes; `redis_options` go to redis-py's
+    `from_url`, e.g. the CA bundle of a `rediss://` URL)."""
     from meshgate.errors import ConfigError
 
     if url == "embedded" or url.startswith("sqlite:///"):
@@ -16,5 +22,5 @@ def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
     if url.startswith(("redis://", "rediss://")):
         from meshgate.registry.redis import RedisRegistry
 
-        return RedisRegistry(url, node=node, lease_s=lease_s)
+        return RedisRegistry(url, node=node, lease_s=lease_s, options=redis_options)
     raise ConfigError(f"registry backend {url!r} is not available; use embedded or redis://")

@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,8 +65,16 @@ def _decode(raw: str | bytes) -> InstanceRecord | None:
 class RedisRegistry:
     name = "redis"
 
-    def __init__(self, url: str, *, node: str, lease_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str,
+        lease_s: float = 15.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.url = url
+        self.options = dict(options or {})  # for redis-py's from_url: TLS of rediss://
         self.node = node
         self.lease_s = lease_s
         self.view: dict[str, InstanceRecord] = {}  # "<node>:<id>" -> record, every node
@@ -141,7 +150,9 @@ class RedisRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(RedisError, OSError):
-            client = aioredis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            client = aioredis.from_url(
+                self.url, socket_timeout=2, socket_connect_timeout=2, **self.options
+            )
             try:
                 keys = [f"{PREFIX}{self.node}:{id_}" for id_ in self.own]
                 if keys:
@@ -154,7 +165,11 @@ class RedisRegistry:
         attempt = 0
         while True:
             client = aioredis.from_url(
-                self.url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+                self.url,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                decode_responses=True,
+                **self.options,
             )
             try:
                 await self._session(client)

@@ -10,11 +10,11 @@ never taken as no credential at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 from meshgate.config import AuthSettings
 from meshgate.errors import Unauthenticated
+from meshgate.security.client_cert import ClientCert
 from meshgate.security.principal import LOCAL, Principal
 
 API_KEY_PREFIX = "mgk_"
@@ -22,14 +22,6 @@ API_KEY_PREFIX = "mgk_"
 
 class TokenVerifier(Protocol):
     async def verify(self, token: str) -> Principal: ...
-
-
-@dataclass(frozen=True)
-class ClientCertificate:
-    """A client certificate the TLS layer verified against the configured CA."""
-
-    subject_cn: str
-    fingerprint: str = ""
 
 
 class Authenticator:
@@ -52,7 +44,7 @@ class Authenticator:
         )
 
     async def authenticate(
-        self, headers: Mapping[str, str], certificate: ClientCertificate | None = None
+        self, headers: Mapping[str, str], certificate: ClientCert | None = None
     ) -> Principal:
         """The principal of a request with these (lower-case) headers."""
         if not self.enabled:
@@ -92,8 +84,9 @@ class Authenticator:
             )
         return await self.jwt.verify(token)
 
-    def _certificate(self, cert: ClientCertificate) -> Principal:
+    def _certificate(self, cert: ClientCert) -> Principal:
         assert self.settings is not None and self.settings.mtls is not None
         mtls = self.settings.mtls
-        roles = {*mtls.roles, *mtls.subject_roles.get(cert.subject_cn, ())}
-        return Principal(cert.subject_cn, frozenset(roles), via="mtls")
+        name = cert.common_name or cert.subject
+        roles = {*mtls.roles, *mtls.subject_roles.get(name, ())}
+        return Principal(name, frozenset(roles), via="mtls")

@@ -21,6 +21,7 @@ kinds the router can tell apart: `Unreachable` (no connection: the request was n
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -88,16 +89,26 @@ class ServiceResponse:
 class ServiceClient:
     """Pooled keep-alive connections to every instance, shared by calls and checks."""
 
-    def __init__(self, *, max_connections: int = 1000, keepalive_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 1000,
+        keepalive_s: float = 15.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self.keepalive_s = keepalive_s
+        self.tls = tls  # https services: the gateway's CA bundle and client certificate
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: aiohttp binds a session to the running loop.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=self.keepalive_s, ttl_dns_cache=10
+                limit=self.max_connections,
+                keepalive_timeout=self.keepalive_s,
+                ttl_dns_cache=10,
+                ssl=self.tls if self.tls is not None else True,
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_NOT_ADDED,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -163,8 +164,10 @@ class ServiceMesh:
         policies: Mapping[str, ServerPolicy] | None = None,
         clock: Callable[[], float] = time.time,
         registration: RegistrationPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self.tls = tls  # https services and their MCP checks
         self.registration = registration or RegistrationPolicy()
         self.clock = clock  # wall-clock seconds of heartbeats, as the store keeps them
         self.registry = registry
@@ -176,7 +179,7 @@ class ServiceMesh:
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
         self.health_log = HealthLog(log)
         # For checks and for calls through the router (`/call`): pooled keep-alive connections.
-        self.client = ServiceClient(max_connections=1000)
+        self.client = ServiceClient(max_connections=1000, tls=tls)
         self._ttl_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -382,7 +385,7 @@ class ServiceMesh:
         or `ping` (per era) each time; a failure starts over with a new connection."""
         try:
             if inst.mcp is None or not inst.mcp.alive:
-                conn = HttpUpstream(url, label=inst.id)
+                conn = HttpUpstream(url, label=inst.id, tls=self.tls)
                 inst.mcp_era = (await protocol.establish(conn, timeout=timeout)).era
                 inst.mcp = conn
             assert inst.mcp_era is not None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from meshgate.errors import ConfigError
 from meshgate.tasks.base import UNBOUNDED, QueueBounds, QueueFull, TaskQueue
@@ -18,9 +19,11 @@ def open_queue(
     *,
     clock: Callable[[], float] = time.time,
     bounds: QueueBounds = UNBOUNDED,
+    redis_options: Mapping[str, Any] | None = None,
 ) -> TaskQueue:
     """The queue backend named by a URL: `embedded` (SQLite at `path`, or in memory when there
-    is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes).
+    is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes;
+    `redis_options` go to redis-py's `from_url`, e.g. the CA bundle of a `rediss://` URL).
     `clock` gives the times the queue stores and compares (retry delays, the result TTL);
     `bounds` what it holds (waiting tasks, final tasks kept)."""
     if url == "embedded":
@@ -30,5 +33,5 @@ def open_queue(
     if url.startswith(("redis://", "rediss://")):
         from meshgate.tasks.redis import RedisQueue
 
-        return RedisQueue(url, clock=clock, bounds=bounds)
+        return RedisQueue(url, clock=clock, bounds=bounds, options=redis_options)
     raise ConfigError(f"queue backend {url!r} is not available; use embedded or redis://")

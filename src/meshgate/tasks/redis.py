@@ -350,6 +350,7 @@ class RedisQueue:
         *,
         clock: Callable[[], float] = time.time,
         bounds: QueueBounds = UNBOUNDED,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.bounds = bounds
@@ -363,6 +364,7 @@ class RedisQueue:
             decode_responses=True,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError],
+            **dict(options or {}),  # for rediss://: the CA bundle
         )
         self._scripts = {
             name: self._r.register_script(_LIB + body)

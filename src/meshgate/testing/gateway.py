@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 
-_LISTENING = re.compile(r"meshgate listening on (http://[^\s\"]+)")
+_LISTENING = re.compile(r"meshgate listening on (https?://[^\s\"]+)")
 _SRC = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -47,9 +48,11 @@ def start_gateway(
     args: Sequence[str] = (),
     ready_timeout: float = 90.0,
     src: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> GatewayProcess:
     """Write the config into `workdir`, start the gateway there and wait until it answers.
-    `src`: the source tree to run (another checkout's `src`, for a benchmark's baseline)."""
+    `src`: the source tree to run (another checkout's `src`, for a benchmark's baseline).
+    `tls`: the client context to ask an HTTPS gateway whether it is ready with."""
     config = workdir / "mcp.json"
     config.write_text(json.dumps({"mcpServers": servers}))
     toml = workdir / "meshgate.toml"
@@ -107,7 +110,8 @@ def start_gateway(
         while True:
             try:
                 # /readyz: public even when the gateway asks every other path for a credential
-                if httpx.get(gw.url + "/readyz", timeout=5).status_code == 200:
+                ready = httpx.get(gw.url + "/readyz", timeout=5, verify=tls or True)
+                if ready.status_code == 200:
                     return gw
             except httpx.TransportError:
                 pass  # the socket accepts once every server has started or given up

@@ -10,7 +10,11 @@ from pathlib import Path
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, *, tls_cert: Path | None = None, tls_key: Path | None = None
+    ) -> None:
+        """`tls_cert`, `tls_key`: serve TLS only (`rediss://`), clients not asked for a
+        certificate."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: `make test` installs it")
@@ -20,17 +24,27 @@ class RedisServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        if self.tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            cert, key = self.tls
+            ports = [
+                *("--port", "0", "--tls-port", str(self.port)),
+                *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+                *("--tls-auth-clients", "no"),
+            ]
         self.proc = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
+                *ports,
                 "--bind",
                 "127.0.0.1",
                 "--save",

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,6 +57,7 @@ class HttpUpstream:
         label: str,
         headers: Mapping[str, str] | None = None,
         stderr_lines: int = 200,
+        tls: ssl.SSLContext | None = None,
         max_bytes: int = 32 * 1024 * 1024,
         on_notification: NotificationHandler | None = None,
         on_request: RequestHandler | None = None,
@@ -79,7 +81,10 @@ class HttpUpstream:
         self.closed: asyncio.Future[int | None] = loop.create_future()
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self._client = httpx.AsyncClient(
-            headers=dict(headers or {}), timeout=httpx.Timeout(None, connect=10.0)
+            headers=dict(headers or {}),
+            timeout=httpx.Timeout(None, connect=10.0),
+            # https: the gateway's CA bundle and client certificate, else the system's trust
+            verify=tls if tls is not None else True,
         )
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()

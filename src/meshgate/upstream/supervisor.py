@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -64,8 +65,10 @@ class ServerPool:
         reaper: process.Reaper | None,
         rng: random.Random | None = None,
         health_log: HealthLog | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.spec = spec
+        self.tls = tls  # for a remote (https) server
         self.name = spec.name
         self.policy = spec.policy
         self.node = node
@@ -265,6 +268,7 @@ class ServerPool:
                 max_bytes=policy.max_line_bytes,
                 on_notification=self._on_notification,
                 on_request=self._on_server_request,
+                tls=self.tls,
             )
             conn.tool_schema = lambda name: self.tools.get(name, {}).get("inputSchema")
         else:
@@ -538,12 +542,18 @@ class Supervisor:
         node: str,
         registry: Registry,
         health_log: HealthLog | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.reaper = process.Reaper()
         self.health_log = health_log or HealthLog(log)
         self.pools = {
             s.name: ServerPool(
-                s, node=node, registry=registry, reaper=self.reaper, health_log=self.health_log
+                s,
+                node=node,
+                registry=registry,
+                reaper=self.reaper,
+                health_log=self.health_log,
+                tls=tls,
             )
             for s in specs
         }
