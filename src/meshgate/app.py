@@ -22,6 +22,7 @@ from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
+from meshgate.crypto import Cipher
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
@@ -65,12 +66,16 @@ def build_app(settings: Settings) -> FastAPI:
         node=settings.node_id,
     )
     set_node(settings.node_id)
+    cipher = Cipher(settings.mesh.encryption_key_list())
     registry = open_registry(
-        settings.mesh.registry, node=settings.node_id, lease_s=settings.mesh.registry_lease_s
+        settings.mesh.registry,
+        node=settings.node_id,
+        lease_s=settings.mesh.registry_lease_s,
+        cipher=cipher,
     )
     supervisor = Supervisor(settings.servers.values(), node=settings.node_id, registry=registry)
     services = ServiceMesh(
-        RegistrationStore(settings.registrations_path),
+        RegistrationStore(settings.registrations_path, cipher=cipher),
         registry,
         node=settings.node_id,
         policy=settings.default_policy,
@@ -92,7 +97,7 @@ def build_app(settings: Settings) -> FastAPI:
         min_timeout_s=settings.mesh.min_call_timeout_s,
     )
     workers = Workers(
-        open_queue(settings.mesh.queue, settings.tasks_path),
+        open_queue(settings.mesh.queue, settings.tasks_path, cipher=cipher),
         router,
         node=settings.node_id,
         concurrency=settings.mesh.task_concurrency,

@@ -1,4 +1,5 @@
-"""The `meshgate` command: serve, services, call, check-config."""
+"""The `meshgate` command: serve, services, call, tasks, check-config, encryption-key,
+reencrypt."""
 
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-config", help="validate a .mcp.json or meshgate.toml")
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--json", action="store_true")
+
+    sub.add_parser("encryption-key", help="print a new key for encryption at rest")
+    r = sub.add_parser(
+        "reencrypt",
+        help="seal stored tasks and registrations anew with the first encryption key",
+    )
+    r.add_argument("--config", help="a .mcp.json file (default: ./.mcp.json if present)")
+    r.add_argument("--policy", help="a meshgate.toml file (default: ./meshgate.toml if present)")
+    r.add_argument("--data-dir")
+    r.add_argument("--registry", help="registry backend URL (embedded)")
+    r.add_argument("--queue", help="queue backend URL (embedded)")
     return p
 
 
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "call": _call,
         "tasks": _tasks,
         "check-config": _check_config,
+        "encryption-key": _encryption_key,
+        "reencrypt": _reencrypt,
     }[args.command]
     try:
         return handler(args)
@@ -97,14 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from meshgate.app import build_app, check_storage
-    from meshgate.config import ConfigProblems, load
-    from meshgate.errors import ConfigError
-    from meshgate.observability.logging import configure
-
+def _files(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the .mcp.json, the meshgate.toml) a command loads: flag, environment, working dir."""
     config = (
         args.config
         or _env("MESHGATE_CONFIG")
@@ -115,6 +123,18 @@ def _serve(args: argparse.Namespace) -> int:
         or _env("MESHGATE_POLICY")
         or ("meshgate.toml" if Path("meshgate.toml").is_file() else None)
     )
+    return config, policy
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from meshgate.app import build_app, check_storage
+    from meshgate.config import ConfigProblems, load
+    from meshgate.errors import ConfigError
+    from meshgate.observability.logging import configure
+
+    config, policy = _files(args)
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -335,6 +355,63 @@ def _check_config(args: argparse.Namespace) -> int:
             f"in {len(args.files)} file(s)"
         )
     return 1 if errors else 0
+
+
+def _encryption_key(args: argparse.Namespace) -> int:
+    from meshgate.crypto import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _reencrypt(args: argparse.Namespace) -> int:
+    """Rewrite the stored tasks (embedded or Redis) and the stored HTTP registrations with
+    the first configured key; safe while gateways run (a record changed meanwhile is left as
+    that change made it)."""
+    import asyncio
+
+    from meshgate.config import ConfigProblems, load
+    from meshgate.crypto import Cipher
+    from meshgate.errors import MeshgateError
+    from meshgate.registry.store import RegistrationStore
+    from meshgate.tasks import open_queue
+
+    config, policy = _files(args)
+    overrides = {"data_dir": args.data_dir, "registry": args.registry, "queue": args.queue}
+    try:
+        settings = load(config, policy, overrides=overrides)
+    except ConfigProblems as e:
+        for p in e.problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[tuple[int, int], tuple[int, int]]:
+        cipher = Cipher(settings.mesh.encryption_key_list())
+        if not cipher.enabled:
+            raise SystemExit("error: no encryption key is configured")
+        queue = open_queue(settings.mesh.queue, settings.tasks_path, cipher=cipher)
+        try:
+            tasks = await queue.reencrypt()
+        finally:
+            await queue.close()
+        path = settings.registrations_path
+        registrations = (0, 0)
+        if path is not None and path.exists():
+            store = RegistrationStore(path, cipher=cipher)
+            try:
+                registrations = store.reencrypt()
+            finally:
+                store.close()
+        return tasks, registrations
+
+    try:
+        (t_done, t_failed), (r_done, r_failed) = asyncio.run(run())
+    except MeshgateError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    print(f"tasks: {t_done} rewritten, {t_failed} not decryptable")
+    print(f"registrations: {r_done} rewritten, {r_failed} not decryptable")
+    return 1 if t_failed or r_failed else 0
 
 
 if __name__ == "__main__":

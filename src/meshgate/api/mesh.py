@@ -29,6 +29,7 @@ from meshgate.errors import (
     PayloadTooLarge,
     UnknownService,
 )
+from meshgate.observability.audit import audit
 from meshgate.observability.topology import dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router, hash_key
@@ -41,6 +42,7 @@ from meshgate.router.call import (
     parse_hops,
     parse_timeout,
 )
+from meshgate.security import principal_of
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import redact_url
 
@@ -160,25 +162,37 @@ def build(
                 {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in e.errors()
             ]
             raise InvalidArguments("invalid registration", extra={"errors": errors}) from None
-        if reg.name in router.supervisor.pools:
-            raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
-        if reg.instance_id in services.static:
-            raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
-        server = request.scope.get("server")
-        await services.check(reg, own_port=server[1] if server else None)
-        inst, created = services.register(reg)
+        who = principal_of(request.scope).name
+        where = {"service": reg.name, "instance": reg.instance_id, "url": reg.base_url}
+        try:
+            if reg.name in router.supervisor.pools:
+                raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
+            if reg.instance_id in services.static:
+                raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
+            server = request.scope.get("server")
+            await services.check(reg, own_port=server[1] if server else None)
+            inst, created = services.register(reg)
+        except MeshgateError as e:
+            audit("register", principal=who, outcome="refused", reason=e.detail, **where)
+            raise
+        audit("register", principal=who, outcome="ok", created=created, **where)
         return json_response(inst.view(), 201 if created else 200)
 
     @api.delete(
         "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
     )
-    async def deregister(name: str, instance_id: str) -> Response:
+    async def deregister(request: Request, name: str, instance_id: str) -> Response:
+        who = principal_of(request.scope).name
+        where = {"service": name, "instance": instance_id}
         if instance_id in services.static:
+            audit("deregister", principal=who, outcome="refused", reason="static", **where)
             raise InvalidArguments(
                 f"{instance_id!r} is defined in meshgate.toml ([[mesh.services]]); remove it there"
             )
         if not services.deregister(name, instance_id):
+            audit("deregister", principal=who, outcome="not_found", **where)
             raise NotFound(f"no instance {instance_id!r} of service {name!r}")
+        audit("deregister", principal=who, outcome="ok", **where)
         return Response(status_code=204)
 
     @api.put(

@@ -298,6 +298,8 @@ _ENV_FIELDS = {
     "max_sessions": "MESHGATE_MAX_SESSIONS",
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",
     "shutdown_grace_s": "MESHGATE_SHUTDOWN_GRACE_S",
+    "encryption_keys": "MESHGATE_ENCRYPTION_KEYS",
+    "encryption_key_file": "MESHGATE_ENCRYPTION_KEY_FILE",
 }
 
 

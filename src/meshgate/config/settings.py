@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from meshgate.balancer import STRATEGIES
+from meshgate.crypto import check_key, read_key_file
+from meshgate.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
@@ -370,6 +372,39 @@ class MeshSettings(_Model):
         if value == "embedded" or value.startswith(("redis://", "rediss://")):
             return value
         raise ValueError(f"backend {value!r} is not available; use embedded or redis://")
+
+    # encryption at rest
+    encryption_keys: list[str] = Field(default_factory=list, repr=False)
+    """Keys that encrypt task data and secret registration metadata at rest: the first
+    encrypts, every one decrypts (add a new key first to rotate). Comma-separated in
+    MESHGATE_ENCRYPTION_KEYS; `meshgate encryption-key` prints a new one."""
+    encryption_key_file: str | None = None
+    """A file of keys, one a line (first encrypts), read at start; used after `encryption_keys`."""
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MESHGATE_ENCRYPTION_KEYS: comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for n, key in enumerate(value, 1):
+                if isinstance(key, str):
+                    try:
+                        check_key(key, f"key {n}")
+                    except ConfigError as e:
+                        raise ValueError(e.detail) from None
+        return value
+
+    def encryption_key_list(self) -> list[str]:
+        """Every configured key, `encryption_keys` first, then those of the key file;
+        ConfigError when the file cannot be read or holds a malformed key."""
+        keys = list(self.encryption_keys)
+        if self.encryption_key_file:
+            from_file = read_key_file(self.encryption_key_file)
+            for n, key in enumerate(from_file, 1):
+                check_key(key, f"key {n} of {self.encryption_key_file}")
+            keys += from_file
+        return keys
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,12 @@ class Metrics:
             "meshgate_queue_up", "The task queue backend is reachable", ["backend"], registry=r
         )
         self.sessions = Gauge("meshgate_sessions", "MCP client sessions open", registry=r)
+        self.audit_events = Counter(
+            "meshgate_audit_events",
+            "Security-relevant events written to the audit log (meshgate.audit)",
+            ["event", "outcome"],
+            registry=r,
+        )
         self._call_children: dict[tuple[str, str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str, str], Any] = {}
 

@@ -1,14 +1,17 @@
 """Service registry: the Registry protocol and its backends."""
 
+from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.embedded import EmbeddedRegistry
 
 __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "open_registry"]
 
 
-def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
+def open_registry(
+    url: str, *, node: str, lease_s: float = 15.0, cipher: Cipher = PLAIN
+) -> Registry:
     """The registry backend named by a URL: `embedded` or `sqlite:///PATH` (this node only),
-    or `redis://` / `rediss://` (shared by several nodes)."""
+    or `redis://` / `rediss://` (shared by several nodes; `cipher` seals secret metadata)."""
     from meshgate.errors import ConfigError
 
     if url == "embedded" or url.startswith("sqlite:///"):
@@ -16,5 +19,5 @@ def open_registry(url: str, *, node: str, lease_s: float = 15.0) -> Registry:
     if url.startswith(("redis://", "rediss://")):
         from meshgate.registry.redis import RedisRegistry
 
-        return RedisRegistry(url, node=node, lease_s=lease_s)
+        return RedisRegistry(url, node=node, lease_s=lease_s, cipher=cipher)
     raise ConfigError(f"registry backend {url!r} is not available; use embedded or redis://")
