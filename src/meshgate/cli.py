@@ -372,7 +372,7 @@ def _reencrypt(args: argparse.Namespace) -> int:
 
     from meshgate.config import ConfigProblems, load
     from meshgate.crypto import Cipher
-    from meshgate.errors import MeshgateError
+    from meshgate.errors import ConfigError, MeshgateError
     from meshgate.registry.store import RegistrationStore
     from meshgate.tasks import open_queue
 
@@ -388,7 +388,10 @@ def _reencrypt(args: argparse.Namespace) -> int:
     async def run() -> tuple[tuple[int, int], tuple[int, int]]:
         cipher = Cipher(settings.mesh.encryption_key_list())
         if not cipher.enabled:
-            raise SystemExit("error: no encryption key is configured")
+            raise ConfigError(
+                "no encryption key is configured (encryption_keys, MESHGATE_ENCRYPTION_KEYS "
+                "or encryption_key_file)"
+            )
         queue = open_queue(settings.mesh.queue, settings.tasks_path, cipher=cipher)
         try:
             tasks = await queue.reencrypt()

@@ -110,7 +110,9 @@ class Cipher:
     # -- secret registration metadata ----------------------------------------------------------
 
     def seal_metadata(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
-        """Metadata with each secret value sealed (as JSON text)."""
+        """Metadata with each secret value sealed (as JSON text); as it is without keys."""
+        if self._fernet is None:
+            return dict(metadata)
         return {
             k: self.seal_json(v) if is_secret(k) and not _sealed(v) else v
             for k, v in metadata.items()

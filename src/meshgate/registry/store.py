@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.crypto import PLAIN, Cipher
-from meshgate.storage import open_sqlite
+from meshgate.storage import open_sqlite, scrub
 
 log = logging.getLogger("meshgate.registry.store")
 
@@ -87,6 +87,7 @@ class RegistrationStore:
         left as they were)."""
         done = failed = 0
         with self._lock:
+            self._db.execute("PRAGMA secure_delete = ON")  # the old values overwritten
             rows = self._db.execute("SELECT id, body FROM registrations").fetchall()
             for id_, old in rows:
                 body = json.loads(old)
@@ -100,6 +101,7 @@ class RegistrationStore:
                     (self._dump(body), id_, old),
                 )
                 done += 1
+            scrub(self._db)
         return done, failed
 
     def _dump(self, body: dict[str, Any]) -> str:

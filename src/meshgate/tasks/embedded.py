@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.crypto import PLAIN, Cipher, Undecryptable
-from meshgate.storage import open_sqlite
+from meshgate.storage import open_sqlite, scrub
 from meshgate.tasks.base import FIELDS, FINAL, Event
 
 SCHEMA = """
@@ -323,6 +323,7 @@ class EmbeddedQueue:
         same = " AND ".join(f"{c} IS ?" for c in cols)
         done = failed = 0
         with self._lock:
+            self._db.execute("PRAGMA secure_delete = ON")  # the old values overwritten
             rows = self._db.execute(f"SELECT id, {', '.join(cols)} FROM tasks").fetchall()
             for id_, *old in rows:
                 try:
@@ -334,6 +335,7 @@ class EmbeddedQueue:
                     f"UPDATE tasks SET {sets} WHERE id = ? AND {same}", (*new, id_, *old)
                 )
                 done += 1
+            scrub(self._db)
         return done, failed
 
     async def close(self) -> None:

@@ -372,6 +372,7 @@ class RedisQueue:
         }
         self._listeners: list[Event] = []
         self._events: asyncio.Task[None] | None = None
+        self._closing = False
         self._rng = random.Random()
         self.connected = False
         self.last_error: str | None = None
@@ -394,8 +395,14 @@ class RedisQueue:
         self._events = asyncio.create_task(self._listen(), name="redis task events")
 
     async def close(self) -> None:
+        self._closing = True
         if self._events is not None:
-            self._events.cancel()
+            # redis-py's pubsub can swallow a cancellation that lands inside a read; the
+            # listener also stops at its next turn once `_closing` is set, so cancel again
+            # until it has.
+            while not self._events.done():
+                self._events.cancel()
+                await asyncio.wait({self._events}, timeout=0.2)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events
         with contextlib.suppress(RedisError, OSError):
@@ -423,12 +430,14 @@ class RedisQueue:
 
     async def _listen(self) -> None:
         attempt = 0
-        while True:
+        while not self._closing:
             pubsub = self._r.pubsub()
             try:
                 await pubsub.subscribe(f"{PREFIX}events")
                 self.connected, self.last_error, attempt = True, None, 0
                 async for message in _messages(pubsub):
+                    if self._closing:
+                        return
                     kind, _, id_ = message.partition(" ")
                     for listener in self._listeners:
                         listener(kind, id_)
