@@ -20,19 +20,25 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from meshgate.errors import ConfigError, MeshgateError
+from meshgate.errors import ConfigError, Undecryptable
+
+__all__ = [
+    "MASK",
+    "PLAIN",
+    "SEALED",
+    "SECRET_PREFIX",
+    "Cipher",
+    "Undecryptable",
+    "check_key",
+    "generate_key",
+    "is_secret",
+    "mask",
+    "read_key_file",
+]
 
 SEALED = "mgenc1:"
 SECRET_PREFIX = "secret_"
 MASK = "[secret]"
-
-
-class Undecryptable(MeshgateError):
-    """A stored value is sealed with a key that is not among the configured ones."""
-
-    status = 500
-    type = "undecryptable"
-    title = "Stored data cannot be decrypted"
 
 
 def generate_key() -> str:
