@@ -25,6 +25,7 @@ from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
+from meshgate.crypto import Cipher
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
@@ -74,18 +75,20 @@ def build_app(settings: Settings) -> FastAPI:
         node=settings.node_id,
     )
     set_node(settings.node_id)
+    cipher = Cipher(settings.mesh.encryption_key_list())
     registry = open_registry(
         settings.mesh.registry,
         node=settings.node_id,
         lease_s=settings.mesh.registry_lease_s,
         redis_options=redis_options(settings.mesh.registry, settings.mesh),
+        cipher=cipher,
     )
     upstream_tls = upstream_context(settings.mesh)
     supervisor = Supervisor(
         settings.servers.values(), node=settings.node_id, registry=registry, tls=upstream_tls
     )
     services = ServiceMesh(
-        RegistrationStore(settings.registrations_path),
+        RegistrationStore(settings.registrations_path, cipher=cipher),
         registry,
         node=settings.node_id,
         policy=settings.default_policy,
@@ -124,6 +127,7 @@ def build_app(settings: Settings) -> FastAPI:
                 max_kept=settings.mesh.max_kept_tasks,
             ),
             redis_options=redis_options(settings.mesh.queue, settings.mesh),
+            cipher=cipher,
         ),
         router,
         node=settings.node_id,

@@ -1,4 +1,5 @@
-"""The `meshgate` command: serve, services, call, tasks, keys, check-config."""
+"""The `meshgate` command: serve, services, call, tasks, keys, check-config, encryption-key,
+reencrypt."""
 
 from __future__ import annotations
 
@@ -121,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-config", help="validate a .mcp.json or meshgate.toml")
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--json", action="store_true")
+
+    sub.add_parser("encryption-key", help="print a new key for encryption at rest")
+    r = sub.add_parser(
+        "reencrypt",
+        help="seal stored tasks and registrations anew with the first encryption key",
+    )
+    r.add_argument("--config", help="a .mcp.json file (default: ./.mcp.json if present)")
+    r.add_argument("--policy", help="a meshgate.toml file (default: ./meshgate.toml if present)")
+    r.add_argument("--data-dir")
+    r.add_argument("--registry", help="registry backend URL (embedded)")
+    r.add_argument("--queue", help="queue backend URL (embedded)")
     return p
 
 
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": _tasks,
         "keys": _keys,
         "check-config": _check_config,
+        "encryption-key": _encryption_key,
+        "reencrypt": _reencrypt,
     }[args.command]
     try:
         return handler(args)
@@ -158,11 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _settings(args: argparse.Namespace, overrides: dict[str, Any]) -> Settings | None:
-    """The settings `serve` would run with: files from flags, the environment or the working
-    directory, then `overrides`; None after printing every problem."""
-    from meshgate.config import ConfigProblems, load
-
+def _files(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the .mcp.json, the meshgate.toml) a command loads: flag, environment, working dir."""
     config = (
         args.config
         or _env("MESHGATE_CONFIG")
@@ -173,6 +184,15 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any]) -> Settings |
         or _env("MESHGATE_POLICY")
         or ("meshgate.toml" if Path("meshgate.toml").is_file() else None)
     )
+    return config, policy
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any]) -> Settings | None:
+    """The settings `serve` would run with: files from flags, the environment or the working
+    directory, then `overrides`; None after printing every problem."""
+    from meshgate.config import ConfigProblems, load
+
+    config, policy = _files(args)
     try:
         return load(config, policy, overrides=overrides)
     except ConfigProblems as e:
@@ -448,6 +468,66 @@ def _check_config(args: argparse.Namespace) -> int:
             f"in {len(args.files)} file(s)"
         )
     return 1 if errors else 0
+
+
+def _encryption_key(args: argparse.Namespace) -> int:
+    from meshgate.crypto import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _reencrypt(args: argparse.Namespace) -> int:
+    """Rewrite the stored tasks (embedded or Redis) and the stored HTTP registrations with
+    the first configured key; safe while gateways run (a record changed meanwhile is left as
+    that change made it)."""
+    import asyncio
+
+    from meshgate.config import ConfigProblems, load
+    from meshgate.crypto import Cipher
+    from meshgate.errors import ConfigError, MeshgateError
+    from meshgate.registry.store import RegistrationStore
+    from meshgate.tasks import open_queue
+
+    config, policy = _files(args)
+    overrides = {"data_dir": args.data_dir, "registry": args.registry, "queue": args.queue}
+    try:
+        settings = load(config, policy, overrides=overrides)
+    except ConfigProblems as e:
+        for p in e.problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[tuple[int, int], tuple[int, int]]:
+        cipher = Cipher(settings.mesh.encryption_key_list())
+        if not cipher.enabled:
+            raise ConfigError(
+                "no encryption key is configured (encryption_keys, MESHGATE_ENCRYPTION_KEYS "
+                "or encryption_key_file)"
+            )
+        queue = open_queue(settings.mesh.queue, settings.tasks_path, cipher=cipher)
+        try:
+            tasks = await queue.reencrypt()
+        finally:
+            await queue.close()
+        path = settings.registrations_path
+        registrations = (0, 0)
+        if path is not None and path.exists():
+            store = RegistrationStore(path, cipher=cipher)
+            try:
+                registrations = store.reencrypt()
+            finally:
+                store.close()
+        return tasks, registrations
+
+    try:
+        (t_done, t_failed), (r_done, r_failed) = asyncio.run(run())
+    except MeshgateError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    print(f"tasks: {t_done} rewritten, {t_failed} not decryptable")
+    print(f"registrations: {r_done} rewritten, {r_failed} not decryptable")
+    return 1 if t_failed or r_failed else 0
 
 
 if __name__ == "__main__":

@@ -342,3 +342,12 @@ class SessionInstanceLost(MeshgateError):
     type = "session-instance-lost"
     title = "Session instance lost"
     jsonrpc_code = INVALID_REQUEST
+
+
+class Undecryptable(MeshgateError):
+    """Stored data is encrypted with a key that is not among the configured encryption keys
+    (it was removed before the data was re-encrypted)."""
+
+    status = 500
+    type = "undecryptable"
+    title = "Stored data cannot be decrypted"

@@ -74,3 +74,12 @@ def open_sqlite(path: str | Path | None, schema: str) -> tuple[str, sqlite3.Conn
             db.close()
         raise ConfigError(f"cannot open the database {shown}: {e}") from None
     return shown, db
+
+
+def scrub(db: sqlite3.Connection) -> None:
+    """Leave no copy of rewritten rows behind in the file: free pages are rebuilt away
+    (VACUUM) and the write-ahead log is checkpointed and emptied. For re-encryption, whose
+    point is that the old bytes are gone; a reader holding the log open keeps it until the
+    next checkpoint."""
+    db.execute("VACUUM")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

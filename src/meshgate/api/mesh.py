@@ -31,6 +31,7 @@ from meshgate.errors import (
     PayloadTooLarge,
     UnknownService,
 )
+from meshgate.observability.audit import audit
 from meshgate.observability.topology import dot, mermaid
 from meshgate.registry.base import Registry
 from meshgate.router import IDEMPOTENT_METHODS, Router, hash_key
@@ -164,14 +165,21 @@ def build(
                 {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in e.errors()
             ]
             raise InvalidArguments("invalid registration", extra={"errors": errors}) from None
+        who = principal_of(request.scope).name
         await router.gate.admit(principal_of(request.scope), Action.mesh("register", reg.name))
-        if reg.name in router.supervisor.pools:
-            raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
-        if reg.instance_id in services.static:
-            raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
-        server = request.scope.get("server")
-        await services.check(reg, own_port=server[1] if server else None)
-        inst, created = services.register(reg)
+        where = {"service": reg.name, "instance": reg.instance_id, "url": reg.base_url}
+        try:
+            if reg.name in router.supervisor.pools:
+                raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
+            if reg.instance_id in services.static:
+                raise InvalidArguments(f"{reg.instance_id!r} is defined in meshgate.toml")
+            server = request.scope.get("server")
+            await services.check(reg, own_port=server[1] if server else None)
+            inst, created = services.register(reg)
+        except MeshgateError as e:
+            audit("register", principal=who, outcome="refused", reason=e.detail, **where)
+            raise
+        audit("register", principal=who, outcome="ok", created=created, **where)
         return json_response(inst.view(), 201 if created else 200)
 
     @api.delete(
@@ -179,12 +187,17 @@ def build(
     )
     async def deregister(request: Request, name: str, instance_id: str) -> Response:
         await router.gate.admit(principal_of(request.scope), Action.mesh("deregister", name))
+        who = principal_of(request.scope).name
+        where = {"service": name, "instance": instance_id}
         if instance_id in services.static:
+            audit("deregister", principal=who, outcome="refused", reason="static", **where)
             raise InvalidArguments(
                 f"{instance_id!r} is defined in meshgate.toml ([[mesh.services]]); remove it there"
             )
         if not services.deregister(name, instance_id):
+            audit("deregister", principal=who, outcome="not_found", **where)
             raise NotFound(f"no instance {instance_id!r} of service {name!r}")
+        audit("deregister", principal=who, outcome="ok", **where)
         return Response(status_code=204)
 
     @api.put(

@@ -336,6 +336,8 @@ _ENV_FIELDS = {
     "upstream_client_cert": "MESHGATE_UPSTREAM_CLIENT_CERT",
     "upstream_client_key": "MESHGATE_UPSTREAM_CLIENT_KEY",
     "redis_ca_file": "MESHGATE_REDIS_CA_FILE",
+    "encryption_keys": "MESHGATE_ENCRYPTION_KEYS",
+    "encryption_key_file": "MESHGATE_ENCRYPTION_KEY_FILE",
 }
 
 

@@ -24,6 +24,8 @@ from pydantic import (
 
 from meshgate.balancer import STRATEGIES
 from meshgate.config.security import SecuritySettings
+from meshgate.crypto import check_key, read_key_file
+from meshgate.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
@@ -433,6 +435,40 @@ class MeshSettings(_Model):
     max_kept_tasks: int = Field(100_000, ge=1)
     """Final tasks (succeeded, failed, dead, cancelled) kept; beyond it the oldest go first,
     before `task_result_ttl_s` would remove them."""
+
+
+    # encryption at rest
+    encryption_keys: list[str] = Field(default_factory=list, repr=False)
+    """Keys that encrypt task data and secret registration metadata at rest: the first
+    encrypts, every one decrypts (add a new key first to rotate). Comma-separated in
+    MESHGATE_ENCRYPTION_KEYS; `meshgate encryption-key` prints a new one."""
+    encryption_key_file: str | None = None
+    """A file of keys, one a line (first encrypts), read at start; used after `encryption_keys`."""
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MESHGATE_ENCRYPTION_KEYS: comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for n, key in enumerate(value, 1):
+                if isinstance(key, str):
+                    try:
+                        check_key(key, f"key {n}")
+                    except ConfigError as e:
+                        raise ValueError(e.detail) from None
+        return value
+
+    def encryption_key_list(self) -> list[str]:
+        """Every configured key, `encryption_keys` first, then those of the key file;
+        ConfigError when the file cannot be read or holds a malformed key."""
+        keys = list(self.encryption_keys)
+        if self.encryption_key_file:
+            from_file = read_key_file(self.encryption_key_file)
+            for n, key in enumerate(from_file, 1):
+                check_key(key, f"key {n} of {self.encryption_key_file}")
+            keys += from_file
+        return keys
 
 
 def is_loopback_host(host: str) -> bool:

@@ -16,13 +16,16 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # a structured line (the audit log): its fields, flat
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if tracing.tracer is not None and (ids := tracing.current_ids()) is not None:
             entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
@@ -62,5 +65,7 @@ def configure(
     # So are httpx's request lines (calls to remote MCP servers).
     for name in ("uvicorn.access", "httpx"):
         logging.getLogger(name).setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    # The audit log is written whatever `level` is; `modules` can still quiet it.
+    logging.getLogger("meshgate.audit").setLevel(logging.INFO)
     for name, module_level in (modules or {}).items():
         logging.getLogger(name).setLevel(module_level.upper())

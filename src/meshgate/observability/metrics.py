@@ -143,6 +143,12 @@ class Metrics:
             ["policy"],
             registry=r,
         )
+        self.audit_events = Counter(
+            "meshgate_audit_events",
+            "Security-relevant events written to the audit log (meshgate.audit)",
+            ["event", "outcome"],
+            registry=r,
+        )
         self._call_children: dict[tuple[str, str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str, str], Any] = {}
 

@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
+from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.embedded import EmbeddedRegistry
 
@@ -10,11 +11,16 @@ __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "o
 
 
 def open_registry(
-    url: str, *, node: str, lease_s: float = 15.0, redis_options: Mapping[str, Any] | None = None
+    url: str,
+    *,
+    node: str,
+    lease_s: float = 15.0,
+    redis_options: Mapping[str, Any] | None = None,
+    cipher: Cipher = PLAIN,
 ) -> Registry:
     """The registry backend named by a URL: `embedded` or `sqlite:///PATH` (this node only),
     or `redis://` / `rediss://` (shared by several nodes; `redis_options` go to redis-py's
-    `from_url`, e.g. the CA bundle of a `rediss://` URL)."""
+    `from_url`, e.g. the CA bundle of a `rediss://` URL; `cipher` seals secret metadata)."""
     from meshgate.errors import ConfigError
 
     if url == "embedded" or url.startswith("sqlite:///"):
@@ -22,5 +28,5 @@ def open_registry(
     if url.startswith(("redis://", "rediss://")):
         from meshgate.registry.redis import RedisRegistry
 
-        return RedisRegistry(url, node=node, lease_s=lease_s, options=redis_options)
+        return RedisRegistry(url, node=node, lease_s=lease_s, options=redis_options, cipher=cipher)
     raise ConfigError(f"registry backend {url!r} is not available; use embedded or redis://")

@@ -11,6 +11,10 @@ The view is local: reads (`get`, `instances`) never wait on Redis, and registrat
 view at once and to Redis in the background. When Redis is unreachable the view is served as
 last known, `status()` says `stale`, and the backend reconnects with backoff; on reconnect it
 resyncs the view and writes its own instances again.
+
+With encryption keys configured, secret metadata (keys starting with `secret_`) is sealed in
+Redis (`meshgate.crypto`) and opened in the view; a node without the key keeps such a value
+sealed, and logs which record it could not open.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Listener
 
 log = logging.getLogger("meshgate.registry.redis")
@@ -47,19 +52,30 @@ def redact_url(url: str) -> str:
     return url
 
 
-def _encode(record: InstanceRecord) -> str:
+def _encode(record: InstanceRecord, cipher: Cipher = PLAIN) -> str:
     body = dataclasses.asdict(record)
     body["state"] = record.state.value
+    body["metadata"] = cipher.seal_metadata(record.metadata)
     return json.dumps(body, separators=(",", ":"))
 
 
-def _decode(raw: str | bytes) -> InstanceRecord | None:
+def _decode(raw: str | bytes, cipher: Cipher = PLAIN) -> InstanceRecord | None:
     try:
         body = json.loads(raw)
         body["state"] = InstanceState(body["state"])
-        return InstanceRecord(**body)
+        record = InstanceRecord(**body)
     except (ValueError, TypeError, KeyError):
         return None
+    metadata, failed = cipher.open_metadata(record.metadata)
+    if failed:
+        log.error(
+            "instance %s of node %s: metadata %s cannot be decrypted (encrypted with a key "
+            "that is not configured); kept encrypted",
+            record.id,
+            record.node,
+            ", ".join(failed),
+        )
+    return dataclasses.replace(record, metadata=metadata)
 
 
 class RedisRegistry:
@@ -72,9 +88,11 @@ class RedisRegistry:
         node: str,
         lease_s: float = 15.0,
         options: Mapping[str, Any] | None = None,
+        cipher: Cipher = PLAIN,
     ) -> None:
         self.url = url
         self.options = dict(options or {})  # for redis-py's from_url: TLS of rediss://
+        self.cipher = cipher
         self.node = node
         self.lease_s = lease_s
         self.view: dict[str, InstanceRecord] = {}  # "<node>:<id>" -> record, every node
@@ -228,7 +246,7 @@ class RedisRegistry:
                 record = self.own.get(id_)
                 if record is not None:
                     key = f"{PREFIX}{self.node}:{id_}"
-                    pipe.set(key, _encode(record), px=int(self.lease_s * 1000))
+                    pipe.set(key, _encode(record, self.cipher), px=int(self.lease_s * 1000))
                     pipe.publish(CHANNEL, json.dumps({"op": "put", "key": key}))
             for id_ in gone:
                 key = f"{PREFIX}{self.node}:{id_}"
@@ -255,7 +273,7 @@ class RedisRegistry:
         values = await client.mget(keys) if keys else []
         seen: dict[str, InstanceRecord] = {}
         for key, raw in zip(keys, values, strict=True):
-            record = _decode(raw) if raw is not None else None
+            record = _decode(raw, self.cipher) if raw is not None else None
             if record is not None and record.node != self.node:
                 seen[key.removeprefix(PREFIX)] = record
         for vkey in [k for k, r in self.view.items() if r.node != self.node and k not in seen]:
@@ -286,7 +304,7 @@ class RedisRegistry:
                 self._drop(vkey)
             else:
                 raw = await client.get(key)
-                record = _decode(raw) if raw is not None else None
+                record = _decode(raw, self.cipher) if raw is not None else None
                 if record is not None and record.node != self.node:
                     previous = self.view.get(vkey)
                     self.view[vkey] = record

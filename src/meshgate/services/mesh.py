@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
 from meshgate.config import Registration, ServerPolicy
+from meshgate.crypto import mask
 from meshgate.errors import RegistrationRefused, Unresolved
 from meshgate.health import CheckResult, Health, HealthLog, Thresholds, run_checks
 from meshgate.observability.metrics import metrics
@@ -103,7 +104,7 @@ class ServiceInstance(LatencyTracked):
             "url": redact_url(reg.base_url),
             "state": self.state.value,
             "tags": reg.tags,
-            "metadata": reg.metadata,
+            "metadata": mask(reg.metadata),
             "weight": reg.weight,
             "check": reg.check.model_dump(),
             "static": self.static,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from meshgate.crypto import PLAIN, Cipher
 from meshgate.errors import ConfigError
 from meshgate.tasks.base import UNBOUNDED, QueueBounds, QueueFull, TaskQueue
 
@@ -20,18 +21,22 @@ def open_queue(
     clock: Callable[[], float] = time.time,
     bounds: QueueBounds = UNBOUNDED,
     redis_options: Mapping[str, Any] | None = None,
+    cipher: Cipher = PLAIN,
 ) -> TaskQueue:
     """The queue backend named by a URL: `embedded` (SQLite at `path`, or in memory when there
     is no data dir) or `redis://` / `rediss://` (Redis Streams, shared by several nodes;
     `redis_options` go to redis-py's `from_url`, e.g. the CA bundle of a `rediss://` URL).
     `clock` gives the times the queue stores and compares (retry delays, the result TTL);
-    `bounds` what it holds (waiting tasks, final tasks kept)."""
+    `bounds` what it holds (waiting tasks, final tasks kept); `cipher` seals what tasks
+    carry."""
     if url == "embedded":
         from meshgate.tasks.embedded import EmbeddedQueue
 
-        return EmbeddedQueue(path, clock=clock, bounds=bounds)
+        return EmbeddedQueue(path, clock=clock, bounds=bounds, cipher=cipher)
     if url.startswith(("redis://", "rediss://")):
         from meshgate.tasks.redis import RedisQueue
 
-        return RedisQueue(url, clock=clock, bounds=bounds, options=redis_options)
+        return RedisQueue(
+            url, clock=clock, bounds=bounds, options=redis_options, cipher=cipher
+        )
     raise ConfigError(f"queue backend {url!r} is not available; use embedded or redis://")

@@ -5,11 +5,14 @@ or a `kill -9`. Workers claim queued tasks with a visibility lease (`visible_at`
 worker died is claimed again once its lease runs out. Delivery is at least once: a task may run
 twice if its worker dies after the work and before recording it; idempotency keys make a second
 enqueue of the same work return the first task.
+
+With encryption keys configured, what a task carries (its target with the arguments or body,
+its result, its error, the questions and answers of a running task) is stored sealed
+(`meshgate.crypto`); ids, statuses and times stay clear, for the queue's own queries.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -17,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshgate.storage import open_sqlite
+from meshgate.crypto import PLAIN, Cipher, Undecryptable
+from meshgate.storage import open_sqlite, scrub
 from meshgate.tasks.base import FIELDS, FINAL, UNBOUNDED, Event, QueueBounds, queue_full
 
 SCHEMA = """
@@ -94,9 +98,11 @@ class EmbeddedQueue:
         *,
         clock: Callable[[], float] = time.time,
         bounds: QueueBounds = UNBOUNDED,
+        cipher: Cipher = PLAIN,
     ) -> None:
-        self._clock = clock
-        self.bounds = bounds  # wall-clock seconds: stored times outlive the process
+        self._cipher = cipher
+        self._clock = clock  # wall-clock seconds: stored times outlive the process
+        self.bounds = bounds
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
@@ -147,7 +153,7 @@ class EmbeddedQueue:
                 "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     id_,
-                    json.dumps(target),
+                    self._dump(target),
                     target_name,
                     priority,
                     max_attempts,
@@ -199,6 +205,7 @@ class EmbeddedQueue:
                 self._db.execute("ROLLBACK")
                 raise
         tasks = [self._row(r) for r in rows]
+        tasks = [t for t in tasks if await self._runnable(t)]
         for t in tasks:  # as the UPDATE left them
             t.update(status="running", started_at=now, worker=worker, input_requests=None)
             t["attempts"] += 1
@@ -219,8 +226,8 @@ class EmbeddedQueue:
                 "WHERE id = ? AND status NOT IN ('succeeded', 'failed', 'cancelled', 'dead')",
                 (
                     status,
-                    json.dumps(result) if result is not None else None,
-                    json.dumps(error) if error is not None else None,
+                    self._dump(result) if result is not None else None,
+                    self._dump(error) if error is not None else None,
                     self._clock(),
                     id_,
                 ),
@@ -234,7 +241,7 @@ class EmbeddedQueue:
             self._db.execute(
                 f"UPDATE tasks SET status = 'queued', visible_at = ?, error = ?, {NO_INPUT} "
                 "WHERE id = ? AND status = 'running'",
-                (self._clock() + delay_s, json.dumps(error), id_),
+                (self._clock() + delay_s, self._dump(error), id_),
             )
 
     async def cancel(self, id_: str) -> str | None:
@@ -278,9 +285,9 @@ class EmbeddedQueue:
             ).fetchone()
             if row is None:
                 return False
-            asked = {**json.loads(row[0] or "{}"), key: request}
+            asked = {**self._load(row[0]), key: request}
             self._db.execute(
-                "UPDATE tasks SET input_requests = ? WHERE id = ?", (json.dumps(asked), id_)
+                "UPDATE tasks SET input_requests = ? WHERE id = ?", (self._dump(asked), id_)
             )
         return True
 
@@ -291,7 +298,7 @@ class EmbeddedQueue:
             ).fetchone()
             if row is None:
                 return None
-            asked, answered = json.loads(row[0] or "{}"), json.loads(row[1] or "{}")
+            asked, answered = self._load(row[0]), self._load(row[1])
             taken = [key for key in responses if key in asked]
             for key in taken:
                 del asked[key]
@@ -299,7 +306,7 @@ class EmbeddedQueue:
             if taken:
                 self._db.execute(
                     "UPDATE tasks SET input_requests = ?, input_responses = ? WHERE id = ?",
-                    (json.dumps(asked) if asked else None, json.dumps(answered), id_),
+                    (self._dump(asked) if asked else None, self._dump(answered), id_),
                 )
         if taken:
             self._emit("input", id_)
@@ -310,13 +317,13 @@ class EmbeddedQueue:
             row = self._db.execute(
                 "SELECT input_responses FROM tasks WHERE id = ?", (id_,)
             ).fetchone()
-            answered = json.loads(row[0] or "{}") if row is not None else {}
+            answered = self._load(row[0]) if row is not None else {}
             if key not in answered:
                 return False, None
             value = answered.pop(key)
             self._db.execute(
                 "UPDATE tasks SET input_responses = ? WHERE id = ?",
-                (json.dumps(answered) if answered else None, id_),
+                (self._dump(answered) if answered else None, id_),
             )
         return True, value
 
@@ -365,14 +372,59 @@ class EmbeddedQueue:
                 forgotten += cur.rowcount
         return forgotten
 
+    async def reencrypt(self) -> tuple[int, int]:
+        """Seal every task's data anew with the first key (clear data gets sealed): (tasks
+        rewritten, tasks left as they were because a value could not be decrypted). A row
+        that changed meanwhile (a gateway writing it) is left as that write made it."""
+        cols = ("target", "result", "error", "input_requests", "input_responses")
+        sets = ", ".join(f"{c} = ?" for c in cols)
+        same = " AND ".join(f"{c} IS ?" for c in cols)
+        done = failed = 0
+        with self._lock:
+            self._db.execute("PRAGMA secure_delete = ON")  # the old values overwritten
+            rows = self._db.execute(f"SELECT id, {', '.join(cols)} FROM tasks").fetchall()
+            for id_, *old in rows:
+                try:
+                    new = [self._cipher.rotate(v) if v is not None else None for v in old]
+                except Undecryptable:
+                    failed += 1
+                    continue
+                self._db.execute(
+                    f"UPDATE tasks SET {sets} WHERE id = ? AND {same}", (*new, id_, *old)
+                )
+                done += 1
+            scrub(self._db)
+        return done, failed
+
     async def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @staticmethod
-    def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+    def _dump(self, value: Any) -> str:
+        return self._cipher.seal_json(value)
+
+    def _load(self, stored: str | None) -> Any:
+        """A stored JSON column (sealed or clear); an empty one is {}."""
+        return self._cipher.open_json(stored) if stored else {}
+
+    async def _runnable(self, task: dict[str, Any]) -> bool:
+        """False, after failing it, for a claimed task whose target cannot be decrypted: no
+        node with these keys can run it (with the key configured again, `retry` queues it)."""
+        if "undecryptable" not in task["target"]:
+            return True
+        error = {"detail": f"the task's target cannot be read: {task['target']['undecryptable']}"}
+        await self.finish(task["id"], "failed", error=error)
+        return False
+
+    def _row(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A task as the queue hands it out; a column that cannot be decrypted becomes
+        `{"undecryptable": why}`, so that one record's problem stays that record's."""
         out = dict(zip(FIELDS, row, strict=True))
-        out["target"] = json.loads(out["target"])
-        for key in ("result", "error", "input_requests"):
-            out[key] = json.loads(out[key]) if out[key] is not None else None
+        for key in ("target", "result", "error", "input_requests"):
+            if out[key] is None:
+                continue
+            try:
+                out[key] = self._cipher.open_json(out[key])
+            except Undecryptable as e:
+                out[key] = {"undecryptable": e.detail}
         return out

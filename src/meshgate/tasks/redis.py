@@ -19,13 +19,15 @@ cancelled task stops on whichever node runs it.
 Durability is Redis's: with `appendonly yes` and `appendfsync always` an acknowledged task
 survives a crash of Redis too; with the defaults, up to a second of writes can be lost. Keys are
 computed inside the scripts, so Redis Cluster is not supported.
+
+With encryption keys configured, a task's target, result, error and the questions and answers
+of a running task are sealed (`meshgate.crypto`) before they reach Redis, and opened here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import secrets
@@ -39,6 +41,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from meshgate.crypto import PLAIN, Cipher, Undecryptable
 from meshgate.errors import QueueUnavailable
 from meshgate.registry.redis import redact_url
 from meshgate.tasks.base import STATUSES, UNBOUNDED, Event, QueueBounds, queue_full
@@ -309,12 +312,32 @@ end
 return n
 """
 
+_REWRITE = """
+local key = KEYS[1]
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', key, ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', key, ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
+"""
+
 _INT = ("priority", "max_attempts", "attempts")
 _FLOAT = ("deadline_at", "created_at", "started_at", "finished_at")
 _JSON = ("target", "result", "error")
 
 
-def _decode(raw: Mapping[Any, Any] | list[Any]) -> dict[str, Any]:
+def _open(cipher: Cipher, stored: str) -> Any:
+    """A stored JSON field; one that cannot be decrypted is `{"undecryptable": why}`."""
+    try:
+        return cipher.open_json(stored)
+    except Undecryptable as e:
+        return {"undecryptable": e.detail}
+
+
+def _decode(raw: Mapping[Any, Any] | list[Any], cipher: Cipher = PLAIN) -> dict[str, Any]:
     if isinstance(raw, list):  # HGETALL inside a script: a flat list
         raw = dict(zip(raw[::2], raw[1::2], strict=True))
     out: dict[str, Any] = {"id": raw["id"], "status": raw["status"]}
@@ -323,10 +346,10 @@ def _decode(raw: Mapping[Any, Any] | list[Any]) -> dict[str, Any]:
     for key in _FLOAT:
         out[key] = float(raw[key]) if raw.get(key) else None
     for key in _JSON:
-        out[key] = json.loads(raw[key]) if raw.get(key) else None
+        out[key] = _open(cipher, raw[key]) if raw.get(key) else None
     out["idempotency_key"] = raw.get("idempotency_key")
     out["worker"] = raw.get("worker")
-    asked = {k[4:]: json.loads(v) for k, v in raw.items() if k.startswith("ask:")}
+    asked = {k[4:]: _open(cipher, v) for k, v in raw.items() if k.startswith("ask:")}
     out["input_requests"] = asked or None
     return out
 
@@ -351,9 +374,11 @@ class RedisQueue:
         clock: Callable[[], float] = time.time,
         bounds: QueueBounds = UNBOUNDED,
         options: Mapping[str, Any] | None = None,
+        cipher: Cipher = PLAIN,
     ) -> None:
         self.url = url
         self.bounds = bounds
+        self._cipher = cipher
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
         self._clock = clock
         # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
@@ -385,6 +410,7 @@ class RedisQueue:
         }
         self._listeners: list[Event] = []
         self._events: asyncio.Task[None] | None = None
+        self._closing = False
         self._rng = random.Random()
         self.connected = False
         self.last_error: str | None = None
@@ -407,8 +433,14 @@ class RedisQueue:
         self._events = asyncio.create_task(self._listen(), name="redis task events")
 
     async def close(self) -> None:
+        self._closing = True
         if self._events is not None:
-            self._events.cancel()
+            # redis-py's pubsub can swallow a cancellation that lands inside a read; the
+            # listener also stops at its next turn once `_closing` is set, so cancel again
+            # until it has.
+            while not self._events.done():
+                self._events.cancel()
+                await asyncio.wait({self._events}, timeout=0.2)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events
         with contextlib.suppress(RedisError, OSError):
@@ -436,12 +468,14 @@ class RedisQueue:
 
     async def _listen(self) -> None:
         attempt = 0
-        while True:
+        while not self._closing:
             pubsub = self._r.pubsub()
             try:
                 await pubsub.subscribe(f"{PREFIX}events")
                 self.connected, self.last_error, attempt = True, None, 0
                 async for message in _messages(pubsub):
+                    if self._closing:
+                        return
                     kind, _, id_ = message.partition(" ")
                     for listener in self._listeners:
                         listener(kind, id_)
@@ -474,7 +508,7 @@ class RedisQueue:
             f"t-{secrets.token_hex(8)}",
             idempotency_key or "",
             repr(now),
-            json.dumps(target),
+            self._cipher.seal_json(target),
             target_name,
             priority,
             max_attempts,
@@ -493,7 +527,17 @@ class RedisQueue:
         self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
     ) -> list[dict[str, Any]]:
         rows = await self._run("claim", worker, n, repr(self._clock()), int(lease_s * 1000))
-        return [_decode(row) for row in rows]
+        tasks = [_decode(row, self._cipher) for row in rows]
+        return [t for t in tasks if await self._runnable(t)]
+
+    async def _runnable(self, task: dict[str, Any]) -> bool:
+        """False, after failing it, for a claimed task whose target cannot be decrypted: no
+        node with these keys can run it (with the key configured again, `retry` queues it)."""
+        if "undecryptable" not in task["target"]:
+            return True
+        error = {"detail": f"the task's target cannot be read: {task['target']['undecryptable']}"}
+        await self.finish(task["id"], "failed", error=error)
+        return False
 
     async def extend(self, id_: str, worker: str, lease_s: float) -> None:
         await self._run("extend", id_, worker)
@@ -504,13 +548,15 @@ class RedisQueue:
             id_,
             status,
             repr(self._clock()),
-            json.dumps(result) if result is not None else "",
-            json.dumps(error) if error is not None else "",
+            self._cipher.seal_json(result) if result is not None else "",
+            self._cipher.seal_json(error) if error is not None else "",
         )
         return bool(changed)
 
     async def retry_later(self, id_: str, delay_s: float, error: Any) -> None:
-        await self._run("retry_later", id_, repr(self._clock() + delay_s), json.dumps(error))
+        await self._run(
+            "retry_later", id_, repr(self._clock() + delay_s), self._cipher.seal_json(error)
+        )
 
     async def cancel(self, id_: str) -> str | None:
         before = await self._run("cancel", id_, repr(self._clock()))
@@ -523,21 +569,23 @@ class RedisQueue:
         return bool(await self._run("retry_dead", id_))
 
     async def ask_input(self, id_: str, key: str, request: dict[str, Any]) -> bool:
-        return bool(await self._run("ask_input", id_, key, json.dumps(request)))
+        sealed = self._cipher.seal_json(request)
+        return bool(await self._run("ask_input", id_, key, sealed))
 
     async def answer_input(self, id_: str, responses: dict[str, Any]) -> int | None:
-        pairs = [part for k, v in responses.items() for part in (k, json.dumps(v))]
+        seal = self._cipher.seal_json
+        pairs = [part for k, v in responses.items() for part in (k, seal(v))]
         taken = int(await self._run("answer_input", id_, *pairs))
         return None if taken < 0 else taken
 
     async def take_input(self, id_: str, key: str) -> tuple[bool, Any]:
         value = await self._run("take_input", id_, key)
-        return (True, json.loads(value)) if value is not None else (False, None)
+        return (True, self._cipher.open_json(value)) if value is not None else (False, None)
 
     async def get(self, id_: str) -> dict[str, Any] | None:
         with _reachable(self.url):
             raw = await self._r.hgetall(f"{PREFIX}task:{id_}")
-        return _decode(raw) if raw else None
+        return _decode(raw, self._cipher) if raw else None
 
     async def list(
         self, status: str | None, after: str, limit: int, owner: str | None = None
@@ -558,7 +606,7 @@ class RedisQueue:
                 for id_ in ids:
                     pipe.hgetall(f"{PREFIX}task:{id_}")
                 rows = await pipe.execute()
-        return [_decode(row) for row in rows if row]
+        return [_decode(row, self._cipher) for row in rows if row]
 
     async def counts(self) -> dict[str, int]:
         with _reachable(self.url):
@@ -572,9 +620,26 @@ class RedisQueue:
         cutoff = repr(self._clock() - older_than_s)
         return int(await self._run("sweep", cutoff, _bound(self.bounds.max_kept)))
 
-
-def _bound(value: int | None) -> str:
-    return "" if value is None else str(value)
+    async def reencrypt(self) -> tuple[int, int]:
+        """Seal every task's data anew with the first key (clear data gets sealed): (tasks
+        rewritten, tasks left as they were because a value could not be decrypted). A field
+        that changed meanwhile is left as that change made it."""
+        rewrite = self._r.register_script(_REWRITE)
+        done = failed = 0
+        with _reachable(self.url):
+            async for key in self._r.scan_iter(match=f"{PREFIX}task:*", count=500):
+                raw = cast(dict[str, str], await self._r.hgetall(key))
+                fields = [k for k in raw if k in _JSON or k.startswith(("ask:", "ans:"))]
+                rotate = self._cipher.rotate
+                try:
+                    triples = [p for k in fields for p in (k, raw[k], rotate(raw[k]))]
+                except Undecryptable:
+                    failed += 1
+                    continue
+                if triples:
+                    await rewrite(keys=[key], args=triples)
+                done += 1
+        return done, failed
 
 
 async def _messages(pubsub: Any) -> AsyncIterator[str]:
@@ -582,3 +647,7 @@ async def _messages(pubsub: Any) -> AsyncIterator[str]:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
         if message is not None and message.get("type") == "message":
             yield str(message["data"])
+
+
+def _bound(value: int | None) -> str:
+    return "" if value is None else str(value)
