@@ -39,6 +39,7 @@ from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
 from meshgate.security.jwt import JwtVerifier
 from meshgate.security.keys import keys_path, open_key_store
+from meshgate.security.limits import open_limiter
 from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
@@ -110,8 +111,13 @@ def build_app(settings: Settings) -> FastAPI:
         supervisor,
         services,
         interceptors=build_chain(list(settings.mesh.interceptors)),
-        gate=Gate(policy),
+        gate=Gate(
+            policy,
+            limits=security.limits,
+            limiter=open_limiter(settings.rate_limit_store) if security.limits else None,
+        ),
         min_timeout_s=settings.mesh.min_call_timeout_s,
+        audit_tool_calls=settings.mesh.audit_tool_calls,
     )
     auth = security.auth
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
@@ -191,6 +197,7 @@ def build_app(settings: Settings) -> FastAPI:
             if jwt is not None:
                 await jwt.close()
             await keys.close()
+            await router.gate.close()
             tracing.shutdown()
             log.info("stopped")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from tests.gateway import Gateway, fault_server, run_gateway
+from tests.integration.test_encryption_gateway import audit_lines
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,3 +143,28 @@ def test_metadata_and_liveness_need_no_key(keyed: Keyed) -> None:
     assert g.get("/livez").status_code == 200
     doc = httpx.get(f"{g.url}/.well-known/oauth-protected-resource/mcp").json()
     assert doc["resource"] == f"{g.url}/mcp"
+
+
+def test_security_events_are_audited(keyed: Keyed) -> None:
+    g = keyed.gw
+    g.call("fault", "echo", {"text": "x"}, headers=bearer("mgk_nope_nope"))
+    g.call("fault", "write", headers=bearer(keyed.reader))
+    g.call("fault", "echo", {"text": "audited"}, headers=bearer(keyed.reader))
+    r = g.http.post(
+        f"{API}/keys", json={"name": "made", "roles": ["reader"]}, headers=bearer(keyed.admin)
+    )
+    assert r.status_code == 201, r.text
+    end = time.monotonic() + 10
+    while not audit_lines(g.log, "key_created") and time.monotonic() < end:
+        time.sleep(0.05)
+    failed = audit_lines(g.log, "auth_failed")
+    assert any("unknown API key" in e["reason"] for e in failed), failed
+    assert all("mgk_nope_nope" not in json.dumps(e) for e in failed)  # no secret in the log
+    denied = audit_lines(g.log, "denied")
+    assert any(e["principal"] == "reader-bot" and "write" in e["action"] for e in denied)
+    calls = audit_lines(g.log, "tool_call")
+    assert any(e["principal"] == "reader-bot" and e["tool"] == "echo" for e in calls)
+    [created] = audit_lines(g.log, "key_created")
+    assert created["principal"] == "ops" and created["name"] == "made"
+    metrics = g.get("/metrics", headers=bearer(keyed.admin)).text
+    assert 'meshgate_audit_events_total{event="auth_failed",outcome="refused"}' in metrics

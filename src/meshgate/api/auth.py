@@ -10,7 +10,6 @@ resource_metadata=...`, except on public paths.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshgate.api.problems import problem_response
 from meshgate.api.responses import json_response
 from meshgate.errors import MeshgateError, NotFound, Unauthenticated
+from meshgate.observability.audit import audit
 from meshgate.security import NOBODY, PRINCIPAL_SCOPE_KEY, principal_of
 from meshgate.security.authn import Authenticator
 from meshgate.security.client_cert import ClientCert, client_certificate
@@ -31,8 +31,6 @@ from meshgate.security.oauth import (
     www_authenticate,
 )
 from meshgate.security.policy import Action
-
-audit = logging.getLogger("meshgate.audit")
 
 _CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
@@ -101,14 +99,13 @@ class Authentication:
             scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate(headers, cert)
         except Unauthenticated as e:
             client = scope.get("client")
-            audit.warning(
+            audit(
                 "auth_failed",
-                extra={
-                    "event": "auth_failed",
-                    "path": path,
-                    "client": client[0] if client else None,
-                    "reason": e.detail,
-                },
+                principal=None,
+                outcome="refused",
+                path=path,
+                client=client[0] if client else None,
+                reason=e.detail,
             )
             metadata = base_url(scope, self.resource) + metadata_path(_resource_path(path))
             error = e.extra.pop("error", "invalid_token")

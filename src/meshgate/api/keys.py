@@ -12,6 +12,8 @@ from starlette.responses import Response
 from meshgate.api.problems import read_json_object
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound
+from meshgate.observability.audit import audit
+from meshgate.security import principal_of
 from meshgate.security.keys import KeyStore, parse_time
 
 PREFIX = "/api/v1/mesh/v2/keys"
@@ -66,6 +68,15 @@ def build(store: KeyStore, require: Callable[[Request], Awaitable[None]]) -> API
         token, key = await store.create(
             req.name, req.roles, expires_at=_expiry(req, time.time()), service=req.service
         )
+        audit(
+            "key_created",
+            principal=principal_of(request.scope).name,
+            outcome="ok",
+            key_id=key.id,
+            name=key.name,
+            roles=list(key.roles),
+            service=key.service,
+        )
         return json_response({**key.to_json(), "key": token}, 201)
 
     @api.get("")
@@ -80,6 +91,13 @@ def build(store: KeyStore, require: Callable[[Request], Awaitable[None]]) -> API
         key = await store.revoke(key_id)
         if key is None:
             raise NotFound(f"no API key with id {key_id!r}")
+        audit(
+            "key_revoked",
+            principal=principal_of(request.scope).name,
+            outcome="ok",
+            key_id=key.id,
+            name=key.name,
+        )
         return json_response(key.to_json())
 
     return api

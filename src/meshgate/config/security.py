@@ -182,9 +182,6 @@ class SecuritySettings(_Model):
     auth: AuthSettings | None = None
     roles: dict[str, RoleSettings] = Field(default_factory=dict)
     limits: tuple[LimitSettings, ...] = ()
-    rate_limit_backend: str = "embedded"
-    """`embedded` (each node counts alone) or `redis://...` (nodes share buckets); default:
-    the registry's Redis when it has one."""
 
     @property
     def auth_enabled(self) -> bool:

@@ -435,7 +435,19 @@ class MeshSettings(_Model):
     max_kept_tasks: int = Field(100_000, ge=1)
     """Final tasks (succeeded, failed, dead, cancelled) kept; beyond it the oldest go first,
     before `task_result_ttl_s` would remove them."""
+    audit_tool_calls: bool = True
+    """One audit line per tool call admitted (principal, server, tool, entry, caller); off
+    keeps the audit log to authentication, denials, limits, keys and registrations."""
+    rate_limit_store: str | None = None
+    """Where `[[limits]]` buckets are kept: `embedded` (each node counts alone) or `redis://`
+    (nodes share them); default: the registry's Redis when it is on Redis, else embedded."""
 
+    @field_validator("rate_limit_store")
+    @classmethod
+    def _limit_store(cls, value: str | None) -> str | None:
+        if value is None or value == "embedded" or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError(f"store {value!r} is not available; use embedded or redis://")
 
     # encryption at rest
     encryption_keys: list[str] = Field(default_factory=list, repr=False)
@@ -507,6 +519,14 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
     config_path: str | None = None
     policy_path: str | None = None
+
+    @property
+    def rate_limit_store(self) -> str:
+        """Where rate-limit buckets live (`rate_limit_store`, else the registry's Redis)."""
+        if self.mesh.rate_limit_store is not None:
+            return self.mesh.rate_limit_store
+        registry = self.mesh.registry
+        return registry if registry.startswith(("redis://", "rediss://")) else "embedded"
 
     @property
     def exposed_without_auth(self) -> bool:

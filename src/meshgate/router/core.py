@@ -37,6 +37,7 @@ from meshgate.errors import (
     UpstreamTimeout,
 )
 from meshgate.observability import tracing
+from meshgate.observability.audit import audit
 from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.observability.topology import EdgeLog
@@ -174,7 +175,9 @@ class Router:
         interceptors: Chain | None = None,
         gate: Gate | None = None,
         min_timeout_s: float = 0.05,
+        audit_tool_calls: bool = False,
     ) -> None:
+        self.audit_tool_calls = audit_tool_calls
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
@@ -205,6 +208,16 @@ class Router:
         # Again: a `caller` interceptor may have taken the header's word.
         call.caller = self.gate.caller(call.principal, call.caller)
         call.admitted = True
+        if self.audit_tool_calls and call.kind == "mcp" and call.method == "tools/call":
+            audit(
+                "tool_call",
+                principal=call.principal.name,
+                outcome="admitted",
+                server=call.service,
+                tool=call.target,
+                entry=call.entry,
+                caller=call.caller,
+            )
         return call
 
     # -- entries -------------------------------------------------------------------------------

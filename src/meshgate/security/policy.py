@@ -50,6 +50,13 @@ class Action:
     def mesh(cls, operation: str, service: str | None = None) -> Action:
         return cls("mesh", operation, service)
 
+    def target(self) -> str:
+        """What a per-target rate limit counts by: the server's tool, the service, the
+        operation."""
+        if self.kind == "mcp":
+            return f"mcp:{self.name}/{self.item}" if self.item else f"mcp:{self.name}"
+        return f"{self.kind}:{self.name}"
+
     def describe(self) -> str:
         if self.kind == "mcp":
             return f"tool {self.item} of {self.name}" if self.item else f"MCP server {self.name}"

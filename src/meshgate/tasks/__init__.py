@@ -36,7 +36,5 @@ def open_queue(
     if url.startswith(("redis://", "rediss://")):
         from meshgate.tasks.redis import RedisQueue
 
-        return RedisQueue(
-            url, clock=clock, bounds=bounds, options=redis_options, cipher=cipher
-        )
+        return RedisQueue(url, clock=clock, bounds=bounds, options=redis_options, cipher=cipher)
     raise ConfigError(f"queue backend {url!r} is not available; use embedded or redis://")
