@@ -168,3 +168,32 @@ def test_security_events_are_audited(keyed: Keyed) -> None:
     assert created["principal"] == "ops" and created["name"] == "made"
     metrics = g.get("/metrics", headers=bearer(keyed.admin)).text
     assert 'meshgate_audit_events_total{event="auth_failed",outcome="refused"}' in metrics
+
+
+def test_someone_elses_task_is_not_found(keyed: Keyed) -> None:
+    g = keyed.gw
+    task = {"target": {"server": "fault", "tool": "echo", "arguments": {"text": "mine"}}}
+    # The reader may not enqueue at all (no mesh:enqueue): refused, nothing stored.
+    assert g.http.post(f"{API}/enqueue", json=task, headers=bearer(keyed.reader)).status_code == 403
+    r = g.http.post(f"{API}/enqueue", json=task, headers=bearer(keyed.admin))
+    assert r.status_code == 202, r.text
+    task_id = r.json()["task_id"]
+    for method, path in (("GET", f"/task/{task_id}"), ("DELETE", f"/task/{task_id}")):
+        r = g.http.request(method, f"{API}{path}", headers=bearer(keyed.platform))
+        assert r.status_code == 404, r.text
+    listed = g.get(f"{API}/tasks", headers=bearer(keyed.platform)).json()["items"]
+    assert task_id not in [t["id"] for t in listed]
+    assert g.get(f"{API}/task/{task_id}", headers=bearer(keyed.admin)).status_code == 200
+
+
+def test_the_secure_example_policy_is_valid() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    files = [str(examples / "mcp.json"), str(examples / "secure.toml")]
+    out = subprocess.run(
+        [sys.executable, "-m", "meshgate.cli", "check-config", *files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 error(s), 0 warning(s)" in out.stdout + out.stderr
