@@ -197,3 +197,22 @@ def test_the_secure_example_policy_is_valid() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 error(s), 0 warning(s)" in out.stdout + out.stderr
+
+
+def test_a_service_key_registers_its_own_name_only(keyed: Keyed) -> None:
+    g = keyed.gw
+    key = make_key(keyed.data, "orders-svc", "--service", "orders")
+    own = {"name": "orders", "url": "http://127.0.0.1:9/", "check": {"type": "tcp"}}
+    r = g.http.post(f"{API}/register", json=own, headers=bearer(key))
+    assert r.status_code == 201, r.text
+    instance = r.json()["id"]
+    beat = f"{API}/services/orders/instances/{instance}/heartbeat"
+    assert g.http.put(beat, headers=bearer(key)).status_code == 200
+    other = {**own, "name": "billing"}
+    r = g.http.post(f"{API}/register", json=other, headers=bearer(key))
+    assert r.status_code == 403, r.text
+    # Nothing else either: not a tool, not the service list.
+    assert g.call("fault", "echo", {"text": "x"}, headers=bearer(key)).status_code == 403
+    assert g.get(f"{API}/services", headers=bearer(key)).status_code == 403
+    gone = g.http.delete(f"{API}/services/orders/instances/{instance}", headers=bearer(key))
+    assert gone.status_code == 204
