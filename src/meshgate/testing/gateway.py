@@ -106,7 +106,8 @@ def start_gateway(
         end = time.monotonic() + ready_timeout
         while True:
             try:
-                if httpx.get(gw.url + "/api/v1/mesh/v2/health", timeout=5).status_code == 200:
+                # /readyz: public even when the gateway asks every other path for a credential
+                if httpx.get(gw.url + "/readyz", timeout=5).status_code == 200:
                     return gw
             except httpx.TransportError:
                 pass  # the socket accepts once every server has started or given up
