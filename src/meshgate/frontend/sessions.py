@@ -113,6 +113,7 @@ class ClientSession:
     pins: dict[str, Pin] = field(default_factory=dict)  # sticky servers' instances
     subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
     caller: str | None = None  # for the topology: X-Meshgate-Caller, or the client's name
+    owner: tuple[str, str] | None = None  # (name, via) of the principal that opened it
 
     def __post_init__(self) -> None:
         self.created = self.last_seen = self.clock()
