@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -414,3 +415,51 @@ def test_a_parked_call_takes_answers_from_its_principal_only(mesh: Mesh) -> None
     done = g.http.post("/mcp/hs", headers={**headers, **bearer(alice)}, json=retry)
     assert done.status_code == 200, done.text
     assert '"42"' in done.json()["result"]["content"][0]["text"]
+
+
+def test_a_clients_token_is_not_passed_to_the_server_behind(tmp_path: Path) -> None:
+    """The MCP authorization specification forbids token passthrough. Gateway A serves the
+    fault server: echo to anyone, everything to writers. Gateway B serves A as a `url` server,
+    everything to writers. A writer's call through B reaches A without the writer's token: A
+    sees (and records) an anonymous caller."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with running_issuer() as issuer:
+        jwt_table = f"""
+[auth.jwt]
+issuer = "{issuer.url}"
+audience = "{issuer.audience}"
+role_map = {{ "mcp-writer" = "writer" }}
+"""
+        upstream = f"""
+[auth]
+anonymous_roles = ["guest"]
+{jwt_table}
+[roles.guest]
+allow = ["mcp:fault/echo"]
+
+[roles.writer]
+allow = ["mcp:fault/*"]
+"""
+        front = f"""
+[auth]
+{jwt_table}
+[roles.writer]
+allow = ["mcp:remote/*"]
+"""
+        with run_gateway(tmp_path / "a", {"fault": fault_server()}, upstream) as a:
+            # A writer's token, straight to A: it may write.
+            a.http.headers.update(bearer(issuer.mint("bob", ["mcp-writer"])))
+            assert a.call("fault", "write").status_code == 200
+            remote = {"remote": {"type": "http", "url": f"{a.url}/mcp/fault"}}
+            with run_gateway(tmp_path / "b", remote, front) as b:
+                b.http.headers.update(bearer(issuer.mint("bob", ["mcp-writer"])))
+                r = b.call("remote", "echo", {"text": "through"})
+                assert r.status_code == 200, r.text
+                # B knows A's tools as A shows them to B: an anonymous caller's.
+                assert b.call("remote", "write").status_code == 404
+            admin = bearer(issuer.mint("root", ["admin"]))
+            edges = a.get("/api/v1/mesh/v2/topology", headers=admin).json()["edges"]
+            # Bob called A once himself; the call through B came as nobody's.
+            calls = {e["from"]: e["calls"] for e in edges if e["to"] == "fault"}
+            assert calls == {"bob": 1, "anonymous": 1}, edges
