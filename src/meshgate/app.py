@@ -39,7 +39,7 @@ from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
 from meshgate.storage import check_dir, check_file
-from meshgate.tasks import open_queue
+from meshgate.tasks import QueueBounds, open_queue
 from meshgate.tasks.workers import Workers
 from meshgate.upstream.supervisor import Supervisor
 
@@ -103,7 +103,15 @@ def build_app(settings: Settings) -> FastAPI:
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
     authenticator = Authenticator(auth, jwt=jwt)
     workers = Workers(
-        open_queue(settings.mesh.queue, settings.tasks_path),
+        open_queue(
+            settings.mesh.queue,
+            settings.tasks_path,
+            bounds=QueueBounds(
+                max_queued=settings.mesh.max_queued_tasks,
+                max_queued_per_target=settings.mesh.max_queued_tasks_per_target,
+                max_kept=settings.mesh.max_kept_tasks,
+            ),
+        ),
         router,
         node=settings.node_id,
         concurrency=settings.mesh.task_concurrency,
@@ -120,6 +128,8 @@ def build_app(settings: Settings) -> FastAPI:
         SessionStore(
             max_sessions=mesh_settings.max_sessions,
             idle_timeout_s=mesh_settings.session_idle_timeout_s,
+            max_per_principal=mesh_settings.max_sessions_per_principal,
+            unused_timeout_s=mesh_settings.session_unused_timeout_s,
         ),
         max_body_bytes=mesh_settings.max_body_bytes,
         allowed_origins=mesh_settings.allowed_origins,

@@ -347,19 +347,37 @@ def test_sse_stream_resumes_with_last_event_id(gw: Gateway) -> None:
     assert messages[-1]["id"] == 5 and messages[-1]["result"]["content"][0]["text"] == "30 steps"
 
 
+def _use(gw: Gateway, session: str, id_: int = 2) -> httpx.Response:
+    """A request in a session (which makes it a session in use)."""
+    h = _headers(**{"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"})
+    return gw.http.post(
+        "/mcp/fault", headers=h, json={"jsonrpc": "2.0", "id": id_, "method": "tools/list"}
+    )
+
+
+def _sessions_open(gw: Gateway) -> float:
+    for line in gw.http.get("/metrics").text.splitlines():
+        if line.startswith("meshgate_sessions "):
+            return float(line.split()[1])
+    raise AssertionError("no meshgate_sessions in /metrics")
+
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25"},
+}
+
+
 def test_session_limit_and_idle_expiry(tmp_path: Path) -> None:
     # Short enough to wait for, long enough that both sessions outlive the third initialize.
     env = {"MESHGATE_MAX_SESSIONS": "2", "MESHGATE_SESSION_IDLE_TIMEOUT_S": "2"}
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
         first = _initialize(gw.http, "/mcp/fault")
-        _initialize(gw.http, "/mcp/fault")
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25"},
-        }
-        r = gw.http.post("/mcp/fault", headers=_headers(), json=init)
+        second = _initialize(gw.http, "/mcp/fault")
+        assert _use(gw, first).status_code == 200 and _use(gw, second).status_code == 200
+        r = gw.http.post("/mcp/fault", headers=_headers(), json=INIT)
         assert r.status_code == 503 and "max_sessions" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) >= 1
         # Both sessions idle out: the same initialize (which touches neither) is then accepted.
@@ -367,14 +385,34 @@ def test_session_limit_and_idle_expiry(tmp_path: Path) -> None:
         while r.status_code == 503:
             assert time.monotonic() < deadline, "idle sessions were never ended"
             time.sleep(0.05)
-            r = gw.http.post("/mcp/fault", headers=_headers(), json=init)
+            r = gw.http.post("/mcp/fault", headers=_headers(), json=INIT)
         assert r.status_code == 200, r.text
-        h = _headers(**{"Mcp-Session-Id": first, "MCP-Protocol-Version": "2025-11-25"})
-        r = gw.http.post(
-            "/mcp/fault", headers=h, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
-        )
-        assert r.status_code == 404
+        assert _use(gw, first).status_code == 404
         assert _initialize(gw.http, "/mcp/fault")
+
+
+def test_an_initialize_flood_does_not_lock_clients_out(tmp_path: Path) -> None:
+    """50 initializes that nobody follows up (the whole of max_sessions): a new client still
+    gets in at once, in place of the oldest unused session, and the flood is gone after the
+    unused timeout rather than the idle timeout (30 minutes)."""
+    env = {"MESHGATE_MAX_SESSIONS": "50", "MESHGATE_SESSION_UNUSED_TIMEOUT_S": "2"}
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
+        flood = []
+        for _ in range(50):
+            r = gw.http.post("/mcp/fault", headers=_headers(), json=INIT)
+            assert r.status_code == 200, r.text
+            flood.append(r.headers["mcp-session-id"])
+        assert _sessions_open(gw) == 50
+        client = _initialize(gw.http, "/mcp/fault")
+        assert _use(gw, client).status_code == 200
+        assert _use(gw, flood[0]).status_code == 404  # the oldest unused session gave way
+        assert _sessions_open(gw) == 50
+        deadline = time.monotonic() + 30
+        while _sessions_open(gw) > 1:  # only the client's session, in use, stays
+            assert time.monotonic() < deadline, "unused sessions were never ended"
+            time.sleep(0.05)
+        assert _use(gw, client, 3).status_code == 200
+        assert _use(gw, flood[-1]).status_code == 404
 
 
 # -- stateless era over raw HTTP ----------------------------------------------------------------

@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 
-from meshgate.frontend.sessions import MAX_STREAMS, EventStream, SessionStore, TooManySessions
+from meshgate.frontend.sessions import (
+    MAX_STREAMS,
+    EventStream,
+    SessionStore,
+    TooManySessions,
+    TooManySessionsForPrincipal,
+)
 
 
 async def _collect(stream: EventStream, after: int) -> list[tuple[str, str]]:
@@ -56,7 +62,8 @@ def test_sessions_are_bounded_and_find_their_streams() -> None:
     async def main() -> None:
         store = SessionStore(max_sessions=2, idle_timeout_s=60)
         a = store.create("srv", "2025-11-25", {}, {})
-        store.create(None, "2025-11-25", {}, {})
+        b = store.create(None, "2025-11-25", {}, {})
+        a.used = b.used = True  # both in use: neither gives way
         with pytest.raises(TooManySessions) as e:
             store.create("srv", "2025-11-25", {}, {})
         assert e.value.status == 503 and e.value.retry_after
@@ -93,6 +100,7 @@ def test_idle_sessions_end_and_busy_ones_stay() -> None:
         store = SessionStore(max_sessions=10, idle_timeout_s=60, clock=clock)
         idle = store.create("srv", "2025-11-25", {}, {})
         seen = store.create("srv", "2025-11-25", {}, {})
+        seen.used = True
         busy = store.create("srv", "2025-11-25", {}, {})
         busy.get_connected = 1  # an open GET stream
         clock.now += 40
@@ -126,5 +134,67 @@ def test_closed_streams_are_forgotten_after_the_idle_timeout() -> None:
         assert old.id not in session.streams  # closed 70 s ago
         assert recent.id in session.streams and still_open.id in session.streams
         await store.close()
+
+    asyncio.run(main())
+
+
+def test_unused_sessions_end_early_and_give_way_at_the_bound() -> None:
+    """A flood of initializes nobody follows up cannot hold every session for long, and
+    cannot keep a new client out at all while any of its sessions is unused."""
+
+    async def main() -> None:
+        clock = Clock()
+        store = SessionStore(max_sessions=50, idle_timeout_s=1800, unused_timeout_s=30, clock=clock)
+        flood = [store.create("srv", "2025-11-25", {}, {}) for _ in range(50)]
+        newcomer = store.create("srv", "2025-11-25", {}, {})  # the oldest unused gave way
+        assert store.get(flood[0].id) is None and store.get(flood[1].id) is flood[1]
+        newcomer.used = True
+        assert len(store.sessions) == 50
+        clock.now += 31
+        store.sweep()
+        assert list(store.sessions) == [newcomer.id]  # the flood is gone after 30 s, not 30 min
+        clock.now += 1000
+        store.sweep()
+        assert store.get(newcomer.id) is newcomer  # used sessions keep the long idle timeout
+        in_use = [store.create("srv", "2025-11-25", {}, {}) for _ in range(49)]
+        for s in in_use:
+            s.used = True
+        with pytest.raises(TooManySessions, match="all in use"):
+            store.create("srv", "2025-11-25", {}, {})
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_each_principal_is_bounded_and_local_only_by_the_total() -> None:
+    async def main() -> None:
+        clock = Clock()
+        store = SessionStore(
+            max_sessions=20,
+            idle_timeout_s=1800,
+            max_per_principal=3,
+            unused_timeout_s=30,
+            clock=clock,
+        )
+        alice = [store.create(None, "2025-11-25", {}, {}, principal="alice") for _ in range(3)]
+        with pytest.raises(TooManySessionsForPrincipal) as e:
+            store.create(None, "2025-11-25", {}, {}, principal="alice")
+        assert e.value.status == 429 and e.value.retry_after == 30
+        assert "'alice'" in e.value.detail and "max_sessions_per_principal" in e.value.detail
+        assert e.value.extra == {"bound": "max_sessions_per_principal", "limit": 3}
+        bob = store.create(None, "2025-11-25", {}, {}, principal="bob")  # others are not held up
+        assert bob.principal == "bob"
+        for _ in range(10):  # the local principal (no authentication) has no bound of its own
+            store.create(None, "2025-11-25", {}, {})
+        assert store.end(alice[0].id)
+        store.create(None, "2025-11-25", {}, {}, principal="alice")  # room again after DELETE
+        for s in alice[1:]:
+            s.used = True
+        clock.now += 31
+        store.sweep()  # alice's unused session is gone: her bound counts live sessions only
+        assert store.per_principal["alice"] == 2
+        store.create(None, "2025-11-25", {}, {}, principal="alice")
+        await store.close()
+        assert not store.per_principal
 
     asyncio.run(main())

@@ -317,6 +317,11 @@ _ENV_FIELDS = {
     "session_idle_timeout_s": "MESHGATE_SESSION_IDLE_TIMEOUT_S",
     "shutdown_grace_s": "MESHGATE_SHUTDOWN_GRACE_S",
     "insecure": "MESHGATE_INSECURE",
+    "max_sessions_per_principal": "MESHGATE_MAX_SESSIONS_PER_PRINCIPAL",
+    "session_unused_timeout_s": "MESHGATE_SESSION_UNUSED_TIMEOUT_S",
+    "max_queued_tasks": "MESHGATE_MAX_QUEUED_TASKS",
+    "max_queued_tasks_per_target": "MESHGATE_MAX_QUEUED_TASKS_PER_TARGET",
+    "max_kept_tasks": "MESHGATE_MAX_KEPT_TASKS",
 }
 
 

@@ -262,8 +262,8 @@ class MeshSettings(_Model):
     """Tasks this node runs at once."""
     task_lease_s: float = Field(30.0, ge=1, le=3600)
     """A running task's lease: renewed while it runs; if its node dies, it runs again after."""
-    task_result_ttl_s: float = Field(7 * 86400.0, ge=1)
-    """How long a final task (and its result) is kept before it is forgotten."""
+    task_result_ttl_s: float = Field(86400.0, ge=1)
+    """How long a final task (and its result) is kept before it is forgotten (a day)."""
     registry_lease_s: float = Field(15.0, ge=0.5, le=3600)
     """A shared registry: how long a node's entries outlive its last renewal."""
     queue: str = "embedded"
@@ -374,6 +374,21 @@ class MeshSettings(_Model):
         if value == "embedded" or value.startswith(("redis://", "rediss://")):
             return value
         raise ValueError(f"backend {value!r} is not available; use embedded or redis://")
+
+    # rate limits, sessions and queue bounds
+    max_sessions_per_principal: int = Field(100, ge=1)
+    """MCP sessions one authenticated principal may hold (more: 429); the `local` principal of
+    a gateway without authentication is bounded by `max_sessions` only."""
+    session_unused_timeout_s: float = Field(30.0, gt=0)
+    """How long a session that has made no request since its `initialize` is kept; such
+    sessions are also the first to give way when `max_sessions` is reached."""
+    max_queued_tasks: int = Field(10_000, ge=1)
+    """Tasks waiting to run (queued, or waiting for a retry) in the whole queue; more: 429."""
+    max_queued_tasks_per_target: int | None = Field(None, ge=1)
+    """Tasks waiting to run for one target (server or service); None: only the total bound."""
+    max_kept_tasks: int = Field(100_000, ge=1)
+    """Final tasks (succeeded, failed, dead, cancelled) kept; beyond it the oldest go first,
+    before `task_result_ttl_s` would remove them."""
 
 
 def is_loopback_host(host: str) -> bool:

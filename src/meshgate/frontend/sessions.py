@@ -16,6 +16,13 @@ timeout is forgotten.
 
 Stateless (2026-07-28) requests have no session; their streams live only as long as their
 HTTP response.
+
+Sessions are bounded three ways, so that `initialize` requests nobody follows up cannot lock
+other clients out: a session that has made no request (and opened no GET stream) since its
+`initialize` ends after the short `unused_timeout_s`; when `max_sessions` is reached, the
+oldest such unused session gives way to the new one; and each principal holds at most
+`max_per_principal` sessions (the `local` principal of a gateway without authentication is
+bounded by `max_sessions` only). Only when every session is in use is `initialize` refused.
 """
 
 from __future__ import annotations
@@ -30,21 +37,33 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from meshgate.errors import Unavailable
+from meshgate.errors import TooManyRequests, Unavailable
+from meshgate.observability.metrics import count_rate_limited
 from meshgate.router import Pin
 from meshgate.wire.jsonrpc import JSON
 
 log = logging.getLogger("meshgate.sessions")
 
 GET_STREAM = "g"
+LOCAL_PRINCIPAL = "local"  # a gateway without authentication: every client is this one
 _RELEASES: set[asyncio.Future[None]] = set()  # releases in progress, kept from the collector
 MAX_STREAMS = 128  # per session; the oldest closed streams are forgotten first
 
 
 class TooManySessions(Unavailable):
+    """Every one of the gateway's `max_sessions` sessions is in use: a capacity limit (503),
+    not a fault of the caller's."""
+
     type = "too-many-sessions"
     title = "Too many MCP sessions"
     reason = "session_limit"
+
+
+class TooManySessionsForPrincipal(TooManyRequests):
+    """The caller already holds `max_sessions_per_principal` sessions (429)."""
+
+    type = "too-many-sessions-for-principal"
+    title = "Too many MCP sessions for this caller"
 
 
 class EventStream:
@@ -113,6 +132,8 @@ class ClientSession:
     pins: dict[str, Pin] = field(default_factory=dict)  # sticky servers' instances
     subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
     caller: str | None = None  # for the topology: X-Meshgate-Caller, or the client's name
+    principal: str = LOCAL_PRINCIPAL  # whose session it is, for the per-principal bound
+    used: bool = False  # a request or a GET stream since initialize
     owner: tuple[str, str] | None = None  # (name, via) of the principal that opened it
 
     def __post_init__(self) -> None:
@@ -169,31 +190,54 @@ class ClientSession:
 
 
 class SessionStore:
-    """Every live client session, with a limit and an idle timeout."""
+    """Every live client session, with bounds (in all, per principal) and idle timeouts."""
 
     def __init__(
         self,
         *,
         max_sessions: int,
         idle_timeout_s: float,
+        max_per_principal: int | None = None,
+        unused_timeout_s: float | None = None,
         keep_events: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
+        self.max_per_principal = max_per_principal
+        self.unused_timeout_s = min(unused_timeout_s or idle_timeout_s, idle_timeout_s)
         self.keep_events = keep_events
         self.clock = clock
-        self.sessions: dict[str, ClientSession] = {}
+        self.sessions: dict[str, ClientSession] = {}  # oldest first
+        self.per_principal: collections.Counter[str] = collections.Counter()
         self._sweeper: asyncio.Task[None] | None = None
 
     def create(
-        self, target: str | None, protocol_version: str, capabilities: JSON, client_info: JSON
+        self,
+        target: str | None,
+        protocol_version: str,
+        capabilities: JSON,
+        client_info: JSON,
+        *,
+        principal: str = LOCAL_PRINCIPAL,
     ) -> ClientSession:
-        if len(self.sessions) >= self.max_sessions:
+        bounded = self.max_per_principal is not None and principal != LOCAL_PRINCIPAL
+        if len(self.sessions) >= self.max_sessions or (
+            bounded and self.per_principal[principal] >= (self.max_per_principal or 0)
+        ):
             self.sweep()
-        if len(self.sessions) >= self.max_sessions:
+        if bounded and self.per_principal[principal] >= (self.max_per_principal or 0):
+            count_rate_limited("sessions_per_principal")
+            raise TooManySessionsForPrincipal(
+                f"{principal!r} already holds {self.max_per_principal} MCP sessions "
+                "(mesh.max_sessions_per_principal); end one with DELETE, or wait for unused "
+                "ones to expire",
+                retry_after=self.unused_timeout_s,
+                extra={"bound": "max_sessions_per_principal", "limit": self.max_per_principal},
+            )
+        if len(self.sessions) >= self.max_sessions and not self._evict_unused():
             raise TooManySessions(
-                f"the gateway already holds {self.max_sessions} MCP sessions "
+                f"the gateway already holds {self.max_sessions} MCP sessions, all in use "
                 "(mesh.max_sessions); end one with DELETE or wait for idle ones to expire",
                 retry_after=min(30.0, self.idle_timeout_s),
             )
@@ -205,10 +249,23 @@ class SessionStore:
             client_info=client_info,
             keep_events=self.keep_events,
             clock=self.clock,
+            principal=principal,
         )
         self.sessions[session.id] = session
+        self.per_principal[principal] += 1
         self._ensure_sweeper()
         return session
+
+    def _evict_unused(self) -> bool:
+        """End the oldest session that has done nothing since its initialize: its client loses
+        least (it initializes again on the 404), and a flood of initializes cannot hold the
+        gateway's every session."""
+        for sid, session in self.sessions.items():
+            if not session.used and not session.requests and not session.get_connected:
+                log.info("MCP session %s… ended unused: max_sessions reached", sid[:8])
+                self.end(sid)
+                return True
+        return False
 
     def get(self, session_id: str) -> ClientSession | None:
         session = self.sessions.get(session_id)
@@ -220,16 +277,24 @@ class SessionStore:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
+        self.per_principal[session.principal] -= 1
+        if self.per_principal[session.principal] <= 0:
+            del self.per_principal[session.principal]
         session.end()
         return True
 
     def sweep(self) -> None:
-        """End sessions idle past the timeout; drop old closed streams of the others."""
+        """End sessions idle past the timeout, and unused ones past the unused timeout; drop
+        old closed streams of the others."""
         now = self.clock()
         for sid, session in list(self.sessions.items()):
             busy = session.requests or session.get_connected
-            if not busy and now - session.last_seen > self.idle_timeout_s:
-                log.info("MCP session %s… ended after %.0fs idle", sid[:8], now - session.last_seen)
+            idle = now - session.last_seen
+            if not busy and not session.used and now - session.created > self.unused_timeout_s:
+                log.info("MCP session %s… ended unused after %.0fs", sid[:8], idle)
+                self.end(sid)
+            elif not busy and idle > self.idle_timeout_s:
+                log.info("MCP session %s… ended after %.0fs idle", sid[:8], idle)
                 self.end(sid)
             else:
                 session.forget_closed(older_than=self.idle_timeout_s)
@@ -240,7 +305,7 @@ class SessionStore:
 
     async def _sweep_loop(self) -> None:
         while self.sessions:
-            await asyncio.sleep(min(30.0, max(0.05, self.idle_timeout_s / 4)))
+            await asyncio.sleep(min(30.0, max(0.05, self.unused_timeout_s / 4)))
             self.sweep()
 
     async def close(self) -> None:

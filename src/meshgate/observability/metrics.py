@@ -136,6 +136,13 @@ class Metrics:
             "meshgate_queue_up", "The task queue backend is reachable", ["backend"], registry=r
         )
         self.sessions = Gauge("meshgate_sessions", "MCP client sessions open", registry=r)
+        self.rate_limited_calls = Counter(
+            "meshgate_rate_limited",
+            "Requests refused with 429: a rate limit spent or a bound on sessions or queued "
+            "tasks reached, by policy",
+            ["policy"],
+            registry=r,
+        )
         self._call_children: dict[tuple[str, str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str, str], Any] = {}
 
@@ -166,6 +173,11 @@ class Metrics:
     def health_check(self, service: str, ok: bool) -> None:
         self.health_checks.labels(service, "ok" if ok else "fail").inc()
 
+    def rate_limited(self, policy: str) -> None:
+        """Count one 429; `policy` is a configured policy's name or a bound's (sessions,
+        queue), never a caller's name."""
+        self.rate_limited_calls.labels(policy).inc()
+
     def task(self, target: str, outcome: str, seconds: float) -> None:
         self.task_durations.labels(target, outcome).observe(seconds)
 
@@ -187,3 +199,8 @@ metrics = Metrics()
 def set_node(node: str) -> None:
     metrics.build_info.clear()
     metrics.build_info.labels(__version__, node).set(1)
+
+
+def count_rate_limited(policy: str) -> None:
+    """Count one request refused by a rate limit or a bound (`meshgate_rate_limited_total`)."""
+    metrics.rate_limited(policy)

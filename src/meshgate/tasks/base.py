@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from meshgate.errors import TooManyRequests
+from meshgate.observability.metrics import count_rate_limited
 
 FINAL = ("succeeded", "failed", "cancelled", "dead")
 STATUSES = ("queued", "running", *FINAL)
@@ -33,6 +37,48 @@ FIELDS = (
     "worker",
     "input_requests",
 )
+
+QUEUE_FULL_RETRY_S = 10.0  # a full queue drains at the workers' pace: not worth asking sooner
+
+
+@dataclass(frozen=True)
+class QueueBounds:
+    """How much a queue holds: tasks waiting to run (queued, or waiting for a retry) in all
+    and per target, and final tasks kept (the oldest go first)."""
+
+    max_queued: int | None = None
+    max_queued_per_target: int | None = None
+    max_kept: int | None = None
+
+
+UNBOUNDED = QueueBounds()
+
+
+class QueueFull(TooManyRequests):
+    """The queue, or one target's share of it, holds as many waiting tasks as it may (429)."""
+
+    type = "queue-full"
+    title = "Task queue full"
+
+
+def queue_full(bounds: QueueBounds, target_name: str | None) -> QueueFull:
+    """The refusal of an enqueue past a bound (target_name: the per-target bound), counted."""
+    if target_name is None:
+        count_rate_limited("queue")
+        return QueueFull(
+            f"the task queue already holds {bounds.max_queued} waiting tasks "
+            "(mesh.max_queued_tasks); retry later",
+            retry_after=QUEUE_FULL_RETRY_S,
+            extra={"bound": "max_queued_tasks", "limit": bounds.max_queued},
+        )
+    count_rate_limited("queue_per_target")
+    return QueueFull(
+        f"the task queue already holds {bounds.max_queued_per_target} waiting tasks for "
+        f"{target_name!r} (mesh.max_queued_tasks_per_target); retry later",
+        retry_after=QUEUE_FULL_RETRY_S,
+        extra={"bound": "max_queued_tasks_per_target", "limit": bounds.max_queued_per_target},
+    )
+
 
 TIMES = ("created_at", "started_at", "finished_at", "deadline_at")  # Unix seconds when stored
 
@@ -103,7 +149,8 @@ class TaskQueue(Protocol):
         owner: str | None = None,
     ) -> tuple[str, bool]:
         """(task id, created); an idempotency key seen before returns that task. `owner` (an
-        MCP session) is kept out of every view; `list` can filter by it."""
+        MCP session) is kept out of every view; `list` can filter by it. Past the queue's
+        bounds: QueueFull (429), nothing stored."""
         ...
 
     async def claim(
@@ -160,7 +207,8 @@ class TaskQueue(Protocol):
     async def counts(self) -> dict[str, int]: ...
 
     async def sweep(self, older_than_s: float) -> int:
-        """Forget final tasks that finished more than `older_than_s` ago; how many."""
+        """Forget final tasks that finished more than `older_than_s` ago, and the oldest
+        beyond the bounds' `max_kept`; how many."""
         ...
 
     def status(self) -> dict[str, Any]: ...

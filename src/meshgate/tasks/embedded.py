@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.storage import open_sqlite
-from meshgate.tasks.base import FIELDS, FINAL, Event
+from meshgate.tasks.base import FIELDS, FINAL, UNBOUNDED, Event, QueueBounds, queue_full
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -44,6 +44,38 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
+-- Waiting (queued) tasks per target, kept by triggers in the statements that change them, so
+-- that the bound on enqueue reads one small table instead of counting 10 000 rows.
+CREATE TABLE IF NOT EXISTS waiting (target_name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS waiting_insert AFTER INSERT ON tasks WHEN NEW.status = 'queued'
+BEGIN
+    INSERT INTO waiting VALUES (NEW.target_name, 1)
+    ON CONFLICT(target_name) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_leave AFTER UPDATE OF status ON tasks
+WHEN OLD.status = 'queued' AND NEW.status != 'queued'
+BEGIN
+    UPDATE waiting SET n = n - 1 WHERE target_name = OLD.target_name;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_enter AFTER UPDATE OF status ON tasks
+WHEN OLD.status != 'queued' AND NEW.status = 'queued'
+BEGIN
+    INSERT INTO waiting VALUES (NEW.target_name, 1)
+    ON CONFLICT(target_name) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS waiting_delete AFTER DELETE ON tasks WHEN OLD.status = 'queued'
+BEGIN
+    UPDATE waiting SET n = n - 1 WHERE target_name = OLD.target_name;
+END;
+"""
+
+# At open: the counts from the tasks themselves (a file of an earlier version had none).
+RECOUNT = """
+BEGIN IMMEDIATE;
+DELETE FROM waiting;
+INSERT INTO waiting SELECT target_name, COUNT(*) FROM tasks WHERE status = 'queued'
+    GROUP BY target_name;
+COMMIT;
 """
 
 COLUMNS = ", ".join(FIELDS)
@@ -56,14 +88,22 @@ class EmbeddedQueue:
 
     name = "embedded"
 
-    def __init__(self, path: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock  # wall-clock seconds: stored times outlive the process
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        bounds: QueueBounds = UNBOUNDED,
+    ) -> None:
+        self._clock = clock
+        self.bounds = bounds  # wall-clock seconds: stored times outlive the process
         self._lock = threading.Lock()
         self.path, self._db = open_sqlite(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
         for added in ("input_requests", "input_responses", "owner"):  # files of earlier versions
             if added not in columns:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT")
+        self._db.executescript(RECOUNT)
         self._listeners: list[Event] = []
 
     async def start(self) -> None:
@@ -99,6 +139,7 @@ class EmbeddedQueue:
                 ).fetchone()
                 if row:
                     return str(row[0]), False
+            self._check_room(target_name)
             id_ = f"t-{secrets.token_hex(8)}"
             self._db.execute(
                 "INSERT INTO tasks (id, status, target, target_name, priority, max_attempts, "
@@ -118,6 +159,19 @@ class EmbeddedQueue:
                 ),
             )
         return id_, True
+
+    def _check_room(self, target_name: str) -> None:
+        b = self.bounds
+        if b.max_queued is not None:
+            (n,) = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM waiting").fetchone()
+            if n >= b.max_queued:
+                raise queue_full(b, None)
+        if b.max_queued_per_target is not None:
+            row = self._db.execute(
+                "SELECT n FROM waiting WHERE target_name = ?", (target_name,)
+            ).fetchone()
+            if row is not None and row[0] >= b.max_queued_per_target:
+                raise queue_full(b, target_name)
 
     async def claim(
         self, worker: str, n: int, lease_s: float, skip: frozenset[str] = frozenset()
@@ -300,7 +354,16 @@ class EmbeddedQueue:
                 "AND status IN ('succeeded', 'failed', 'cancelled', 'dead')",
                 (self._clock() - older_than_s,),
             )
-        return cur.rowcount
+            forgotten = cur.rowcount
+            if self.bounds.max_kept is not None:
+                cur = self._db.execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks "
+                    "WHERE status IN ('succeeded', 'failed', 'cancelled', 'dead') "
+                    "ORDER BY finished_at DESC, id DESC LIMIT -1 OFFSET ?)",
+                    (self.bounds.max_kept,),
+                )
+                forgotten += cur.rowcount
+        return forgotten
 
     async def close(self) -> None:
         with self._lock:

@@ -10,7 +10,9 @@ again. A retry waits in the sorted set `delayed` until its time, then goes back 
 
 Every change of a task is one Lua script, so a task's hash, its status index (`st:<status>`,
 sorted by id for cursor pagination) and its stream entry never disagree. Final tasks are kept in
-`done` by finish time, which the sweep uses to forget them after the result TTL. Changes are
+`done` by finish time, which the sweep uses to forget them after the result TTL, and the oldest
+beyond `max_kept`. The hash `waiting` counts queued tasks per target, for the per-target bound
+on enqueue (the total is the size of `st:queued`). Changes are
 published on `meshgate:q:events` (`done <id>`, `cancel <id>`) so that long polls wake up and a
 cancelled task stops on whichever node runs it.
 
@@ -39,7 +41,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from meshgate.errors import QueueUnavailable
 from meshgate.registry.redis import redact_url
-from meshgate.tasks.base import STATUSES, Event
+from meshgate.tasks.base import STATUSES, UNBOUNDED, Event, QueueBounds, queue_full
 
 log = logging.getLogger("meshgate.tasks.redis")
 
@@ -57,11 +59,20 @@ local function clear_input(id)
     if kind == 'ask:' or kind == 'ans:' then redis.call('HDEL', key, field) end
   end
 end
+-- waiting (queued) tasks per target, for max_queued_tasks_per_target
+local function count_waiting(id, by)
+  local target = redis.call('HGET', P..'task:'..id, 'target_name')
+  if target and redis.call('HINCRBY', P..'waiting', target, by) <= 0 then
+    redis.call('HDEL', P..'waiting', target)
+  end
+end
 local function move(id, from, to)
   clear_input(id)
   redis.call('ZREM', P..'st:'..from, id)
   redis.call('ZADD', P..'st:'..to, 0, id)
   redis.call('HSET', P..'task:'..id, 'status', to)
+  if from ~= to and from == 'queued' then count_waiting(id, -1) end
+  if from ~= to and to == 'queued' then count_waiting(id, 1) end
 end
 local function push(id)
   local key = P..'task:'..id
@@ -97,8 +108,15 @@ local id, idem, now = ARGV[2], ARGV[3], ARGV[4]
 if idem ~= '' then
   local seen = redis.call('GET', P..'idem:'..idem)
   if seen and redis.call('EXISTS', P..'task:'..seen) == 1 then return {seen, 0} end
-  redis.call('SET', P..'idem:'..idem, id)
 end
+if ARGV[11] ~= '' and redis.call('ZCARD', P..'st:queued') >= tonumber(ARGV[11]) then
+  return {'', -1}
+end
+if ARGV[12] ~= ''
+    and tonumber(redis.call('HGET', P..'waiting', ARGV[6]) or '0') >= tonumber(ARGV[12]) then
+  return {'', -2}
+end
+if idem ~= '' then redis.call('SET', P..'idem:'..idem, id) end
 local key = P..'task:'..id
 redis.call('HSET', key, 'id', id, 'status', 'queued', 'target', ARGV[5], 'target_name', ARGV[6],
   'priority', ARGV[7], 'max_attempts', ARGV[8], 'attempts', 0, 'created_at', now)
@@ -110,6 +128,7 @@ if ARGV[10] ~= '' then
 end
 redis.call('ZADD', P..'ids', 0, id)
 redis.call('ZADD', P..'st:queued', 0, id)
+redis.call('HINCRBY', P..'waiting', ARGV[6], 1)
 push(id)
 return {id, 1}
 """
@@ -263,8 +282,7 @@ return value
 """
 
 _SWEEP = """
-local ids = redis.call('ZRANGEBYSCORE', P..'done', '-inf', ARGV[2], 'LIMIT', 0, 1000)
-for _, id in ipairs(ids) do
+local function forget(id)
   local key = P..'task:'..id
   local status = redis.call('HGET', key, 'status')
   local idem = redis.call('HGET', key, 'idempotency_key')
@@ -276,7 +294,19 @@ for _, id in ipairs(ids) do
   if status then redis.call('ZREM', P..'st:'..status, id) end
   redis.call('ZREM', P..'done', id)
 end
-return #ids
+-- by age, then the oldest beyond max_kept (ARGV[3]); at most 1000 a call, so one sweep never
+-- holds Redis for long (the next sweep goes on)
+local ids = redis.call('ZRANGEBYSCORE', P..'done', '-inf', ARGV[2], 'LIMIT', 0, 1000)
+for _, id in ipairs(ids) do forget(id) end
+local n = #ids
+if ARGV[3] ~= '' then
+  local excess = math.min(redis.call('ZCARD', P..'done') - tonumber(ARGV[3]), 1000)
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', P..'done', 0, excess - 1)) do forget(id) end
+    n = n + excess
+  end
+end
+return n
 """
 
 _INT = ("priority", "max_attempts", "attempts")
@@ -314,8 +344,15 @@ def _reachable(url: str) -> Any:
 class RedisQueue:
     name = "redis"
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        bounds: QueueBounds = UNBOUNDED,
+    ) -> None:
         self.url = url
+        self.bounds = bounds
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
         self._clock = clock
         # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
@@ -441,7 +478,13 @@ class RedisQueue:
             max_attempts,
             repr(now + deadline_s) if deadline_s else "",
             owner or "",
+            _bound(self.bounds.max_queued),
+            _bound(self.bounds.max_queued_per_target),
         )
+        if int(created) == -1:
+            raise queue_full(self.bounds, None)
+        if int(created) == -2:
+            raise queue_full(self.bounds, target_name)
         return str(id_), bool(created)
 
     async def claim(
@@ -524,7 +567,12 @@ class RedisQueue:
         return {s: int(n) for s, n in zip(STATUSES, sizes, strict=True) if n}
 
     async def sweep(self, older_than_s: float) -> int:
-        return int(await self._run("sweep", repr(self._clock() - older_than_s)))
+        cutoff = repr(self._clock() - older_than_s)
+        return int(await self._run("sweep", cutoff, _bound(self.bounds.max_kept)))
+
+
+def _bound(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 async def _messages(pubsub: Any) -> AsyncIterator[str]:

@@ -8,7 +8,8 @@ failure) is tried again after an exponential backoff, up to `max_attempts`, then
 running task's lease is renewed while it runs; cancelling it cancels the call (the MCP server
 gets `notifications/cancelled`), on whichever node runs it. When it is final, its
 `callback_url` (if any) gets the task. A target's `task_concurrency` bounds how many of its
-tasks run at once on each node. Final tasks are forgotten after `task_result_ttl_s`.
+tasks run at once on each node. Final tasks are forgotten after `task_result_ttl_s`, and the
+oldest beyond `max_kept_tasks` (the queue's bounds), by the sweep every minute or so.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Workers:
         node: str,
         concurrency: int = 8,
         lease_s: float = 30.0,
-        result_ttl_s: float = 7 * 86400,
+        result_ttl_s: float = 86400,
         limits: Callable[[str], int | None] = lambda target: None,
         backoff: BackoffPolicy | None = None,
         tool_call: ToolCall | None = None,
@@ -176,7 +177,11 @@ class Workers:
                 if time.monotonic() - swept_at > min(60.0, self.result_ttl_s / 10):
                     swept_at = time.monotonic()
                     if forgotten := await self.store.sweep(self.result_ttl_s):
-                        log.info("forgot %d final tasks older than the result TTL", forgotten)
+                        log.info(
+                            "forgot %d final tasks older than the result TTL or beyond "
+                            "max_kept_tasks",
+                            forgotten,
+                        )
                 failures = 0
             except QueueUnavailable as e:
                 failures += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable
 from typing import Any
 
@@ -70,12 +71,14 @@ class HandshakeEra:
         caps = obj(params.get("capabilities"))
         info = obj(params.get("clientInfo"))
         try:
-            session = self.sessions.create(target, version, caps, info)
+            session = self.sessions.create(
+                target, version, caps, info, principal=principal_name(request.scope)
+            )
             session.caller = request.headers.get(CALLER_HEADER) or info.get("name")
             session.owner = owner(request)
         except MeshgateError as e:
             code, message, data = json_rpc_error(e)
-            headers = {"Retry-After": str(int(e.retry_after or 1))}
+            headers = {**e.headers, "Retry-After": str(math.ceil(e.retry_after or 1))}
             return json_response(
                 jsonrpc.error(msg["id"], code, message, data), e.status, headers, compact=True
             )
@@ -138,6 +141,8 @@ class HandshakeEra:
                 raise Reject(400, INVALID_REQUEST, "an empty batch")
         kinds = [kind(m) for m in messages]
         requests = [m for m, k in zip(messages, kinds, strict=True) if k == "request"]
+        if requests:
+            session.used = True  # no longer the first to go when sessions run out
         invalid = [m for m, k in zip(messages, kinds, strict=True) if k == "invalid"]
         if invalid and not isinstance(body, list):
             raise Reject(
@@ -248,6 +253,7 @@ class HandshakeEra:
             return Response("Accept must include text/event-stream", status_code=406)
         session = self.session(request, session_id, target)
         self._check_version(request, session, None)
+        session.used = True
         stream, after = session.standing, session.standing.last
         last_event = request.headers.get("last-event-id")
         if last_event:
@@ -329,3 +335,9 @@ async def _with_status(reply: Awaitable[JSON]) -> tuple[int, JSON]:
     body = await reply
     lost = obj(obj(body.get("error")).get("data")).get("type") == SessionInstanceLost.type
     return (404 if lost else 200), body
+
+
+def principal_name(scope: Any) -> str:
+    """Whose session an initialize opens (`local` for everyone while authentication is off:
+    then only max_sessions bounds them)."""
+    return principal_of(scope).name

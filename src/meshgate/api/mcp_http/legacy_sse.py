@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from meshgate.api.mcp_http.checks import Reject, check_origin, kind, obj, read_json
-from meshgate.api.mcp_http.handshake import HandshakeEra, client_response, owner
+from meshgate.api.mcp_http.handshake import (
+    HandshakeEra,
+    client_response,
+    owner,
+    principal_name,
+)
 from meshgate.api.mcp_http.streaming import counted, event_stream, follow, track
 from meshgate.errors import MeshgateError, UnknownService
 from meshgate.frontend.server import LATEST_HANDSHAKE
@@ -59,10 +65,16 @@ class LegacySse:
         except UnknownService as e:
             return Reject(404, METHOD_NOT_FOUND, e.detail).response()
         try:
-            session = self.sessions.create(target, LEGACY_SSE_VERSION, {}, {})
+            session = self.sessions.create(
+                target, LEGACY_SSE_VERSION, {}, {}, principal=principal_name(request.scope)
+            )
         except MeshgateError as e:
-            return Response(e.detail, status_code=e.status, headers={"Retry-After": "1"})
+            retry = str(math.ceil(e.retry_after or 1))
+            return Response(
+                e.detail, status_code=e.status, headers={**e.headers, "Retry-After": retry}
+            )
         session.legacy = True
+        session.used = True  # its stream is open for as long as the session lives
         session.owner = owner(request)
         endpoint = f"{request.scope.get('root_path', '')}/messages?session_id={session.id}"
         log.info("MCP session %s… over HTTP+SSE for %s", session.id[:8], target or "/mcp")
