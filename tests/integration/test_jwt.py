@@ -1,5 +1,6 @@
-"""Bearer JWTs checked against a real OIDC issuer: an HTTP server on loopback publishing its
-discovery document and JWKS, with keys made here and tokens signed by PyJWT."""
+"""Bearer JWTs checked against a real OIDC issuer (meshgate.testing.oidc): an HTTP server on
+loopback publishing its discovery document and JWKS, with keys made here and tokens signed by
+PyJWT."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from meshgate.config.security import JwtSettings
 from meshgate.errors import Unauthenticated, Unavailable
 from meshgate.security.jwt import JwtVerifier
+from meshgate.testing.oidc import Issuer, Key
 
 AUD = "https://mesh.example.com/mcp"
 
@@ -35,83 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Key:
-    """A signing key pair and the JWK the issuer publishes for it."""
-
-    def __init__(self, kid: str | None, kind: str = "RS256") -> None:
-        self.kid, self.alg = kid, kind
-        if kind == "RS256":
-            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
-        else:
-            self.private = ec.generate_private_key(ec.SECP256R1())
-            jwk = json.loads(ECAlgorithm.to_jwk(self.private.public_key()))
-        jwk["use"] = "sig"
-        if kid is not None:
-            jwk["kid"] = kid
-        self.jwk = jwk
-
-    def public_pem(self) -> bytes:
-        return bytes(
-            self.private.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        headers = {"kid": self.kid} if self.kid is not None else {}
-        headers.update(header)
-        return jwt.encode(claims, self.private, algorithm=self.alg, headers=headers)
-
-
-class Issuer:
-    """An OIDC issuer on 127.0.0.1: `/.well-known/openid-configuration` and `/jwks`, counting
-    what it is asked; `hold` keeps JWKS answers back until set."""
-
-    def __init__(self) -> None:
-        self.keys: list[Key] = []
-        self.jwks_hits = 0
-        self.discovery_hits = 0
-        self.hold: asyncio.Event | None = None
-        self.asked = asyncio.Event()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _discovery(self, request: web.Request) -> web.Response:
-        self.discovery_hits += 1
-        return web.json_response({"issuer": self.url, "jwks_uri": f"{self.url}/jwks"})
-
-    async def _jwks(self, request: web.Request) -> web.Response:
-        self.jwks_hits += 1
-        self.asked.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        return web.json_response({"keys": [k.jwk for k in self.keys]})
-
-    async def start(self) -> Issuer:
-        app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/jwks", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        if not self.port:
-            server = site._server
-            assert isinstance(server, asyncio.base_events.Server)
-            self.port = server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 def settings(issuer: Issuer, **over: Any) -> JwtSettings:

@@ -46,7 +46,11 @@ async function connect() {
     action: "accept",
     content: { name: "Ada" },
   }));
-  const transport = new StreamableHTTPClientTransport(new URL(url));
+  // MESHGATE_TOKEN: a bearer token sent on every request, as an application that already holds
+  // one passes it to the SDK.
+  const token = process.env.MESHGATE_TOKEN;
+  const requestInit = token ? { headers: { Authorization: `Bearer ${token}` } } : undefined;
+  const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit });
   await client.connect(transport);
   return { client, transport };
 }
@@ -122,7 +126,34 @@ async function loop() {
   await client.close();
 }
 
-const scenarios = { basic, cancel, loop };
+// With a token: the tools the token's roles allow, one allowed call and one refused.
+async function authz() {
+  const { client, transport } = await connect();
+  out.sessionId = Boolean(transport.sessionId);
+  out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
+  out.echo = text(await client.callTool({ name: "echo", arguments: { text: "ts" } }));
+  try {
+    await client.callTool({ name: "write", arguments: {} });
+    out.denied = null;
+  } catch (e) {
+    out.denied = { code: e.code ?? null, message: String(e.message ?? e) };
+  }
+  await transport.terminateSession();
+  await client.close();
+}
+
+// Without a token: what the SDK makes of the 401.
+async function unauthenticated() {
+  try {
+    await connect();
+    out.connected = true;
+  } catch (e) {
+    out.connected = false;
+    out.error = String(e.message ?? e);
+  }
+}
+
+const scenarios = { basic, cancel, loop, authz, unauthenticated };
 try {
   await scenarios[scenario]();
   console.log(JSON.stringify(out));

@@ -134,6 +134,7 @@ class ClientSession:
     caller: str | None = None  # for the topology: X-Meshgate-Caller, or the client's name
     principal: str = LOCAL_PRINCIPAL  # whose session it is, for the per-principal bound
     used: bool = False  # a request or a GET stream since initialize
+    owner: tuple[str, str] | None = None  # (name, via) of the principal that opened it
 
     def __post_init__(self) -> None:
         self.created = self.last_seen = self.clock()

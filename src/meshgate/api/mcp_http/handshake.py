@@ -75,6 +75,7 @@ class HandshakeEra:
                 target, version, caps, info, principal=principal_name(request.scope)
             )
             session.caller = request.headers.get(CALLER_HEADER) or info.get("name")
+            session.owner = owner(request)
         except MeshgateError as e:
             code, message, data = json_rpc_error(e)
             headers = {**e.headers, "Retry-After": str(math.ceil(e.retry_after or 1))}
@@ -93,9 +94,17 @@ class HandshakeEra:
             jsonrpc.result(msg["id"], result), headers={"Mcp-Session-Id": session.id}, compact=True
         )
 
-    def session(self, session_id: str, target: str | None) -> ClientSession:
+    def session(self, request: Request, session_id: str, target: str | None) -> ClientSession:
+        """The session a request names, if it is the caller's: another principal's session is
+        not found (404), as one that never was, so that an id is worth nothing to anyone but
+        the principal that opened it."""
         session = self.sessions.get(session_id)
-        if session is None or session.target != target or session.legacy:
+        if (
+            session is None
+            or session.target != target
+            or session.legacy
+            or session.owner != owner(request)
+        ):
             raise Reject(404, INVALID_REQUEST, "session not found or ended; initialize again")
         return session
 
@@ -242,7 +251,7 @@ class HandshakeEra:
         _, wants_sse = accepts(request)
         if not wants_sse:
             return Response("Accept must include text/event-stream", status_code=406)
-        session = self.session(session_id, target)
+        session = self.session(request, session_id, target)
         self._check_version(request, session, None)
         session.used = True
         stream, after = session.standing, session.standing.last
@@ -257,10 +266,17 @@ class HandshakeEra:
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is None:
             raise Reject(400, INVALID_REQUEST, "DELETE needs an Mcp-Session-Id header")
-        self.session(session_id, target)
+        self.session(request, session_id, target)
         self.sessions.end(session_id)
         log.info("MCP session %s… ended by the client", session_id[:8])
         return Response(status_code=204)
+
+
+def owner(request: Request) -> tuple[str, str]:
+    """Who a session belongs to: the name and kind of credential of the principal that opened
+    it (its roles may change from token to token; who it is may not)."""
+    principal = principal_of(request.scope)
+    return principal.name, principal.via
 
 
 def _track_subscription(session: ClientSession, method: str, params: JSON) -> None:

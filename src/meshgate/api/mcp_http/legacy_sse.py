@@ -16,7 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshgate.api.mcp_http.checks import Reject, check_origin, kind, obj, read_json
-from meshgate.api.mcp_http.handshake import HandshakeEra, client_response, principal_name
+from meshgate.api.mcp_http.handshake import (
+    HandshakeEra,
+    client_response,
+    owner,
+    principal_name,
+)
 from meshgate.api.mcp_http.streaming import counted, event_stream, follow, track
 from meshgate.errors import MeshgateError, UnknownService
 from meshgate.frontend.server import LATEST_HANDSHAKE
@@ -70,6 +75,7 @@ class LegacySse:
             )
         session.legacy = True
         session.used = True  # its stream is open for as long as the session lives
+        session.owner = owner(request)
         endpoint = f"{request.scope.get('root_path', '')}/messages?session_id={session.id}"
         log.info("MCP session %s… over HTTP+SSE for %s", session.id[:8], target or "/mcp")
 
@@ -88,7 +94,7 @@ class LegacySse:
         try:
             check_origin(request, self.allowed_origins)
             session = self.sessions.get(request.query_params.get("session_id", ""))
-            if session is None or not session.legacy:
+            if session is None or not session.legacy or session.owner != owner(request):
                 raise Reject(404, INVALID_REQUEST, "no HTTP+SSE session with that session_id")
             msg = await read_json(request, self.max_body_bytes, self.max_json_depth)
         except Reject as r:

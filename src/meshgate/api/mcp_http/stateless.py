@@ -10,6 +10,7 @@ its answers. `subscriptions/listen` streams the notifications a client asked for
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from meshgate.api.mcp_http.checks import (
     obj,
     progress_token,
 )
+from meshgate.api.mcp_http.handshake import owner
 from meshgate.api.mcp_http.streaming import Channel, event_stream, follow, respond, sse
 from meshgate.api.responses import dumps
 from meshgate.errors import MeshgateError
@@ -59,6 +61,10 @@ from meshgate.wire.protocol import (
 )
 
 MRTR_FIELDS = ("inputResponses", "requestState")
+STATE_NOT_VALID = (
+    "requestState is not valid: altered, expired, or issued by another gateway; "
+    "send the request again without it"
+)
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 NAME_BEARING = {
     "tools/call": "name",
@@ -112,6 +118,10 @@ class StatelessEra:
         self.front = front
         self.listeners: set[Listener] = set()
         self.parked = ParkedCalls()
+        # Who each parked call runs as: only that principal may answer its questions.
+        self.owners: weakref.WeakKeyDictionary[Parked, tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def post(
         self,
@@ -148,6 +158,9 @@ class StatelessEra:
                 parked = self.parked.claim(params["requestState"], method, name)
             except jsonrpc.JsonRpcError as e:
                 raise Reject(400, e.code, e.message, id_) from None
+            if self.owners.get(parked) != owner(request):
+                # Another principal's call: as unknown to this caller as a made-up state.
+                raise Reject(400, INVALID_PARAMS, STATE_NOT_VALID, id_)
             parked.answer(params.get("inputResponses"))
             parked.emit = channel.emit
             return await respond(
@@ -181,6 +194,7 @@ class StatelessEra:
             # The server may ask the client something mid-call: the call is parked, and each
             # question comes back to the client as an input_required result.
             parked = self.parked.park(method, name)
+            self.owners[parked] = owner(request)
             parked.emit = channel.emit
             ctx.emit, ctx.ask, ctx.waiting = parked.relay, parked.ask, parked.is_waiting
             parked.task = asyncio.ensure_future(self.front.dispatch(target, method, params, ctx))

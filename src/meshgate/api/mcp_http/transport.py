@@ -138,7 +138,7 @@ class McpHttp:
         if is_init and not isinstance(body, list) and not modern:
             return self.handshake.initialize(request, target, body)
         if session_id is not None:
-            session = self.handshake.session(session_id, target)
+            session = self.handshake.session(request, session_id, target)
             return await self.handshake.post(request, session, body, wants_json, wants_sse)
         if isinstance(body, dict) and is_stateless(request, body):
             return await self.stateless.post(request, target, body, wants_json, wants_sse)
