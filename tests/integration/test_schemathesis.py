@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,8 +46,9 @@ pytestmark = pytest.mark.timeout(240)
 Case = AnyCase[Any]
 Operation = APIOperation[Any, Any, Any, Any]
 
-# Examples per operation and generation mode: about 30 s a run on two cores.
-EXAMPLES = 60
+# Examples per operation and generation mode: about 30 s a run on two cores. More for a
+# deeper search: MESHGATE_FUZZ_EXAMPLES=1000 (tests/integration/test_mcp_fuzz.py reads it too).
+EXAMPLES = int(os.environ.get("MESHGATE_FUZZ_EXAMPLES", "60"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
