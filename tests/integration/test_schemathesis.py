@@ -67,6 +67,7 @@ anonymous_roles = ["fuzz"]
 allow = ["*"]
 deny = ["mesh:admin"]
 """
+MAX_HOPS = 8  # mesh.max_hops by default
 # Paths anyone may read, credential or not (api/auth.py): a wrong token is not looked at.
 PUBLIC = ("/livez", "/readyz", "/.well-known/")
 # Where generated path parameters are replaced by names that exist, so that inputs reach past
@@ -161,6 +162,15 @@ def loopback_only(case: Case) -> None:
         body["url"] = parts._replace(netloc=f"127.0.0.1:{port}" if port else "127.0.0.1").geturl()
 
 
+def looped(case: Case) -> bool:
+    """Whether the case sends an X-Meshgate-Hops at or over max_hops (8 by default)."""
+    headers: dict[str, Any] = dict(case.headers or {})
+    try:
+        return int(str(headers.get("x-meshgate-hops"))) >= MAX_HOPS
+    except ValueError:
+        return False
+
+
 def fuzz(
     gw: Gateway,
     *,
@@ -196,8 +206,13 @@ def fuzz(
             loopback_only(case)
             response = case.call(base_url=gw.url, session=session, headers=headers, timeout=15)
             sent[op.label] = sent.get(op.label, 0) + 1
+            chosen = checks or CHECKS
+            if response.status_code == 508 and looped(case):
+                # The one 5xx a request can ask for: a hop count at the limit says the call
+                # has gone round gateways, and 508 is the answer the previous hop passes back.
+                chosen = [c for c in chosen if c is not not_a_server_error]
             try:
-                case.validate_response(response, checks=checks or CHECKS, headers=headers)
+                case.validate_response(response, checks=chosen, headers=headers)
                 if also is not None:
                     also(case, response)
             except (Exception, BaseExceptionGroup) as e:

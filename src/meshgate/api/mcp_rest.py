@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meshgate.api.auth import requires
-from meshgate.api.openapi import problems
+from meshgate.api.openapi import header_parameters, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
@@ -123,7 +123,15 @@ def build(
         methods=["POST"],
         summary="Call a tool; returns the MCP tools/call result",
         responses=problems(400, 404, 413, 422, 502, 503, 504, 508),
-        openapi_extra=_CALL_BODY,
+        openapi_extra={
+            **_CALL_BODY,
+            **header_parameters(
+                {
+                    CALLER_HEADER: ("The calling service, for the topology", {"type": "string"}),
+                    SESSION_HEADER: ("A session key for consistent hashing", {"type": "string"}),
+                }
+            ),
+        },
         route_class_override=DirectRoute,
     )
     return api

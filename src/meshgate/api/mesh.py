@@ -19,7 +19,7 @@ from meshgate.api.forwarding import (
     forwarded,
     is_forwarding_header,
 )
-from meshgate.api.openapi import json_body, ok, problems
+from meshgate.api.openapi import header_parameters, json_body, ok, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
@@ -326,6 +326,14 @@ def build(
             "default": {"description": "The service's own response"},
             **problems(400, 404, 413, 502, 503, 504, 508),
         },
+        openapi_extra=header_parameters(
+            {
+                TIMEOUT_HEADER: ("Seconds the call may take", {"type": "number", "minimum": 0.001}),
+                HOPS_HEADER: ("Gateways the call has passed through", {"type": "integer"}),
+                CALLER_HEADER: ("The calling service, for the topology", {"type": "string"}),
+                SESSION_HEADER: ("A session key for consistent hashing", {"type": "string"}),
+            }
+        ),
         route_class_override=DirectRoute,
     )
 

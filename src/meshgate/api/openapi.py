@@ -67,6 +67,17 @@ def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any
     }
 
 
+def header_parameters(headers: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """`openapi_extra` documenting request headers a route reads itself: name -> (what it is
+    for, its schema)."""
+    return {
+        "parameters": [
+            {"name": name, "in": "header", "required": False, "description": what, "schema": schema}
+            for name, (what, schema) in headers.items()
+        ]
+    }
+
+
 def ok(description: str, *media_types: str) -> dict[str, Any]:
     """A success response whose body is not described further (JSON unless named)."""
     return {
