@@ -2,8 +2,8 @@
 `Mcp-Session-Id`) and stateless 2026-07-28 requests (the `_meta` envelope and the `Mcp-*`
 headers). Random JSON values, wrong types for every JSON-RPC member, huge ids, deep nesting,
 bytes that are not UTF-8, batches, empty bodies, wrong content types and headers. Every answer
-is below 500 and is a JSON-RPC message (a result or an error) or a problem; the gateway still
-serves a valid call afterwards.
+is below 500 and is a JSON-RPC message (a result or an error other than -32603, internal
+error) or a problem; the gateway still serves a valid call afterwards.
 
 Left out of the generated methods: `subscriptions/listen` and GET streams, which stay open by
 design (their own tests end them), and the fault server's tools other than `echo` (`crash`,
@@ -33,6 +33,8 @@ from tests.integration.test_mcp_http import (
 )
 
 pytestmark = pytest.mark.timeout(180)
+
+INTERNAL_ERROR = -32603
 
 HANDSHAKE = "2025-11-25"
 # Examples per test (a few seconds each); more for a deeper search: MESHGATE_FUZZ_EXAMPLES.
@@ -67,13 +69,23 @@ METHODS = (
 )
 
 
+# Text with lone surrogates too: json.dumps escapes them (`"\ud800"`), valid JSON syntax
+# that is no Unicode text.
+SURROGATES = st.characters(categories=["Cs"])
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.text(st.one_of(st.characters(), SURROGATES), max_size=30),
+    st.builds(lambda a, c, b: a + c + b, st.text(max_size=10), SURROGATES, st.text(max_size=10)),
+)
+
+
 def _json_values() -> st.SearchStrategy[Any]:
     scalars = st.one_of(
         st.none(),
         st.booleans(),
         st.integers(min_value=-(2**200), max_value=2**200),
         st.floats(allow_nan=False, allow_infinity=False),
-        st.text(max_size=30),
+        TEXT,
     )
     return st.recursive(
         scalars,
@@ -101,9 +113,7 @@ PARAMS = st.one_of(
         {},
         optional={
             "name": st.one_of(NAMES, JSON_VALUES),
-            "arguments": st.one_of(
-                st.fixed_dictionaries({"text": st.text(max_size=20)}), JSON_VALUES
-            ),
+            "arguments": st.one_of(st.fixed_dictionaries({"text": TEXT}), JSON_VALUES),
             "_meta": st.one_of(st.just(ENVELOPE), JSON_VALUES),
             "protocolVersion": st.one_of(st.sampled_from([HANDSHAKE, STATELESS]), JSON_VALUES),
             "cursor": JSON_VALUES,
@@ -136,6 +146,18 @@ WELL_FRAMED = st.builds(
     st.sampled_from(METHODS),
     IDS,
     PARAMS,
+)
+# Calls that reach a tool (the fault server's echo) with generated arguments and ids.
+CALLS = st.builds(
+    lambda id_, name, arguments: {
+        "jsonrpc": "2.0",
+        "id": id_,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    },
+    IDS,
+    st.sampled_from(["echo", "fault__echo"]),
+    st.one_of(st.fixed_dictionaries({"text": TEXT}), JSON_VALUES),
 )
 BODIES = st.one_of(
     MESSAGES.map(lambda m: json.dumps(m).encode()),
@@ -207,6 +229,8 @@ def check_answer(r: httpx.Response) -> None:
         assert ("result" in m) != ("error" in m) or "method" in m, m
         if "error" in m:
             assert isinstance(m["error"]["code"], int) and isinstance(m["error"]["message"], str)
+            # JSON-RPC's 500: what a client sent must never make the gateway fail inside.
+            assert m["error"]["code"] != INTERNAL_ERROR, m
     if r.status_code >= 400:
         assert all("error" in m for m in messages), messages
 
@@ -300,7 +324,7 @@ def test_well_formed_session_requests_with_generated_params(gw: Gateway, session
     }
 
     @EXAMPLES
-    @given(message=st.one_of(WELL_FRAMED, MESSAGES))
+    @given(message=st.one_of(WELL_FRAMED, CALLS, MESSAGES))
     def one(message: dict[str, Any]) -> None:
         check_answer(_post(gw, "/mcp/fault", json.dumps(message).encode(), headers))
 
@@ -312,11 +336,14 @@ def test_well_formed_stateless_requests_with_generated_params(gw: Gateway) -> No
     """Headers that match the body, so that the generated params reach the method."""
 
     @EXAMPLES
-    @given(method=st.sampled_from(METHODS), params=PARAMS, id_=IDS)
-    def one(method: str, params: Any, id_: Any) -> None:
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if isinstance(params, dict):
-            body["params"] = {**params, "_meta": ENVELOPE}
+    @given(message=st.one_of(WELL_FRAMED, CALLS))
+    def one(message: dict[str, Any]) -> None:
+        body = dict(message)
+        method = body["method"]
+        if isinstance(body["params"], dict):
+            body["params"] = {**body["params"], "_meta": ENVELOPE}
+        else:
+            del body["params"]
         name = body.get("params", {}).get("name")
         headers = _stateless_headers(
             method,
