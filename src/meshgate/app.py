@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import keys as api_keys
-from meshgate.api import mcp_rest, mesh, observability, problems, tasks
+from meshgate.api import mcp_rest, mesh, observability, openapi, problems, tasks
 from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
@@ -214,6 +214,9 @@ def build_app(settings: Settings) -> FastAPI:
     # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
     app.state.before_shutdown = mcp_http.end_standing_streams
     problems.install(app)
+    openapi.install(
+        app, auth_enabled=authenticator.enabled, public_paths=auth.public_paths if auth else ()
+    )
     app.include_router(
         mesh.build(
             router,

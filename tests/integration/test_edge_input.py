@@ -1,5 +1,6 @@
-"""REST bodies at the edge: JSON nested deeper than the bound is a 400 problem on every route
-that reads a JSON body, never a 500 with a traceback."""
+"""REST bodies at the edge: JSON nested deeper than the bound, or holding text that is not
+Unicode, is a 400 problem on every route that reads a JSON body, never a 500 with a
+traceback."""
 
 from __future__ import annotations
 
@@ -104,4 +105,59 @@ def test_deeply_nested_mcp_messages_are_refused_with_a_json_rpc_error(tmp_path: 
             assert r.status_code == 400, (kind, r.text)
             error = r.json()["error"]
             assert error["code"] == -32600 and "deeper than 64" in error["message"], error
+        assert not [line for line in gw.log if "Traceback" in line]
+
+
+# Half a surrogate pair, escaped: valid JSON syntax, but no character, so no UTF-8 carries it
+# on (to an MCP server's stdin, a task store, a log). It used to reach the upstream's encoder
+# and answer 500.
+LONE = ('"\\ud800"', '"a\\udfff"', '"\\uDBFF\\u0041"')
+PAIR = '"\\ud83d\\ude00"'  # an escaped emoji, as ASCII-only encoders write it: accepted
+
+
+def test_lone_surrogates_are_refused_on_every_json_route(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        for route, (path, template) in ROUTES.items():
+            for value in LONE:
+                for body in (template % value, template % ("{" + value + ": 1}")):
+                    status, ctype, problem = post(gw, path, body)
+                    assert (status, ctype) == (400, "application/problem+json"), (route, body)
+                    assert isinstance(problem, dict)
+                    assert "surrogate" in str(problem["detail"]), problem
+        status, _, answer = post(gw, ROUTES["tool call"][0], ROUTES["tool call"][1] % PAIR)
+        assert status == 200, answer
+        assert isinstance(answer, dict) and isinstance(answer["content"], list)
+        assert answer["content"][0]["text"] == "\U0001f600"
+        assert gw.get(f"{API}/tasks").json()["items"] == []
+        assert not [line for line in gw.log if "Traceback" in line or "Exception in ASGI" in line]
+
+
+def test_lone_surrogates_in_mcp_messages_are_parse_errors(tmp_path: Path) -> None:
+    stateless = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "echo",
+    }
+    envelope = (
+        '"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", '
+        '"io.modelcontextprotocol/clientCapabilities": {}}'
+    )
+
+    def call(id_: str, text: str) -> str:
+        return (
+            '{"jsonrpc": "2.0", "id": ' + id_ + ', "method": "tools/call", "params": '
+            '{"name": "echo", "arguments": {"text": ' + text + "}, " + envelope + "}}"
+        )
+
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        for value in LONE:
+            for body in (call("1", value), call(value, '"x"')):
+                r = gw.http.post("/mcp/fault", content=body.encode(), headers=stateless)
+                assert r.status_code == 400, (body, r.text)
+                error = r.json()["error"]
+                assert error["code"] == -32700 and "surrogate" in error["message"], error
+        r = gw.http.post("/mcp/fault", content=call("2", PAIR).encode(), headers=stateless)
+        assert r.json()["result"]["content"][0]["text"] == "\U0001f600", r.text
         assert not [line for line in gw.log if "Traceback" in line]

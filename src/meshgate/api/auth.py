@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meshgate.api.openapi import problems
 from meshgate.api.problems import problem_response
 from meshgate.api.responses import json_response
 from meshgate.errors import MeshgateError, NotFound, Unauthenticated
@@ -156,10 +157,10 @@ def build_metadata(
         url = base_url(request.scope, resource) + own
         return json_response(protected_resource_metadata(url, authorization_servers, scopes))
 
-    api.add_api_route(WELL_KNOWN, metadata, methods=["GET"], summary="RFC 9728 metadata")
-    api.add_api_route(
-        WELL_KNOWN + "/{path:path}", metadata, methods=["GET"], summary="RFC 9728 metadata"
-    )
+    for path in (WELL_KNOWN, WELL_KNOWN + "/{path:path}"):
+        api.add_api_route(
+            path, metadata, methods=["GET"], summary="RFC 9728 metadata", responses=problems(404)
+        )
     return api
 
 

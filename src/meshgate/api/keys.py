@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import Response
 
+from meshgate.api.openapi import json_body, problems
 from meshgate.api.problems import read_json_object
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound
@@ -56,7 +57,12 @@ def build(store: KeyStore, require: Callable[[Request], Awaitable[None]]) -> API
     caller may not manage keys."""
     api = APIRouter(prefix=PREFIX, tags=["keys"])
 
-    @api.post("", status_code=201)
+    @api.post(
+        "",
+        status_code=201,
+        responses=problems(400, 409, 413, 422),
+        openapi_extra=json_body(CreateKey),
+    )
     async def create(request: Request) -> Response:
         await require(request)
         body = await read_json_object(request, MAX_BODY_BYTES)
@@ -85,7 +91,7 @@ def build(store: KeyStore, require: Callable[[Request], Awaitable[None]]) -> API
         now = time.time()
         return json_response({"items": [k.to_json(now) for k in await store.list()]})
 
-    @api.delete("/{key_id}")
+    @api.delete("/{key_id}", responses=problems(404))
     async def revoke(request: Request, key_id: str) -> Response:
         await require(request)
         key = await store.revoke(key_id)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meshgate.api.auth import requires
+from meshgate.api.openapi import header_parameters, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
@@ -61,11 +62,16 @@ def build(
         "/servers/{name}",
         summary="One MCP server with its instances",
         dependencies=[requires("discover")],
+        responses=problems(404),
     )
     async def get_server(request: Request, name: str) -> Response:
         return json_response(for_caller(request, pool(name).view()))
 
-    @api.get("/servers/{name}/tools", summary="The tools of one MCP server the caller may call")
+    @api.get(
+        "/servers/{name}/tools",
+        summary="The tools of one MCP server the caller may call",
+        responses=problems(404),
+    )
     async def list_tools(request: Request, name: str) -> Response:
         gate, principal = router.gate, principal_of(request.scope)
         may = [t for t in sorted(pool(name).tools) if gate.allows(principal, Action.tool(name, t))]
@@ -116,7 +122,16 @@ def build(
         call_tool,
         methods=["POST"],
         summary="Call a tool; returns the MCP tools/call result",
-        openapi_extra=_CALL_BODY,
+        responses=problems(400, 404, 413, 422, 502, 503, 504, 508),
+        openapi_extra={
+            **_CALL_BODY,
+            **header_parameters(
+                {
+                    CALLER_HEADER: ("The calling service, for the topology", {"type": "string"}),
+                    SESSION_HEADER: ("A session key for consistent hashing", {"type": "string"}),
+                }
+            ),
+        },
         route_class_override=DirectRoute,
     )
     return api

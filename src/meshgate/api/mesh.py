@@ -19,6 +19,7 @@ from meshgate.api.forwarding import (
     forwarded,
     is_forwarding_header,
 )
+from meshgate.api.openapi import header_parameters, json_body, ok, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
@@ -48,14 +49,6 @@ from meshgate.security import principal_of
 from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import redact_url
-
-_REGISTER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": Registration.model_json_schema()}},
-    }
-}
-
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1): never passed on, either way.
 HOP_BY_HOP = frozenset(
@@ -154,7 +147,9 @@ def build(
     @api.post(
         "/register",
         summary="Register an HTTP service instance (idempotent); 201 new, 200 unchanged",
-        openapi_extra=_REGISTER_BODY,
+        status_code=201,
+        responses={200: ok("Registered before, unchanged"), **problems(400, 413, 422)},
+        openapi_extra=json_body(Registration),
     )
     async def register(request: Request) -> Response:
         body = await read_json_object(request, max_body_bytes, max_json_depth)
@@ -183,7 +178,10 @@ def build(
         return json_response(inst.view(), 201 if created else 200)
 
     @api.delete(
-        "/services/{name}/instances/{instance_id}", summary="Deregister an HTTP service instance"
+        "/services/{name}/instances/{instance_id}",
+        summary="Deregister an HTTP service instance",
+        status_code=204,
+        responses=problems(404, 422),
     )
     async def deregister(request: Request, name: str, instance_id: str) -> Response:
         await router.gate.admit(principal_of(request.scope), Action.mesh("deregister", name))
@@ -203,6 +201,7 @@ def build(
     @api.put(
         "/services/{name}/instances/{instance_id}/heartbeat",
         summary="Renew the TTL of an HTTP service instance",
+        responses=problems(404),
     )
     async def heartbeat(request: Request, name: str, instance_id: str) -> Response:
         await router.gate.admit(principal_of(request.scope), Action.mesh("register", name))
@@ -217,6 +216,7 @@ def build(
         "/services",
         summary="Services, MCP and HTTP, with filters and pagination",
         dependencies=[requires("discover")],
+        responses=problems(422),
     )
     async def list_services(
         request: Request,
@@ -332,6 +332,21 @@ def build(
         call,
         methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         summary="Call an HTTP service through the router (balanced, broken, retried if safe)",
+        response_class=Response,
+        responses={
+            # Whatever the service answers (any status, any media type or none), as it is.
+            200: {"description": "The service's own response"},
+            "default": {"description": "The service's own response"},
+            **problems(400, 404, 413, 502, 503, 504, 508),
+        },
+        openapi_extra=header_parameters(
+            {
+                TIMEOUT_HEADER: ("Seconds the call may take", {"type": "number", "minimum": 0.001}),
+                HOPS_HEADER: ("Gateways the call has passed through", {"type": "integer"}),
+                CALLER_HEADER: ("The calling service, for the topology", {"type": "string"}),
+                SESSION_HEADER: ("A session key for consistent hashing", {"type": "string"}),
+            }
+        ),
         route_class_override=DirectRoute,
     )
 
@@ -339,6 +354,15 @@ def build(
         "/topology",
         summary="Services, their states and caller -> callee edges",
         dependencies=[requires("discover")],
+        responses={
+            200: ok(
+                "The graph: JSON, Mermaid or DOT",
+                "application/json",
+                "text/plain",
+                "text/vnd.graphviz",
+            ),
+            **problems(422),
+        },
     )
     async def topology(format: str = "json") -> Response:
         views = all_views()
@@ -399,6 +423,7 @@ def build(
         "/services/{name}",
         summary="One service with its instances",
         dependencies=[requires("discover")],
+        responses=problems(404),
     )
     async def get_service(request: Request, name: str) -> Response:
         views: dict[str, dict[str, Any]] = {}

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from meshgate.api.auth import requires
+from meshgate.api.openapi import ok, problems
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound
 from meshgate.observability import tracing
@@ -78,7 +79,11 @@ def build(
     async def livez() -> Response:
         return json_response({"status": "live"})
 
-    @api.get("/readyz", summary="Readiness: started and accepting calls (503 otherwise)")
+    @api.get(
+        "/readyz",
+        summary="Readiness: started and accepting calls (503 otherwise)",
+        responses={503: ok("Starting or draining")},
+    )
     async def readyz() -> Response:
         if not started():
             return json_response({"status": "starting"}, 503)
@@ -90,6 +95,7 @@ def build(
         "/api/v1/mesh/v2/traces",
         summary="The most recent traces, newest first",
         dependencies=[requires("discover")],
+        responses=problems(422),
     )
     async def traces(limit: int = 50) -> Response:
         if not 1 <= limit <= 1000:
@@ -102,6 +108,7 @@ def build(
         "/api/v1/mesh/v2/traces/{trace_id}",
         summary="One recent trace, with its spans",
         dependencies=[requires("discover")],
+        responses=problems(404),
     )
     async def one_trace(trace_id: str) -> Response:
         recent = tracing.recent

@@ -110,17 +110,47 @@ def nests_deeper_than(raw: bytes, depth: int) -> bool:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > depth
 
 
+# A `\uD800`-`\uDFFF` escape. Escaped pairs (an emoji from an ASCII-only encoder) become one
+# character when parsed; a half left alone is no character, and no UTF-8 can carry it on.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = "a \\u escape names half of a surrogate pair, which is not a character"
+
+
+def has_lone_surrogate(raw: bytes, value: Any) -> bool:
+    """Whether parsed JSON holds a string with an unpaired surrogate (from a `\\uD800`-style
+    escape in `raw`). The scan of `raw` runs in C; the value is walked only when it finds one."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            todo += v
+            todo += v.values()
+        elif isinstance(v, list):
+            todo += v
+    return False
+
+
 def parse_json(raw: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
-    """A request body parsed as JSON; InvalidInput (400) when it is not JSON or nests deeper
-    than `max_depth`."""
+    """A request body parsed as JSON; InvalidInput (400) when it is not JSON, nests deeper
+    than `max_depth`, or holds text that is not Unicode."""
     if nests_deeper_than(raw, max_depth):
         raise InvalidInput(f"request body nests arrays and objects deeper than {max_depth} levels")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except RecursionError:  # not reached within the bound; kept so a deep body is never a 500
         raise InvalidInput("request body nests arrays and objects too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    if has_lone_surrogate(raw, value):
+        raise InvalidInput(f"request body is not valid JSON text: {LONE_SURROGATE}")
+    return value
 
 
 async def read_json_object(

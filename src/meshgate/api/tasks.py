@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import Response
 
+from meshgate.api.openapi import json_body, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.responses import json_response
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
@@ -80,7 +81,13 @@ def build(
             raise UnknownService(f"no HTTP service named {target.service!r}")
         return target.service
 
-    @api.post("/enqueue", summary="Enqueue a task; 202 once it is durably stored")
+    @api.post(
+        "/enqueue",
+        summary="Enqueue a task; 202 once it is durably stored",
+        status_code=202,
+        responses=problems(400, 404, 413, 422, 503),
+        openapi_extra=json_body(Enqueue),
+    )
     async def enqueue(request: Request) -> Response:
         body = await read_json_object(request, max_body_bytes, max_json_depth)
         try:
@@ -146,7 +153,11 @@ def build(
         owner = Principal.from_json((task.get("target") or {}).get("principal"))
         return owner.name == principal.name and owner.via == principal.via
 
-    @api.get("/task/{task_id}", summary="A task; wait_s long-polls until it is final")
+    @api.get(
+        "/task/{task_id}",
+        summary="A task; wait_s long-polls until it is final",
+        responses=problems(404, 422, 503),
+    )
     async def get_task(request: Request, task_id: str, wait_s: float = 0) -> Response:
         if not 0 <= wait_s <= 300:
             raise InvalidArguments("wait_s must be between 0 and 300")
@@ -159,7 +170,11 @@ def build(
             raise NotFound(f"no task {task_id!r}")
         return json_response(view(task))
 
-    @api.delete("/task/{task_id}", summary="Cancel a task (a running MCP call is cancelled too)")
+    @api.delete(
+        "/task/{task_id}",
+        summary="Cancel a task (a running MCP call is cancelled too)",
+        responses=problems(404, 503),
+    )
     async def cancel_task(request: Request, task_id: str) -> Response:
         await own_task(request, task_id, "tasks.cancel")
         before = await workers.cancel(task_id)
@@ -169,7 +184,12 @@ def build(
         assert task is not None
         return json_response({**view(task), "was": before})
 
-    @api.post("/task/{task_id}/retry", summary="Queue a dead or failed task again")
+    @api.post(
+        "/task/{task_id}/retry",
+        summary="Queue a dead or failed task again",
+        status_code=202,
+        responses=problems(404, 422, 503),
+    )
     async def retry_task(request: Request, task_id: str) -> Response:
         await own_task(request, task_id, "tasks.cancel")
         if not await store.retry_dead(task_id):
@@ -179,7 +199,11 @@ def build(
         assert task is not None
         return json_response(view(task), 202)
 
-    @api.get("/tasks", summary="Tasks, by id, with a status filter and cursor pagination")
+    @api.get(
+        "/tasks",
+        summary="Tasks, by id, with a status filter and cursor pagination",
+        responses=problems(422, 503),
+    )
     async def list_tasks(
         request: Request, status: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> Response:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshgate.api.guard import origin_allowed, origin_refusal
-from meshgate.api.problems import nests_deeper_than, read_body
+from meshgate.api.problems import LONE_SURROGATE, has_lone_surrogate, nests_deeper_than, read_body
 from meshgate.api.responses import json_response
 from meshgate.errors import PayloadTooLarge
 from meshgate.frontend.server import McpFront
@@ -88,9 +88,12 @@ async def read_json(request: Request, limit: int, max_depth: int) -> Any:
             f"the message nests arrays and objects deeper than {max_depth} levels",
         )
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise Reject(400, PARSE_ERROR, f"parse error: {e}") from None
+    if has_lone_surrogate(raw, value):
+        raise Reject(400, PARSE_ERROR, f"parse error: {LONE_SURROGATE}")
+    return value
 
 
 def kind(msg: Any) -> str:
