@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -216,3 +220,65 @@ def test_a_service_key_registers_its_own_name_only(keyed: Keyed) -> None:
     assert g.get(f"{API}/services", headers=bearer(key)).status_code == 403
     gone = g.http.delete(f"{API}/services/orders/instances/{instance}", headers=bearer(key))
     assert gone.status_code == 204
+
+
+@contextmanager
+def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A real HTTP service that answers 200 and records each request's headers."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_the_gateways_credential_is_not_passed_on(tmp_path: Path) -> None:
+    with header_recorder() as (url, seen):
+        policy = f"""
+[auth]
+[[mesh.services]]
+name = "plain"
+url = "{url}"
+check = {{ type = "tcp" }}
+
+[[mesh.services]]
+name = "trusted"
+url = "{url}"
+check = {{ type = "tcp" }}
+
+[services.trusted]
+forward_credentials = true
+"""
+        with run_gateway(tmp_path, {}, policy) as gw:
+            key = make_key(tmp_path / "data", "ops", "--role", "admin")
+            for name in ("plain", "trusted"):
+                end = time.monotonic() + 30
+                while gw.get(f"{API}/services/{name}", headers=bearer(key)).json()["state"] != (
+                    "healthy"
+                ):
+                    assert time.monotonic() < end
+                    time.sleep(0.05)
+                headers = {**bearer(key), "x-api-key": key, "x-other": "kept"}
+                r = gw.get(f"{API}/call/{name}/x", headers=headers)
+                assert r.status_code == 200, r.text
+            plain, trusted = seen[-2], seen[-1]
+            assert "authorization" not in plain and "x-api-key" not in plain
+            assert plain["x-other"] == "kept"
+            assert trusted["authorization"] == f"Bearer {key}"

@@ -67,6 +67,7 @@ HOP_BY_HOP = frozenset(
 # mesh's own (set anew for the next hop). Forwarding headers are dropped too, unless the client
 # is a trusted proxy (`forwarding.forwarded` decides which go on).
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", TIMEOUT_HEADER, HOPS_HEADER}
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 # Response headers not passed back. Content-Length stays (the body passes unchanged, so the
 # server need not re-frame it in chunks), except where a body must be empty whatever it says.
 NOT_RETURNED = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -291,8 +292,15 @@ def build(
         else:  # streamed on; never sent twice
             limited = _Limited(request.stream(), max_body_bytes)
             body = limited.chunks()
-        headers = _passed_on(scope, streamed=not isinstance(body, bytes)) + forwarding
         pool = services.pools.get(name)
+        # With [auth] on, the client's credential is the gateway's: a service could replay it.
+        keep_credentials = not router.gate.enabled or (
+            pool is not None and pool.policy.forward_credentials
+        )
+        headers = (
+            _passed_on(scope, streamed=not isinstance(body, bytes), credentials=keep_credentials)
+            + forwarding
+        )
         key = (
             hash_key(
                 pool,
@@ -484,10 +492,13 @@ def build(
     return api
 
 
-def _passed_on(scope: MutableMapping[str, Any], *, streamed: bool) -> list[tuple[str, str]]:
+def _passed_on(
+    scope: MutableMapping[str, Any], *, streamed: bool, credentials: bool = True
+) -> list[tuple[str, str]]:
     """The client's request headers that go on to the service, read from the raw scope: less
     hop-by-hop, forwarding and the mesh's own headers (the caller adds the forwarding ones it
-    trusts, and the router the mesh's and the interceptors')."""
+    trusts, and the router the mesh's and the interceptors'), and less the client's
+    credentials (Authorization, X-API-Key) unless `credentials`."""
     headers: list[tuple[str, str]] = []
     declared = ""
     for raw_name, raw_value in scope["headers"]:  # names come lower-cased from the server
@@ -495,6 +506,8 @@ def _passed_on(scope: MutableMapping[str, Any], *, streamed: bool) -> list[tuple
         if name == "content-length":
             declared = value
         if name in NOT_FORWARDED or is_forwarding_header(name):
+            continue
+        if not credentials and name in CREDENTIAL_HEADERS:
             continue
         headers.append((name, value))
     if streamed and declared:

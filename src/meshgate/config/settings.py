@@ -104,6 +104,10 @@ class ServerPolicy(_Model):
     name; "" for none)."""
     max_line_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     stderr_lines: int = Field(200, ge=1)
+    forward_credentials: bool = False
+    """HTTP services: pass the client's `Authorization` and `X-API-Key` on through the proxy
+    even with `[auth]` on, when they are the gateway's own credential (which the service could
+    then replay to it); without `[auth]` they always pass."""
     inherit_env: bool = False
     """Start this server's processes with the gateway's whole environment; by default they get
     their `.mcp.json` `env` over only the variables in `upstream.process.INHERITED_ENV`."""
