@@ -14,7 +14,13 @@ import pytest
 
 from tests.gateway import Gateway, fault_server, run_gateway
 from tests.integration.test_cross_site import counting_service
-from tests.integration.test_mcp_http import ACCEPT_BOTH, _stateless, _stateless_headers
+from tests.integration.test_mcp_http import (
+    ACCEPT_BOTH,
+    _initialize,
+    _sse_messages,
+    _stateless,
+    _stateless_headers,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,3 +190,26 @@ def test_serving_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None
     assert out.returncode == 2
     assert "refusing to serve on 0.0.0.0 without authentication" in out.stderr
     assert "--insecure" in out.stderr
+
+
+def test_a_dedicated_sessions_own_tool_list_is_filtered_too(tmp_path: Path) -> None:
+    policy = POLICY + '\n[servers.fault]\nmode = "dedicated"\n'
+    with run_gateway(tmp_path, {"fault": fault_server()}, policy) as g:
+        session = _initialize(g.http, "/mcp/fault")
+        headers = {
+            "Accept": ACCEPT_BOTH,
+            "Content-Type": "application/json",
+            "Mcp-Session-Id": session,
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        r = g.http.post("/mcp/fault", headers=headers, json=msg)
+        assert r.status_code == 200, r.text
+        body = r.json() if r.headers["content-type"].startswith("application/json") else None
+        if body is None:  # an SSE answer
+            body = [m for m in _sse_messages(r.text) if m.get("id") == 1][0]
+        assert "result" in body, body
+        assert [t["name"] for t in body["result"]["tools"]] == ["echo"]
+        msg = {"jsonrpc": "2.0", "id": 2, "method": "prompts/list"}
+        r = g.http.post("/mcp/fault", headers=headers, json=msg)
+        assert r.status_code == 200, r.text

@@ -192,7 +192,8 @@ class McpFront:
             own = target is not None and ctx.pins is not None
             if own and self.router.pool(target or "").policy.mode == "dedicated":
                 # The session's own process, whose tools may have changed on its own.
-                return {"tools": await self._list_all(target or "", method, "tools", ctx)}
+                tools = await self._list_all(target or "", method, "tools", ctx)
+                return {"tools": [t for t in tools if self._may_call(ctx, target or "", t)]}
             return self._list_tools(target, ctx)
         if method == "tools/call":
             return await self._call_tool(target, params, ctx)
@@ -237,6 +238,13 @@ class McpFront:
             tool["name"] = public
             tools.append(tasks.annotate(pool, name, tool, version) if tasks is not None else tool)
         return {"tools": tools}
+
+    def _may_call(self, ctx: RequestContext, server: str, tool: JSON) -> bool:
+        gate = self.router.gate
+        name = tool.get("name")
+        return not gate.enabled or (
+            isinstance(name, str) and gate.allows(ctx.principal, Action.tool(server, name))
+        )
 
     def tool_schema(self, target: str | None, public: str) -> JSON | None:
         """The input schema of a tool by the name the client calls it, if it is known."""
@@ -380,15 +388,17 @@ class McpFront:
         self, target: str | None, method: str, params: JSON, ctx: RequestContext
     ) -> JSON:
         capability, key = _LISTS[method]
+        gate = self.router.gate
         if target is not None:
             pool = self.router.pool(target)
-            if not self._serving(target, capability):
-                return {key: []}
+            if not self._serving(target, capability) or (
+                gate.enabled and not gate.allows(ctx.principal, Action.server(target))
+            ):
+                return {key: []}  # a caller with only some tools of it has none of these
             return await self._forward(pool.name, method, params, ctx)
         # The aggregate lists everything in one page: each server's pages are followed here;
         # only servers the caller may use are asked.
         pools = self._serving(None, capability)
-        gate = self.router.gate
         if gate.enabled:
             pools = [p for p in pools if gate.allows(ctx.principal, Action.server(p.name))]
         pages = await asyncio.gather(

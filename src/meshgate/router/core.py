@@ -83,6 +83,9 @@ def tool_is_retry_safe(pool: ServerPool, tool: str) -> bool:
     return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
 
 
+FILTERED_LISTS = frozenset({"tools/list"})
+
+
 def action_of(call: Call) -> Action:
     """What a call asks to do, as the policy's rules see it."""
     if call.kind == "http":
@@ -201,7 +204,8 @@ class Router:
         may become a task) admits first; the router admits the rest."""
         if call.admitted:
             return call
-        if call.entry != "internal":
+        # A tool listing is filtered tool by tool by the front end, not refused whole.
+        if call.entry != "internal" and call.method not in FILTERED_LISTS:
             await self.gate.admit(call.principal, action_of(call))
         call.caller = self.gate.caller(call.principal, call.caller)
         self.interceptors.run(call)
