@@ -207,7 +207,7 @@ def test_a_dedicated_sessions_own_tool_list_is_filtered_too(tmp_path: Path) -> N
         assert r.status_code == 200, r.text
         body = r.json() if r.headers["content-type"].startswith("application/json") else None
         if body is None:  # an SSE answer
-            body = [m for m in _sse_messages(r.text) if m.get("id") == 1][0]
+            body = next(m for m in _sse_messages(r.text) if m.get("id") == 1)
         assert "result" in body, body
         assert [t["name"] for t in body["result"]["tools"]] == ["echo"]
         msg = {"jsonrpc": "2.0", "id": 2, "method": "prompts/list"}
