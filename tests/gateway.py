@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +159,73 @@ def run_gateway(
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)
         assert not survivors, f"processes left behind after shutdown: {sorted(survivors)}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request a recording service received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@contextmanager
+def recording_service() -> Iterator[tuple[str, list[Seen]]]:
+    """A real HTTP service on loopback that answers every method 200 `ok` (HEAD without a
+    body) and records each request it receives; yields (its URL, the requests so far)."""
+    seen: list[Seen] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            seen.append(Seen(self.command, self.path, headers))
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(b"ok")
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextmanager
+def serve_app(app: Any, *, scheme: str = "http", **config: Any) -> Iterator[str]:
+    """An ASGI app on uvicorn in a thread of its own, on a port from the OS; yields its URL.
+    `config` goes to uvicorn.Config (e.g. `http=` a protocol class)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < end and thread.is_alive(), "the app did not start"
+            time.sleep(0.02)
+        yield f"{scheme}://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

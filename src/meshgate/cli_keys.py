@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from meshgate.config import Settings
 from meshgate.errors import ConfigError, InvalidArguments, MeshgateError
-from meshgate.registry.redis import redact_url
 from meshgate.security.keys import (
     CACHE_S,
     Keys,
@@ -22,6 +21,7 @@ from meshgate.security.keys import (
     timestamp,
 )
 from meshgate.storage import check_file
+from meshgate.urls import redact_url
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

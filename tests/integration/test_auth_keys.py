@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.gateway import Gateway, fault_server, run_gateway
+from tests.gateway import Gateway, fault_server, recording_service, run_gateway
 from tests.integration.test_encryption_gateway import audit_lines
 
 pytestmark = pytest.mark.timeout(120)
@@ -222,35 +218,8 @@ def test_a_service_key_registers_its_own_name_only(keyed: Keyed) -> None:
     assert gone.status_code == 204
 
 
-@contextmanager
-def header_recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A real HTTP service that answers 200 and records each request's headers."""
-    seen: list[dict[str, str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(200)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
 def test_the_gateways_credential_is_not_passed_on(tmp_path: Path) -> None:
-    with header_recorder() as (url, seen):
+    with recording_service() as (url, seen):
         policy = f"""
 [auth]
 [[mesh.services]]
@@ -278,7 +247,7 @@ forward_credentials = true
                 headers = {**bearer(key), "x-api-key": key, "x-other": "kept"}
                 r = gw.get(f"{API}/call/{name}/x", headers=headers)
                 assert r.status_code == 200, r.text
-            plain, trusted = seen[-2], seen[-1]
+            plain, trusted = seen[-2].headers, seen[-1].headers
             assert "authorization" not in plain and "x-api-key" not in plain
             assert plain["x-other"] == "kept"
             assert trusted["authorization"] == f"Bearer {key}"

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway import Gateway, fault_server, run_gateway
-from tests.integration.test_cross_site import counting_service
+from tests.gateway import Gateway, Seen, fault_server, recording_service, run_gateway
 from tests.integration.test_mcp_http import (
     ACCEPT_BOTH,
     _initialize,
@@ -38,8 +37,8 @@ deny = ["mcp:fault/env"]
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, list[str]]]:
-    with counting_service() as (svc_url, seen):
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, list[Seen]]]:
+    with recording_service() as (svc_url, seen):
         static = f"""
 [[mesh.services]]
 name = "svc"
@@ -70,7 +69,7 @@ def rpc(gw: Gateway, method: str, params: dict[str, Any] | None = None) -> dict[
     return body
 
 
-def test_rest_tool_calls_follow_the_rules(gw: tuple[Gateway, list[str]]) -> None:
+def test_rest_tool_calls_follow_the_rules(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     assert g.call("fault", "echo", {"text": "hi"}).status_code == 200
     body = forbidden(g.call("fault", "write"))
@@ -80,7 +79,7 @@ def test_rest_tool_calls_follow_the_rules(gw: tuple[Gateway, list[str]]) -> None
     forbidden(g.call("fault", "no_such_tool"))
 
 
-def test_mcp_lists_only_what_the_caller_may_call(gw: tuple[Gateway, list[str]]) -> None:
+def test_mcp_lists_only_what_the_caller_may_call(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     tools = rpc(g, "tools/list")["result"]["tools"]
     assert [t["name"] for t in tools] == ["fault__echo"]
@@ -92,7 +91,7 @@ def test_mcp_lists_only_what_the_caller_may_call(gw: tuple[Gateway, list[str]]) 
 
 
 def test_rest_tool_list_is_filtered_and_details_need_discover(
-    gw: tuple[Gateway, list[str]],
+    gw: tuple[Gateway, list[Seen]],
 ) -> None:
     g, _ = gw
     r = g.get("/api/v1/mcp/servers/fault/tools")
@@ -103,7 +102,7 @@ def test_rest_tool_list_is_filtered_and_details_need_discover(
     forbidden(g.get("/metrics"))
 
 
-def test_proxy_is_refused_before_the_body_is_read(gw: tuple[Gateway, list[str]]) -> None:
+def test_proxy_is_refused_before_the_body_is_read(gw: tuple[Gateway, list[Seen]]) -> None:
     g, seen = gw
     assert g.get(f"{API}/call/svc/open").status_code == 200
     before = len(seen)
@@ -112,7 +111,7 @@ def test_proxy_is_refused_before_the_body_is_read(gw: tuple[Gateway, list[str]])
     assert len(seen) == before  # nothing reached the service
 
 
-def test_registration_needs_the_operation(gw: tuple[Gateway, list[str]]) -> None:
+def test_registration_needs_the_operation(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     r = g.http.post(f"{API}/register", json={"name": "evil", "url": "http://127.0.0.1:9"})
     forbidden(r)
@@ -120,7 +119,7 @@ def test_registration_needs_the_operation(gw: tuple[Gateway, list[str]]) -> None
     forbidden(r)
 
 
-def test_tasks_run_with_the_enqueuers_rights(gw: tuple[Gateway, list[str]]) -> None:
+def test_tasks_run_with_the_enqueuers_rights(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     # Refused at once when the target is not allowed: nothing is stored.
     forbidden(g.http.post(f"{API}/enqueue", json={"target": {"server": "fault", "tool": "write"}}))
@@ -140,7 +139,7 @@ def test_tasks_run_with_the_enqueuers_rights(gw: tuple[Gateway, list[str]]) -> N
 
 
 def test_a_wrong_credential_gets_401_with_the_resource_metadata(
-    gw: tuple[Gateway, list[str]],
+    gw: tuple[Gateway, list[Seen]],
 ) -> None:
     g, _ = gw
     for path in ("/mcp", "/mcp/fault", f"{API}/services"):
@@ -160,14 +159,14 @@ def test_a_wrong_credential_gets_401_with_the_resource_metadata(
         assert metadata["bearer_methods_supported"] == ["header"]
 
 
-def test_public_paths_need_nothing(gw: tuple[Gateway, list[str]]) -> None:
+def test_public_paths_need_nothing(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     bad = {"authorization": "Bearer nope"}
     assert g.get("/livez", headers=bad).status_code == 200
     assert g.get("/readyz", headers=bad).status_code == 200
 
 
-def test_unknown_metadata_resource_is_404(gw: tuple[Gateway, list[str]]) -> None:
+def test_unknown_metadata_resource_is_404(gw: tuple[Gateway, list[Seen]]) -> None:
     g, _ = gw
     assert g.get("/.well-known/oauth-protected-resource/api/v1").status_code == 404
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 
 from meshgate.api import keys as api_keys
@@ -24,7 +20,7 @@ from meshgate.api import problems
 from meshgate.errors import Forbidden, Unauthenticated
 from meshgate.security.keys import Keys
 from meshgate.security.keystores import SqliteKeys
-from tests.gateway import REPO, run_gateway
+from tests.gateway import REPO, run_gateway, serve_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,23 +30,11 @@ KEYS = "/api/v1/mesh/v2/keys"
 @contextmanager
 def serve(app: FastAPI) -> Iterator[httpx.Client]:
     """`app` on uvicorn in a thread of its own, on a port from the OS."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < end and thread.is_alive(), "the app did not start"
-            time.sleep(0.02)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with (
+        serve_app(app) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
 
 
 def keys_app(store: Keys, *, allowed: bool) -> tuple[FastAPI, list[str]]:

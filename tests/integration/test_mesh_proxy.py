@@ -7,8 +7,6 @@ import asyncio
 import hashlib
 import http.client
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -18,9 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.gateway import fault_server, run_gateway
+from tests.gateway import fault_server, run_gateway, serve_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,22 +89,8 @@ class Service:
 @contextmanager
 def service() -> Iterator[tuple[Service, str]]:
     app = Service()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < end and thread.is_alive(), "the service did not start"
-            time.sleep(0.02)
-        yield app, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_app(app) as url:
+        yield app, url
 
 
 def wait_ended(svc: Service, how: str) -> None:

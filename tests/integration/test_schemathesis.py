@@ -16,10 +16,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.gateway import Gateway, fault_server, run_gateway
+from tests.gateway import Gateway, fault_server, recording_service, run_gateway
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,39 +87,8 @@ EXISTING: tuple[tuple[str, dict[str, str]], ...] = (
 
 
 @contextmanager
-def static_service() -> Iterator[str]:
-    """A real HTTP service that answers every method with 200: any 5xx through the proxy is
-    then the gateway's own."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            self.send_response(200)
-            self.send_header("content-type", "text/plain")
-            self.send_header("content-length", "2")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(b"ok")
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _answer
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
-@contextmanager
 def gateway(tmp_path: Path, policy: str) -> Iterator[Gateway]:
-    with static_service() as svc_url:
+    with recording_service() as (svc_url, _):
         static = f"""
 [[mesh.services]]
 name = "svc"

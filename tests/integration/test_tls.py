@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from meshgate.api.listener import ListenerBounds, protocol_class
 from meshgate.config.settings import MeshSettings
@@ -30,7 +28,7 @@ from meshgate.security.client_cert import client_certificate
 from meshgate.testing.certs import CertFiles, TestCA
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 from meshgate.testing.redis_server import RedisServer
-from tests.gateway import fault_server
+from tests.gateway import fault_server, serve_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,26 +169,9 @@ def _listener(ctx: ssl.SSLContext | None) -> Iterator[str]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_config=None, lifespan="off", http=protocol_class(ListenerBounds(), ctx)
-        )
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < end and thread.is_alive(), "the listener did not start"
-            time.sleep(0.02)
-        yield f"{'http' if ctx is None else 'https'}://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    scheme = "http" if ctx is None else "https"
+    with serve_app(app, scheme=scheme, http=protocol_class(ListenerBounds(), ctx)) as url:
+        yield url
 
 
 def _der(cert_chain: Path) -> bytes:

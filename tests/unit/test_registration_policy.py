@@ -8,11 +8,8 @@ import ipaddress
 import pytest
 
 from meshgate.errors import RegistrationRefused, Unresolved
-from meshgate.services.policy import (
-    RegistrationPolicy,
-    check_address,
-    redact_url,
-)
+from meshgate.services.policy import RegistrationPolicy, check_address
+from meshgate.urls import redact_url
 
 
 def refuse(policy: RegistrationPolicy, url: str) -> str:

@@ -48,7 +48,7 @@ from meshgate.router.call import (
 from meshgate.security import principal_of
 from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
-from meshgate.services.policy import redact_url
+from meshgate.urls import redact_url
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1): never passed on, either way.
 HOP_BY_HOP = frozenset(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from meshgate.observability.metrics import metrics
+from meshgate.urls import redact_url
 
 log = logging.getLogger("meshgate.audit")
 
@@ -38,25 +38,12 @@ def redact(value: Any) -> Any:
     """`value` with the password of any URL in it replaced by `***` (`http://user:***@host`);
     lists and dicts are redacted throughout."""
     if isinstance(value, str):
-        return _redact_url(value) if "://" in value and "@" in value else value
+        return redact_url(value) if "://" in value and "@" in value else value
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value
-
-
-def _redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, _ = userinfo.partition(":")
-    netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def audit(event: str, *, principal: str | None, outcome: str, **fields: Any) -> None:

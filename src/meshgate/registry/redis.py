@@ -28,28 +28,18 @@ import random
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Listener
+from meshgate.urls import redact_url
 
 log = logging.getLogger("meshgate.registry.redis")
 
 PREFIX = "meshgate:inst:"
 CHANNEL = "meshgate:registry"
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _encode(record: InstanceRecord, cipher: Cipher = PLAIN) -> str:

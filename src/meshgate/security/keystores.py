@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from meshgate.errors import Unavailable
-from meshgate.registry.redis import redact_url
 from meshgate.security.keys import ApiKey, StoredKey
 from meshgate.storage import open_sqlite
+from meshgate.urls import redact_url
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meshgate.errors import ConfigError
-from meshgate.registry.redis import redact_url
+from meshgate.urls import redact_url
 
 log = logging.getLogger("meshgate.limits")
 

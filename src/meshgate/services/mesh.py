@@ -33,13 +33,10 @@ from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 from meshgate.services.http import ServiceBroken, ServiceClient, Unreachable
-from meshgate.services.policy import (
-    RegistrationPolicy,
-    check_address,
-    redact_url,
-)
+from meshgate.services.policy import RegistrationPolicy, check_address
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import breaker_policy
+from meshgate.urls import redact_url
 from meshgate.wire import protocol
 from meshgate.wire.connection import ConnectionLost
 from meshgate.wire.jsonrpc import JsonRpcError

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
 from meshgate.errors import RegistrationRefused, Unresolved
+from meshgate.urls import redact_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -39,21 +40,6 @@ PRIVATE = tuple(
 # A DNS name (labels of letters, digits and hyphens) or an IP literal; nothing that could
 # carry userinfo, a path or a second host into the URL built from `address`.
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***` (`http://user:***@host`), for views and
-    logs: a registration may carry credentials that must not be shown."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, _ = userinfo.partition(":")
-    netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def check_address(address: str) -> None:

@@ -88,6 +88,16 @@ when questions of a running task were answered; a shared backend reports other n
 too."""
 
 
+async def runnable(queue: TaskQueue, task: dict[str, Any]) -> bool:
+    """False, after failing it, for a claimed task whose target cannot be decrypted: no node
+    with these keys can run it (with the key configured again, `retry` queues it)."""
+    if "undecryptable" not in task["target"]:
+        return True
+    error = {"detail": f"the task's target cannot be read: {task['target']['undecryptable']}"}
+    await queue.finish(task["id"], "failed", error=error)
+    return False
+
+
 def timestamp(ts: float) -> str:
     """A task's time as every surface shows it (the REST task API, callbacks, the command line,
     MCP's `createdAt` and `lastUpdatedAt`): RFC 3339 in UTC with milliseconds, e.g.

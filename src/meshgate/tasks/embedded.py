@@ -22,7 +22,15 @@ from typing import Any
 
 from meshgate.crypto import PLAIN, Cipher, Undecryptable
 from meshgate.storage import open_sqlite, scrub
-from meshgate.tasks.base import FIELDS, FINAL, UNBOUNDED, Event, QueueBounds, queue_full
+from meshgate.tasks.base import (
+    FIELDS,
+    FINAL,
+    UNBOUNDED,
+    Event,
+    QueueBounds,
+    queue_full,
+    runnable,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -205,7 +213,7 @@ class EmbeddedQueue:
                 self._db.execute("ROLLBACK")
                 raise
         tasks = [self._row(r) for r in rows]
-        tasks = [t for t in tasks if await self._runnable(t)]
+        tasks = [t for t in tasks if await runnable(self, t)]
         for t in tasks:  # as the UPDATE left them
             t.update(status="running", started_at=now, worker=worker, input_requests=None)
             t["attempts"] += 1
@@ -406,15 +414,6 @@ class EmbeddedQueue:
     def _load(self, stored: str | None) -> Any:
         """A stored JSON column (sealed or clear); an empty one is {}."""
         return self._cipher.open_json(stored) if stored else {}
-
-    async def _runnable(self, task: dict[str, Any]) -> bool:
-        """False, after failing it, for a claimed task whose target cannot be decrypted: no
-        node with these keys can run it (with the key configured again, `retry` queues it)."""
-        if "undecryptable" not in task["target"]:
-            return True
-        error = {"detail": f"the task's target cannot be read: {task['target']['undecryptable']}"}
-        await self.finish(task["id"], "failed", error=error)
-        return False
 
     def _row(self, row: tuple[Any, ...]) -> dict[str, Any]:
         """A task as the queue hands it out; a column that cannot be decrypted becomes

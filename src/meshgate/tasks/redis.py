@@ -43,8 +43,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from meshgate.crypto import PLAIN, Cipher, Undecryptable
 from meshgate.errors import QueueUnavailable
-from meshgate.registry.redis import redact_url
-from meshgate.tasks.base import STATUSES, UNBOUNDED, Event, QueueBounds, queue_full
+from meshgate.tasks.base import STATUSES, UNBOUNDED, Event, QueueBounds, queue_full, runnable
+from meshgate.urls import redact_url
 
 log = logging.getLogger("meshgate.tasks.redis")
 
@@ -528,16 +528,7 @@ class RedisQueue:
     ) -> list[dict[str, Any]]:
         rows = await self._run("claim", worker, n, repr(self._clock()), int(lease_s * 1000))
         tasks = [_decode(row, self._cipher) for row in rows]
-        return [t for t in tasks if await self._runnable(t)]
-
-    async def _runnable(self, task: dict[str, Any]) -> bool:
-        """False, after failing it, for a claimed task whose target cannot be decrypted: no
-        node with these keys can run it (with the key configured again, `retry` queues it)."""
-        if "undecryptable" not in task["target"]:
-            return True
-        error = {"detail": f"the task's target cannot be read: {task['target']['undecryptable']}"}
-        await self.finish(task["id"], "failed", error=error)
-        return False
+        return [t for t in tasks if await runnable(self, t)]
 
     async def extend(self, id_: str, worker: str, lease_s: float) -> None:
         await self._run("extend", id_, worker)
