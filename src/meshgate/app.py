@@ -117,7 +117,9 @@ def build_app(settings: Settings) -> FastAPI:
             limiter=open_limiter(settings.rate_limit_store) if security.limits else None,
         ),
         min_timeout_s=settings.mesh.min_call_timeout_s,
-        audit_tool_calls=settings.mesh.audit_tool_calls,
+        audit_tool_calls=security.auth_enabled
+        if settings.mesh.audit_tool_calls is None
+        else settings.mesh.audit_tool_calls,
     )
     auth = security.auth
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None

@@ -439,9 +439,10 @@ class MeshSettings(_Model):
     max_kept_tasks: int = Field(100_000, ge=1)
     """Final tasks (succeeded, failed, dead, cancelled) kept; beyond it the oldest go first,
     before `task_result_ttl_s` would remove them."""
-    audit_tool_calls: bool = True
+    audit_tool_calls: bool | None = None
     """One audit line per tool call admitted (principal, server, tool, entry, caller); off
-    keeps the audit log to authentication, denials, limits, keys and registrations."""
+    keeps the audit log to authentication, denials, limits, keys and registrations. Default:
+    on when `[auth]` is."""
     rate_limit_store: str | None = None
     """Where `[[limits]]` buckets are kept: `embedded` (each node counts alone) or `redis://`
     (nodes share them); default: the registry's Redis when it is on Redis, else embedded."""
