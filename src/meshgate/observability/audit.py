@@ -55,6 +55,14 @@ def audit(event: str, *, principal: str | None, outcome: str, **fields: Any) -> 
     entry: dict[str, Any] = {"event": event, "principal": principal, "outcome": outcome}
     for key, value in fields.items():
         entry[f"field_{key}" if key in RESERVED or key in entry else key] = redact(value)
-    metrics.audit_events.labels(event, outcome).inc()
-    text = " ".join(f"{k}={v}" for k, v in entry.items() if k != "event")
-    log.info("audit %s %s", event, text, extra={"fields": entry})
+    counter = _counters.get((event, outcome))
+    if counter is None:
+        counter = _counters[event, outcome] = metrics.audit_events.labels(event, outcome)
+    counter.inc()
+    # The fields go as they are: a JSON line carries them flat, a text line as key=value
+    # (observability.logging); nothing is formatted twice. One line per tool call is the
+    # hot case (bench/bench_security.py).
+    log.info("audit %s", event, extra={"fields": entry})
+
+
+_counters: dict[tuple[str, str], Any] = {}
