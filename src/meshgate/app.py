@@ -114,7 +114,12 @@ def build_app(settings: Settings) -> FastAPI:
         gate=Gate(
             policy,
             limits=security.limits,
-            limiter=open_limiter(settings.rate_limit_store) if security.limits else None,
+            limiter=open_limiter(
+                settings.rate_limit_store,
+                options=redis_options(settings.rate_limit_store, settings.mesh),
+            )
+            if security.limits
+            else None,
         ),
         min_timeout_s=settings.mesh.min_call_timeout_s,
         audit_tool_calls=security.auth_enabled

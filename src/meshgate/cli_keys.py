@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from meshgate.config import Settings
+from meshgate.config.redis import is_redis_url
 from meshgate.errors import ConfigError, InvalidArguments, MeshgateError
 from meshgate.security.keys import (
     CACHE_S,
@@ -27,7 +28,7 @@ from meshgate.urls import redact_url
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`meshgate keys ACTION` on the key store of these settings; the exit code."""
     path = keys_path(settings)
-    shared = settings.mesh.registry.startswith(("redis://", "rediss://"))
+    shared = is_redis_url(settings.mesh.registry)
     if path is None and not shared:
         print(
             "error: the data dir is set to '' (memory only): keys made here would be lost; "

@@ -197,7 +197,7 @@ mode = "exclusive"
         assert check_file(ok) == []
     _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "kafka://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]
-    assert "not available; use embedded or redis://" in problems[0].reason
+    assert "not available; use embedded, redis:// or redis+sentinel://" in problems[0].reason
 
 
 def test_queue_urls_and_per_target_task_limits(tmp_path: Path) -> None:

@@ -23,9 +23,11 @@ from pydantic import (
 )
 
 from meshgate.balancer import STRATEGIES
+from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
 from meshgate.config.security import SecuritySettings
 from meshgate.crypto import check_key, read_key_file
 from meshgate.errors import ConfigError
+from meshgate.urls import redact_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
@@ -258,6 +260,14 @@ class Registration(BaseModel):
         return f"{self.name}-{hashlib.sha1(self.base_url.encode()).hexdigest()[:6]}"
 
 
+def _redis_url(value: str) -> str:
+    """A Redis URL checked the way `config.redis` will read it, its error without secrets."""
+    try:
+        return check_redis_url(value)
+    except RedisUrlError as e:
+        raise ValueError(f"{redact_url(value)!r}: {e}") from None
+
+
 class MeshSettings(_Model):
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
@@ -410,20 +420,28 @@ class MeshSettings(_Model):
     @field_validator("registry")
     @classmethod
     def _registry_backend(cls, value: str) -> str:
-        if value == "embedded" or value.startswith(("redis://", "rediss://")):
+        if value == "embedded":
             return value
         if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
             return value
+        if is_redis_url(value):
+            return _redis_url(value)
         raise ValueError(
-            f"backend {value!r} is not available; use embedded, sqlite:///PATH or redis://"
+            f"backend {redact_url(value)!r} is not available; use embedded, sqlite:///PATH, "
+            "redis:// or redis+sentinel://"
         )
 
     @field_validator("queue")
     @classmethod
     def _queue_backend(cls, value: str) -> str:
-        if value == "embedded" or value.startswith(("redis://", "rediss://")):
+        if value == "embedded":
             return value
-        raise ValueError(f"backend {value!r} is not available; use embedded or redis://")
+        if is_redis_url(value):
+            return _redis_url(value)
+        raise ValueError(
+            f"backend {redact_url(value)!r} is not available; use embedded, redis:// or "
+            "redis+sentinel://"
+        )
 
     # rate limits, sessions and queue bounds
     max_sessions_per_principal: int = Field(100, ge=1)
@@ -450,9 +468,14 @@ class MeshSettings(_Model):
     @field_validator("rate_limit_store")
     @classmethod
     def _limit_store(cls, value: str | None) -> str | None:
-        if value is None or value == "embedded" or value.startswith(("redis://", "rediss://")):
+        if value is None or value == "embedded":
             return value
-        raise ValueError(f"store {value!r} is not available; use embedded or redis://")
+        if is_redis_url(value):
+            return _redis_url(value)
+        raise ValueError(
+            f"store {redact_url(value)!r} is not available; use embedded, redis:// or "
+            "redis+sentinel://"
+        )
 
     # encryption at rest
     encryption_keys: list[str] = Field(default_factory=list, repr=False)
@@ -531,7 +554,7 @@ class Settings:
         if self.mesh.rate_limit_store is not None:
             return self.mesh.rate_limit_store
         registry = self.mesh.registry
-        return registry if registry.startswith(("redis://", "rediss://")) else "embedded"
+        return registry if is_redis_url(registry) else "embedded"
 
     @property
     def exposed_without_auth(self) -> bool:

@@ -77,9 +77,10 @@ def upstream_context(mesh: MeshSettings) -> ssl.SSLContext | None:
 
 
 def redis_options(url: str, mesh: MeshSettings) -> dict[str, str]:
-    """Keyword arguments redis-py's `from_url` needs for `url`: the CA bundle of a
-    `rediss://` URL (a `ssl_ca_certs=` in the URL's query wins, as redis-py reads it)."""
-    if not url.startswith("rediss://") or mesh.redis_ca_file is None:
+    """Keyword arguments `config.redis.redis_client` needs for `url`: the CA bundle of a
+    `rediss://` or `rediss+sentinel://` URL (for `rediss://`, a `ssl_ca_certs=` in the URL's
+    query wins, as redis-py reads it)."""
+    if not url.startswith(("rediss://", "rediss+sentinel://")) or mesh.redis_ca_file is None:
         return {}
     _readable("redis_ca_file", mesh.redis_ca_file)
     return {"ssl_ca_certs": mesh.redis_ca_file}

@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
+from meshgate.config.redis import is_redis_url
 from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.embedded import EmbeddedRegistry
@@ -19,13 +20,13 @@ def open_registry(
     cipher: Cipher = PLAIN,
 ) -> Registry:
     """The registry backend named by a URL: `embedded` or `sqlite:///PATH` (this node only),
-    or `redis://` / `rediss://` (shared by several nodes; `redis_options` go to redis-py's
-    `from_url`, e.g. the CA bundle of a `rediss://` URL; `cipher` seals secret metadata)."""
+    or a Redis URL (`config.redis`: a server or a Sentinel-managed primary, shared by several
+    nodes; `redis_options`: the CA bundle of a TLS URL; `cipher` seals secret metadata)."""
     from meshgate.errors import ConfigError
 
     if url == "embedded" or url.startswith("sqlite:///"):
         return EmbeddedRegistry()  # (the registrations' SQLite file is the store's business)
-    if url.startswith(("redis://", "rediss://")):
+    if is_redis_url(url):
         from meshgate.registry.redis import RedisRegistry
 
         return RedisRegistry(url, node=node, lease_s=lease_s, options=redis_options, cipher=cipher)

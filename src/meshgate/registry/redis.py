@@ -32,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from meshgate.config.redis import redis_client
 from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Listener
 from meshgate.urls import redact_url
@@ -158,8 +159,8 @@ class RedisRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(RedisError, OSError):
-            client = aioredis.from_url(
-                self.url, socket_timeout=2, socket_connect_timeout=2, **self.options
+            client = redis_client(
+                self.url, options=self.options, socket_timeout=2, socket_connect_timeout=2
             )
             try:
                 keys = [f"{PREFIX}{self.node}:{id_}" for id_ in self.own]
@@ -172,12 +173,12 @@ class RedisRegistry:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            client = aioredis.from_url(
+            client = redis_client(
                 self.url,
+                options=self.options,
                 socket_timeout=5,
                 socket_connect_timeout=5,
                 decode_responses=True,
-                **self.options,
             )
             try:
                 await self._session(client)

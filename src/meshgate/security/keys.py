@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from meshgate.config import SERVICE_NAME, Settings
+from meshgate.config.redis import is_redis_url
 from meshgate.config.security import ROLE_NAME
+from meshgate.config.tls import redis_options
 from meshgate.errors import Conflict, InvalidArguments, Unauthenticated
 from meshgate.security.principal import Principal
 
@@ -333,7 +335,7 @@ class Keys:
 
 def keys_path(settings: Settings) -> Path | None:
     """The SQLite file of API keys (None: Redis keeps them, or the data dir is in memory)."""
-    if settings.mesh.registry.startswith(("redis://", "rediss://")) or settings.data_dir is None:
+    if is_redis_url(settings.mesh.registry) or settings.data_dir is None:
         return None
     return settings.data_dir / "keys.sqlite3"
 
@@ -344,8 +346,9 @@ def open_key_store(settings: Settings) -> Keys:
     from meshgate.security.keystores import RedisKeys, SqliteKeys
 
     backend: KeyBackend
-    if settings.mesh.registry.startswith(("redis://", "rediss://")):
-        backend = RedisKeys(settings.mesh.registry)
+    if is_redis_url(settings.mesh.registry):
+        url = settings.mesh.registry
+        backend = RedisKeys(url, options=redis_options(url, settings.mesh))
     else:
         backend = SqliteKeys(keys_path(settings))
     return Keys(backend)

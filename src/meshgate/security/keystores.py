@@ -7,13 +7,14 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from meshgate.config.redis import redis_client
 from meshgate.errors import Unavailable
 from meshgate.security.keys import ApiKey, StoredKey
 from meshgate.storage import open_sqlite
@@ -139,10 +140,14 @@ class RedisKeys:
     """Keys in one Redis hash, shared by every gateway of a Redis registry; each change is a
     transaction on the hash (WATCH/MULTI), so concurrent writers cannot lose one another's."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
-        self._client: aioredis.Redis = aioredis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+        self._client: aioredis.Redis = redis_client(
+            url,
+            options=options,  # the CA bundle of a TLS URL
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            decode_responses=True,
         )
 
     def _unreachable(self, e: Exception) -> Unavailable:

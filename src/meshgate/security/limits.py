@@ -24,13 +24,14 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from meshgate.config.redis import is_redis_url, redis_client
 from meshgate.errors import ConfigError
 from meshgate.urls import redact_url
 
@@ -166,6 +167,7 @@ class RedisLimiter:
         timeout_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         warn_every_s: float = 60.0,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.fail_open = fail_open
@@ -173,8 +175,8 @@ class RedisLimiter:
         self.warn_every_s = warn_every_s
         self.failures = 0  # takes answered without Redis, for tests and status
         self._warned_at: float | None = None
-        self._client: aioredis.Redis = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        self._client: aioredis.Redis = redis_client(
+            url, options=options, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._script: Any = self._client.register_script(GCRA_LUA)
 
@@ -210,14 +212,18 @@ class RedisLimiter:
         await self._client.aclose()
 
 
-def open_limiter(url: str, *, fail_open: bool = True) -> Limiter:
-    """The limiter a URL names: `embedded` (this process) or `redis://` / `rediss://`."""
+def open_limiter(
+    url: str, *, fail_open: bool = True, options: Mapping[str, Any] | None = None
+) -> Limiter:
+    """The limiter a URL names: `embedded` (this process) or a Redis URL (`redis://`,
+    `rediss://`, `redis+sentinel://`, `rediss+sentinel://`; `options`: its CA bundle)."""
     if url == "embedded":
         return MemoryLimiter()
-    if url.startswith(("redis://", "rediss://")):
-        return RedisLimiter(url, fail_open=fail_open)
+    if is_redis_url(url):
+        return RedisLimiter(url, fail_open=fail_open, options=options)
     raise ConfigError(
-        f"rate limit store {redact_url(url)!r}: expected 'embedded' or a redis:// or rediss:// URL"
+        f"rate limit store {redact_url(url)!r}: expected 'embedded' or a redis://, rediss:// "
+        "or redis+sentinel:// URL"
     )
 
 

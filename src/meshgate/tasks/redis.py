@@ -35,12 +35,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from meshgate.config.redis import redis_client
 from meshgate.crypto import PLAIN, Cipher, Undecryptable
 from meshgate.errors import QueueUnavailable
 from meshgate.tasks.base import STATUSES, UNBOUNDED, Event, QueueBounds, queue_full, runnable
@@ -375,21 +375,28 @@ class RedisQueue:
         bounds: QueueBounds = UNBOUNDED,
         options: Mapping[str, Any] | None = None,
         cipher: Cipher = PLAIN,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
         self.url = url
         self.bounds = bounds
+        # With replicas that may be promoted (Sentinel), an enqueue is acknowledged once this
+        # many replicas have it (WAIT), or after wait_ms: a failover then loses no task that
+        # was acknowledged, unless every replica lagged that long.
+        self._wait = (wait_replicas, wait_ms)
+        self.unreplicated = 0  # enqueues acknowledged before a replica had them
         self._cipher = cipher
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
         self._clock = clock
         # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
-        self._r = aioredis.from_url(
+        self._r = redis_client(
             url,
+            options=options,  # for rediss://: the CA bundle
             socket_timeout=5,
             socket_connect_timeout=5,
             decode_responses=True,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError],
-            **dict(options or {}),  # for rediss://: the CA bundle
         )
         self._scripts = {
             name: self._r.register_script(_LIB + body)
@@ -424,6 +431,7 @@ class RedisQueue:
             "url": redact_url(self.url),
             "connected": self.connected,
             "error": self.last_error,
+            "unreplicated": self.unreplicated,
         }
 
     async def start(self) -> None:
@@ -453,6 +461,22 @@ class RedisQueue:
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+
+    async def _replicated(self, script: str, *args: Any) -> Any:
+        """Run a script and WAIT, on one connection, for the replicas to have its writes."""
+        replicas, ms = self._wait
+        if not replicas:
+            return await self._run(script, *args)
+        with _reachable(self.url):
+            async with self._r.pipeline(transaction=False) as pipe:
+                await self._scripts[script](args=[PREFIX, *args], client=pipe)
+                pipe.wait(replicas, ms)
+                result, acked = await pipe.execute()
+        self.connected, self.last_error = True, None
+        if int(acked) < replicas:
+            self.unreplicated += 1
+            log.warning("a task was acknowledged before %d replica(s) had it", replicas)
+        return result
 
     async def _run(self, script: str, *args: Any) -> Any:
         with _reachable(self.url):
@@ -503,7 +527,7 @@ class RedisQueue:
         owner: str | None = None,
     ) -> tuple[str, bool]:
         now = self._clock()
-        id_, created = await self._run(
+        id_, created = await self._replicated(
             "enqueue",
             f"t-{secrets.token_hex(8)}",
             idempotency_key or "",

@@ -6,15 +6,21 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
 class RedisServer:
     def __init__(
-        self, workdir: Path, *, tls_cert: Path | None = None, tls_key: Path | None = None
+        self,
+        workdir: Path,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         """`tls_cert`, `tls_key`: serve TLS only (`rediss://`), clients not asked for a
-        certificate."""
+        certificate; `args`: more redis-server options (`--replicaof HOST PORT`)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: `make test` installs it")
@@ -25,6 +31,7 @@ class RedisServer:
             self.port = s.getsockname()[1]
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        self.args = list(args)
 
     @property
     def url(self) -> str:
@@ -53,6 +60,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
