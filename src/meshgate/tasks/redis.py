@@ -50,6 +50,7 @@ log = logging.getLogger("meshgate.tasks.redis")
 
 PREFIX = "meshgate:q:"
 GROUP = "workers"
+_UNWAITED_S = 5.0  # how long enqueues stop waiting for replicas that did not answer
 STREAMS = tuple(f"{PREFIX}ready:{band}" for band in (1, 2, 3))
 
 _LIB = """
@@ -382,8 +383,11 @@ class RedisQueue:
         self.bounds = bounds
         # With replicas that may be promoted (Sentinel), an enqueue is acknowledged once this
         # many replicas have it (WAIT), or after wait_ms: a failover then loses no task that
-        # was acknowledged, unless every replica lagged that long.
+        # was acknowledged, unless every replica lagged that long. A primary left without
+        # replicas (just after a failover) is not waited on for a while, or every enqueue
+        # would take wait_ms.
         self._wait = (wait_replicas, wait_ms)
+        self._unwaited_until = 0.0  # monotonic
         self.unreplicated = 0  # enqueues acknowledged before a replica had them
         self._cipher = cipher
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
@@ -465,7 +469,7 @@ class RedisQueue:
     async def _replicated(self, script: str, *args: Any) -> Any:
         """Run a script and WAIT, on one connection, for the replicas to have its writes."""
         replicas, ms = self._wait
-        if not replicas:
+        if not replicas or time.monotonic() < self._unwaited_until:
             return await self._run(script, *args)
         with _reachable(self.url):
             async with self._r.pipeline(transaction=False) as pipe:
@@ -475,7 +479,13 @@ class RedisQueue:
         self.connected, self.last_error = True, None
         if int(acked) < replicas:
             self.unreplicated += 1
-            log.warning("a task was acknowledged before %d replica(s) had it", replicas)
+            self._unwaited_until = time.monotonic() + _UNWAITED_S
+            log.warning(
+                "a task was acknowledged before %d replica(s) had it; enqueues do not wait "
+                "for replicas for %.0fs",
+                replicas,
+                _UNWAITED_S,
+            )
         return result
 
     async def _run(self, script: str, *args: Any) -> Any:
