@@ -114,9 +114,10 @@ def build(
         }
 
     def remote(views: dict[str, dict[str, Any]], only: str | None = None) -> None:
-        """Add the instances other nodes registered (a shared registry backend)."""
+        """Add the instances other nodes registered (a shared registry backend) that
+        `http_view` did not show: their HTTP instances are pooled here and shown there."""
         for r in registry.instances(only):
-            if r.node == node:
+            if r.node == node or f"{r.node}/{r.id}" in services.remote:
                 continue
             view = views.setdefault(
                 r.service,

@@ -150,7 +150,8 @@ class ServicePool:
 
 
 class ServiceMesh:
-    """Every registered HTTP service instance of this node, checked and persisted."""
+    """Every registered HTTP service instance of this node, checked and persisted; and, with a
+    shared registry, the instances other nodes registered (`services.remote`), pooled too."""
 
     def __init__(
         self,
@@ -172,7 +173,8 @@ class ServiceMesh:
         self.node = node
         self.policy = policy or ServerPolicy()  # [defaults]
         self.policies = dict(policies or {})  # [services.NAME]
-        self.instances: dict[str, ServiceInstance] = {}
+        self.instances: dict[str, ServiceInstance] = {}  # this node's, by id
+        self.remote: dict[str, ServiceInstance] = {}  # other nodes', by "<node>/<id>"
         self.pools: dict[str, ServicePool] = {}
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
         self.health_log = HealthLog(log)
@@ -210,6 +212,9 @@ class ServiceMesh:
         if self.instances:
             log.info("%d HTTP service instances reloaded from the store", len(self.instances))
         self._ttl_task = asyncio.create_task(self._expire_loop(), name="service TTLs")
+        self.registry.subscribe(self._followed)
+        for record in self.registry.instances():
+            self._followed(record, None)
 
     async def stop(self) -> None:
         for inst in self.instances.values():
@@ -304,16 +309,55 @@ class ServiceMesh:
         self.instances.pop(inst.id, None)
         if inst.mcp is not None:
             inst.mcp.close_stdin()
-        pool = self.pools.get(inst.service)
-        if pool is not None:
-            pool.instances.pop(inst.id, None)
-            pool.notify()
-            if not pool.instances:
-                del self.pools[inst.service]
+        self._unpool(inst.service, inst.id)
         if inst.task is not None:
             inst.task.cancel()
         self._transition(inst, InstanceState.STOPPED, reason)
         self.registry.deregister(inst.id)
+
+    def _unpool(self, service: str, key: str) -> None:
+        pool = self.pools.get(service)
+        if pool is not None:
+            pool.instances.pop(key, None)
+            pool.notify()
+            if not pool.instances:
+                del self.pools[service]
+
+    def _followed(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
+        """Pool, update or drop another node's HTTP instance as its registry record changes
+        (services/remote.py: what this node takes from the record, and what it does not)."""
+        if record.node == self.node or record.kind != "http":
+            return
+        from meshgate.services.remote import RemoteServiceInstance, pool_key, registration_of
+
+        key = pool_key(record)
+        current = self.remote.get(key)
+        if record.state is InstanceState.STOPPED:
+            if current is not None:
+                del self.remote[key]
+                self._unpool(current.service, key)
+                log.info("%s of node %s is gone from the registry", record.id, record.node)
+            return
+        reg = registration_of(record)
+        if isinstance(current, RemoteServiceInstance) and reg == current.reg:
+            current.follow(record)
+            pool = self.pools.get(record.service)
+            if pool is not None:
+                pool.notify()
+            return
+        if current is not None:
+            self._unpool(current.service, key)
+        if reg is None:
+            self.remote.pop(key, None)
+            return
+        policy = self.policies.get(reg.name, self.policy)
+        inst = RemoteServiceInstance(record, reg, policy, health_log=self.health_log)
+        self.remote[key] = inst
+        pool = self.pools.get(reg.name)
+        if pool is None:
+            pool = self.pools[reg.name] = ServicePool(reg.name, policy, self._rng)
+        pool.instances[key] = inst
+        pool.notify()
 
     def _record(self, inst: ServiceInstance) -> InstanceRecord:
         return InstanceRecord(
