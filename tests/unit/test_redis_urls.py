@@ -3,6 +3,8 @@ setting that names a Redis, and shown without its passwords."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from meshgate.config import collect
@@ -13,6 +15,8 @@ from meshgate.config.redis import (
     is_redis_url,
     parse_sentinel_url,
 )
+from meshgate.config.settings import MeshSettings
+from meshgate.config.tls import redis_options
 from meshgate.urls import redact_url
 
 
@@ -77,3 +81,12 @@ def test_passwords_in_redis_urls_are_redacted() -> None:
     )
     assert redact_url("rediss://user:pw@h:6380/0") == "rediss://user:***@h:6380/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_the_ca_bundle_goes_to_tls_sentinel_urls_too(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    mesh = MeshSettings(redis_ca_file=str(ca))
+    assert redis_options("rediss+sentinel://h/m", mesh) == {"ssl_ca_certs": str(ca)}
+    assert redis_options("rediss://h:6380/0", mesh) == {"ssl_ca_certs": str(ca)}
+    assert redis_options("redis+sentinel://h/m", mesh) == {}
