@@ -44,8 +44,9 @@ from types import TracebackType
 
 import httpx
 
+from meshgate.testing.haproxy import GATEWAY_PORT, backend_states, haproxy_config
+
 _SRC = str(Path(__file__).resolve().parent.parent.parent)
-GATEWAY_PORT = 8080
 REDIS_PORT = 6379
 
 # What a node's meshgate.toml holds unless the caller gives its own. Short leases so that the
@@ -131,9 +132,11 @@ class Cluster:
         node_args: Callable[[Node], Sequence[str]] | None = None,
         servers: Mapping[str, Mapping[str, object]] | None = None,
         ready_timeout: float = 90.0,
+        server_close: bool = True,
     ) -> None:
         """`servers`: extra `.mcp.json` entries next to `fault`; `node_args`: more flags of
-        `meshgate serve` per node (a later feature's, such as peers)."""
+        `meshgate serve` per node (a later feature's, such as peers); `server_close`: HAProxy
+        opens a connection to a node per request (see `haproxy_config`)."""
         reason = unavailable()
         if reason is not None:
             raise ClusterUnavailable(reason)
@@ -144,6 +147,7 @@ class Cluster:
         self.node_args = node_args
         self.servers = dict(servers or {})
         self.ready_timeout = ready_timeout
+        self.server_close = server_close
         self.net = -1
         self.bridge = ""
         self.nodes: list[Node] = []
@@ -421,7 +425,10 @@ class Cluster:
     def _start_haproxy(self) -> None:
         self.haproxy_port = _free_port()
         cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(haproxy_config(self.haproxy_port, self.nodes, self.workdir / "haproxy.sock"))
+        sock = self.workdir / "haproxy.sock"
+        cfg.write_text(
+            haproxy_config(self.haproxy_port, self.nodes, sock, server_close=self.server_close)
+        )
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy config refused: {check.stderr.decode()}")
@@ -436,18 +443,7 @@ class Cluster:
 
     def backends(self) -> dict[str, str]:
         """Each node's state as HAProxy sees it: UP, DOWN, `UP 1/2` (going down)..."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.workdir / "haproxy.sock"))
-            s.sendall(b"show stat\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        rows = [line.split(",") for line in data.decode().splitlines() if line]
-        header = rows[0][0].lstrip("# ").split(",") if rows else []
-        head = [header[0], *rows[0][1:]] if rows else []
-        status, name = head.index("status"), head.index("svname")
-        return {r[name]: r[status] for r in rows[1:] if r[0] == "gateways" and r[name] != "BACKEND"}
+        return backend_states(self.workdir / "haproxy.sock")
 
     def wait_backends(self, up: set[str], timeout: float = 30.0) -> None:
         """Wait until exactly the nodes in `up` are UP in HAProxy."""
@@ -467,63 +463,3 @@ class Cluster:
             if time.monotonic() > end:
                 raise TimeoutError(f"HAProxy backends {state}, expected {sorted(up)} UP")
             time.sleep(0.05)
-
-
-RETRY_SAFE_PATHS = ("/api/v1/mcp/servers/fault/tools/echo",)
-
-
-def haproxy_config(
-    port: int,
-    nodes: Sequence[Node],
-    socket_path: Path,
-    retry_safe_paths: Sequence[str] = RETRY_SAFE_PATHS,
-) -> str:
-    """HAProxy as an operator would put it in front of gateways; see docs/operations.md.
-
-    Round robin; a node is taken out after 2 failed `GET /readyz` 500 ms apart (so within a
-    second of dying or starting to drain) and back after 2 good ones. A request whose
-    connection failed goes to another node (`retry-on conn-failure`): the node never saw it.
-    One that reached a node and got no answer is sent again only on `retry_safe_paths` (the
-    operator's list of read-only tools' URLs): a write must not run twice, so its caller
-    is told instead. Server connections are not kept between requests
-    (`http-server-close`): a request delayed on a kept-alive connection by a partition would
-    otherwise meet the gateway's own idle timeout and end without an answer.
-    """
-    servers = "\n".join(
-        f"    server {n.name} {n.address}:{GATEWAY_PORT} check inter 500ms fall 2 rise 2"
-        for n in nodes
-    )
-    paths = " ".join(retry_safe_paths) or "/-"
-    return f"""\
-global
-    maxconn 4096
-    stats socket {socket_path} mode 600 level admin
-    log stderr format raw local0
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 1s
-    timeout client 60s
-    timeout server 60s
-    timeout queue 5s
-    retries 3
-    option redispatch 1
-    retry-on conn-failure empty-response
-
-frontend mesh
-    bind 127.0.0.1:{port}
-    default_backend gateways
-
-backend gateways
-    balance roundrobin
-    option http-server-close
-    option http-buffer-request
-    option httpchk
-    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host 127.0.0.1
-    http-check expect status 200
-    acl retry_safe path {paths}
-    http-request disable-l7-retry unless retry_safe
-{servers}
-"""
