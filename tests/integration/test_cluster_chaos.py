@@ -10,6 +10,7 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -137,13 +138,34 @@ def test_redis_restart(healed: Cluster) -> None:
     assert r.recovery_s is not None and r.recovery_s < SCENARIO_S
 
 
-def test_everything_made_is_gone_after_close(tmp_path: Path) -> None:
-    with Cluster(tmp_path, nodes=1) as c:
-        bridge, namespaces = c.bridge, c.namespaces
-        procs = c.processes
-        assert bridge and len(namespaces) == 2 and len(procs) == 3  # redis, node, haproxy
+def _wait_listening(address: str, port: int) -> None:
+    end = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((address, port)) == 0:
+                return
+        assert time.monotonic() < end, f"nothing listens on {address}:{port}"
+        time.sleep(0.02)
+
+
+def test_runs_side_by_side_and_leave_nothing_behind(tmp_path: Path) -> None:
+    with Cluster(tmp_path / "a", nodes=1) as a, Cluster(tmp_path / "b", nodes=1) as b:
+        assert a.bridge != b.bridge and not set(a.namespaces) & set(b.namespaces)
+        assert _pid(a.url) != _pid(b.url)  # each HAProxy reaches its own node only
+        # A host more for a later scenario (here a second Redis), reachable on the bridge.
+        netns, address = a.add_host("extra")
+        a.start_process(
+            netns,
+            ["redis-server", "--bind", address, "--port", "6380", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_listening(address, 6380)
+        made = [(c.bridge, c.namespaces, c.processes) for c in (a, b)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f" {bridge}:" not in links
-    assert not any(ns in spaces for ns in namespaces)
-    assert all(p.poll() is not None for p in procs)
+    for bridge, namespaces, procs in made:
+        assert len(namespaces) in (2, 3) and len(procs) in (3, 4)  # redis, node, haproxy
+        assert f" {bridge}:" not in links
+        assert not any(ns in spaces for ns in namespaces)
+        assert all(p.poll() is not None for p in procs)

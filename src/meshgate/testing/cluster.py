@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -158,6 +159,7 @@ class Cluster:
         self.haproxy_port = 0
         self._namespaces: list[str] = []
         self._veths: list[str] = []
+        self._extra_hosts = 0
         self._pids: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -260,6 +262,22 @@ class Cluster:
                 _ip("link", "set", self.bridge, "up")
                 return
         raise ClusterUnavailable("no free 10.231.N.0/24 subnet for a bridge")
+
+    def add_host(self, role: str) -> tuple[str, str]:
+        """A namespace more on the bridge, for what a later scenario needs beside the nodes
+        (Redis replicas and Sentinels, a node added during load): its name and address
+        (from 10.231.<N>.100). Torn down with the rest."""
+        self._extra_hosts += 1
+        host = 99 + self._extra_hosts
+        return self._make_netns(role, host)[0], self._address(host)
+
+    def start_process(
+        self, netns: str, argv: Sequence[str], **popen: Any
+    ) -> subprocess.Popen[bytes]:
+        """A process in one of this run's namespaces, killed by its PID at `close()`."""
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *argv], **popen)
+        self._pids.append(proc)
+        return proc
 
     def _make_netns(self, role: str, host: int) -> tuple[str, str]:
         netns = f"mg{self.net}-{role}-{os.getpid()}"
