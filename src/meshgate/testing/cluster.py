@@ -450,12 +450,15 @@ class Cluster:
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy config refused: {check.stderr.decode()}")
-        proc = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "haproxy.log", "wb"),  # noqa: SIM115 - the child owns it
-        )
+        # Its log (a line per request with its termination state) is the first place to look
+        # when a scenario's numbers surprise.
+        with open(self.workdir / "haproxy.log", "wb") as log:
+            proc = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(cfg)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self._pids.append(proc)
         self.haproxy_proc = proc
 

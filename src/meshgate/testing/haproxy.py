@@ -50,7 +50,8 @@ def haproxy_config(
     connection failed goes to another node (`retry-on conn-failure`): the node never saw it.
     One that reached a node and got no answer is sent again only on `retry_safe_paths` (the
     operator's list of read-only tools' URLs; `http-buffer-request` keeps the body so that
-    it can be sent again): a write must not run twice, so its caller is told instead. With
+    it can be sent again): a write must not run twice, so its caller gets a 502 or, on a
+    kept-alive client connection, the connection closed without an answer. With
     `server_close`, connections to nodes are not kept between requests: a request delayed
     on a kept-alive connection by a partition would otherwise meet the gateway's own idle
     timeout (`keep_alive_s`) and end without an answer.
@@ -59,7 +60,7 @@ def haproxy_config(
         f"    server {n.name} {n.address}:{GATEWAY_PORT} check inter 500ms fall 2 rise 2"
         for n in nodes
     )
-    paths = " ".join(retry_safe_paths) or "/-"
+    paths = " ".join(retry_safe_paths) or "/-"  # none: an ACL that matches no request path
     return f"""\
 global
     maxconn 4096
