@@ -18,7 +18,7 @@ import shlex
 import sys
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 JSON = dict[str, Any]
 STATELESS = "2026-07-28"
@@ -102,6 +102,10 @@ class FaultServer:
         self.initialized = False
         self.listeners: set[int] = set()  # open subscriptions/listen requests
         self.next_listen = 0
+        # Opened once, written and flushed per `write`: the line is in the file before the answer.
+        self.write_log: TextIO | None = None
+        if args.write_log:
+            self.write_log = open(args.write_log, "a", encoding="utf-8")  # noqa: SIM115
 
     # -- output -------------------------------------------------------------------------------
 
@@ -271,6 +275,11 @@ class FaultServer:
 
     async def tool_write(self, args: JSON, meta: JSON) -> JSON:
         self.counter += 1
+        if self.write_log is not None:
+            # One line per execution, written before the answer: a chaos drill counts what ran
+            # even on a node that was killed before it could answer or mark its task done.
+            self.write_log.write(str(args.get("key", "-")).replace("\n", " ") + "\n")
+            self.write_log.flush()
         return self.text(str(self.counter))
 
     async def tool_slow_write(self, args: JSON, meta: JSON) -> JSON:
@@ -451,6 +460,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="send list_changed only on subscriptions/listen streams, as 2026-07-28 wants",
     )
     p.add_argument("--stderr-lines", type=int, default=0)
+    p.add_argument(
+        "--write-log",
+        metavar="FILE",
+        help="append each `write` call's `key` argument to FILE (executions survive a kill)",
+    )
     return p.parse_args(argv)
 
 
