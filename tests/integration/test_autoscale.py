@@ -28,6 +28,7 @@ from meshgate.security.principal import LOCAL
 from meshgate.upstream.supervisor import ServerPool, Supervisor
 from meshgate.wire.jsonrpc import JSON
 from tests.gateway import FAULT_SERVER, Gateway, fault_server, run_gateway, wait_gone
+from tests.integration.test_mcp_http import _headers, _initialize
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -278,3 +279,18 @@ def test_a_burst_through_the_gateway_scales_up_and_back_to_min(tmp_path: Path) -
         assert made[0][:2] in ((1, 2), (1, 3)) and made[-1][1] == 1, made
         assert all(after <= 3 for _, after, _ in made)
         assert not wait_gone(pids - {first["pid"]}, 10)  # the retired processes are stopped
+
+
+def test_a_dedicated_pool_at_zero_spares_starts_one_for_a_new_session(tmp_path: Path) -> None:
+    policy = MIN_ZERO.replace("[servers.f]\n", '[servers.f]\nmode = "dedicated"\n')
+    with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
+        gw.wait_for("f", lambda v: v["scaling"]["desired"] == 0 and not v["instances"])
+        sid = _initialize(gw.http, "/mcp/f")
+        h = _headers(**{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+        msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pid"}}
+        r = gw.http.post("/mcp/f", headers=h, json=msg)
+        assert r.status_code == 200, r.text
+        pid = int(r.json()["result"]["content"][0]["text"])
+        view = gw.server("f")
+        assert [i["pid"] for i in view["instances"] if i["dedicated"]] == [pid]
+        assert any(why.startswith("a call arrived") for _, _, why in decisions(gw))
