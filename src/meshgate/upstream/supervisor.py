@@ -238,6 +238,9 @@ class ServerPool:
         )
 
     async def _autoscale(self) -> None:
+        # Not before the first instances started (or gave up): a pool that may scale to zero
+        # needs its catalog first, and a slow start is not an idle pool.
+        await asyncio.gather(*(s.settled.wait() for s in self.slots))
         interval = self.policy.autoscale.interval_s
         while not self._stopping:
             await asyncio.sleep(interval)
