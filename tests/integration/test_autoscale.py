@@ -153,10 +153,13 @@ def test_a_scale_down_drains_a_busy_instance_and_never_fails_its_call() -> None:
             assert down is not None and (down.after, down.reason) == (1, "underused")
             assert victim.state is InstanceState.DRAINING and victim.in_flight == 1
             assert victim not in pool.routable()
+            shown = {i["id"]: i["state"] for i in pool.view()["instances"]}
+            assert shown == {"f-1": "healthy", "f-2": "draining"}
             assert all(not r.get("isError") for r in await asyncio.gather(*writes))
             await until(pool, lambda: victim.state is InstanceState.STOPPED)
             assert victim.pid is not None and not wait_gone({victim.pid}, 10)
             assert len(pool.slots) == 1
+            assert [i["id"] for i in pool.view()["instances"]] == ["f-1"]
         finally:
             await sup.stop()
 

@@ -179,7 +179,7 @@ class ServerPool:
             "state": self.state.value,
             "scaling": self.autoscaler.view(),
             "instances": [
-                *(s.view(self.node) for s in self.slots),
+                *(self._slots[i].view(self.node) for i in sorted(self._slots)),
                 *(i.view() for i in self.dedicated.values()),
             ],
             "tools": sorted(self.tools),
