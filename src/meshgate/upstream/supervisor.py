@@ -3,9 +3,9 @@
 Each pool runs from `instances.min` to `instances.max` slots, as its autoscaler
 (`upstream.autoscaler`) decides; a slot retired by a scale-down stops taking calls, lets its
 calls in flight finish, then stops its process. A slot runs one process at a time: spawn,
-discover or handshake, `tools/list`, and only then register it as healthy. Health probes run on an
-interval (`meshgate.health` decides the states); an exit deregisters the instance at once and
-the slot starts the next process: at once after a first failure, with exponential backoff and
+discover or handshake, `tools/list`, and only then register it as healthy. Health probes run
+on an interval (`meshgate.health` decides the states); an exit deregisters the instance at once
+and the slot starts the next process: at once after a first failure, with exponential backoff and
 full jitter after each further one in a row. A slot that keeps failing before it becomes stable
 ends `failed`, with its last stderr lines kept for the API.
 """
@@ -301,18 +301,10 @@ class ServerPool:
         try:
             if inst is None or inst.state is InstanceState.STOPPED:
                 return
-            # A call holds its instance no longer than its deadline and its retries' waits.
-            bound = self.policy.call_timeout_s + STOP_GRACE_S
-            end = self.clock() + bound
-            while inst.in_flight > 0 and inst.conn.alive and self.clock() < end:
-                await self.wait_changed(end - self.clock())
-            if inst.in_flight > 0 and inst.conn.alive:
-                log.warning(
-                    "%s: %d calls still in flight after %gs of draining",
-                    slot.id,
-                    inst.in_flight,
-                    bound,
-                )
+            # Each call holds its instance no longer than its own deadline (which a caller may
+            # set beyond call_timeout_s), so the drain waits for every one of them.
+            while inst.in_flight > 0 and inst.conn.alive:
+                await self.wait_changed(self.policy.health.interval_s)
             await self._end(inst, "scaled down")
         finally:
             if self._slots.get(slot.index) is slot:
