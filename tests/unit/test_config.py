@@ -94,8 +94,13 @@ recovery_s = 5
     )
     s = load(cfg, pol, environ={})
     a, b = s.servers["a"].policy, s.servers["b"].policy
-    assert (a.strategy, a.instances, a.max_in_flight) == ("round_robin", 1, 4)
-    assert (b.strategy, b.instances, b.max_in_flight) == ("p2c", 3, 4)
+    assert (a.strategy, a.instances.min, a.instances.max, a.max_in_flight) == (
+        "round_robin",
+        1,
+        1,
+        4,
+    )
+    assert (b.strategy, b.instances.min, b.instances.max, b.max_in_flight) == ("p2c", 3, 3, 4)
     assert b.breaker.failure_threshold == 7 and b.breaker.recovery_s == 5
     assert b.idempotent_tools == ("read",)
 

@@ -457,7 +457,7 @@ def build(
                 "state": pool.state.value,
                 "instances": dict(counts),
                 "healthy": counts.get("healthy", 0),
-                "desired": len(pool.slots),
+                "desired": pool.autoscaler.desired,  # 0 for a pool scaled to zero: not down
             }
         for name, service_pool in services_mesh.pools.items():
             instances = list(service_pool.instances.values())
@@ -470,7 +470,7 @@ def build(
                 "desired": len(instances),
             }
         degraded = any(s["healthy"] < s["desired"] for s in summary.values())
-        down = any(s["healthy"] == 0 for s in summary.values())
+        down = any(s["healthy"] == 0 and s["desired"] > 0 for s in summary.values())
         status = "down" if down else "degraded" if degraded else "ok"
         if not router.accepting:
             status = "draining"

@@ -70,11 +70,65 @@ class RestartSettings(_Model):
     stable_after_s: float = Field(30.0, ge=0)
 
 
+MAX_INSTANCES = 64
+
+
+class InstanceBounds(_Model):
+    """How many processes a server runs: the autoscaler keeps the number from `min` to `max`
+    (in `dedicated` mode, the warm spares); `min = max` is a fixed pool."""
+
+    min: int = Field(1, ge=0, le=MAX_INSTANCES)
+    max: int = Field(1, ge=1, le=MAX_INSTANCES)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, value: Any) -> Any:
+        # `{max = 4}` keeps one process at least; `{min = 3}` is a fixed pool of three.
+        if isinstance(value, dict):
+            value = dict(value)
+            low, high = value.get("min"), value.get("max")
+            if high is None and isinstance(low, int):
+                value["max"] = max(low, 1)
+            elif low is None and isinstance(high, int):
+                value["min"] = min(1, high)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InstanceBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def scales(self) -> bool:
+        return self.min < self.max
+
+
+class AutoscaleSettings(_Model):
+    """When a pool with `instances = {min, max}` grows and shrinks (`upstream.autoscaler`)."""
+
+    interval_s: float = Field(0.5, gt=0, le=60)
+    """How often the pool's load is looked at."""
+    scale_up_in_flight: float | None = Field(None, gt=0)
+    """Calls in flight per ready instance over which the pool is busy (default: 75 % of
+    `max_in_flight`)."""
+    scale_up_queue_wait_s: float = Field(0.1, ge=0)
+    """Calls waiting for a free instance this long without a break make the pool busy."""
+    scale_up_latency_s: float | None = Field(None, gt=0)
+    """The mean latency of busy instances over which the pool is busy (default: not used)."""
+    scale_up_after_s: float = Field(1.0, ge=0)
+    """How long the pool stays busy before it grows (and between two steps up)."""
+    scale_down_after_s: float = Field(60.0, ge=0)
+    """How long the load fits on fewer instances (none, for `min = 0`) before it shrinks."""
+
+
 class ServerPolicy(_Model):
     """Per-server policy; `[defaults]` in meshgate.toml sets it for every server."""
 
-    instances: int = Field(1, ge=1, le=64)
-    """Processes per server; in `dedicated` mode, the warm spares kept ready."""
+    instances: InstanceBounds = InstanceBounds()
+    """Processes per server: a number, or `{min, max}` for the autoscaler to choose between;
+    in `dedicated` mode, the warm spares kept ready."""
+    autoscale: AutoscaleSettings = AutoscaleSettings()
     max_dedicated: int = Field(32, ge=1, le=1024)
     """`dedicated` mode: processes held by client sessions at once."""
     mode: str = "shared"
@@ -120,6 +174,34 @@ class ServerPolicy(_Model):
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
     restart: RestartSettings = RestartSettings()
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _fixed_instances(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= MAX_INSTANCES:
+                raise ValueError(
+                    f"a fixed number of instances is 1 to {MAX_INSTANCES}; for a server that "
+                    "may scale to zero give {min = 0, max = N}"
+                )
+            return {"min": value, "max": value}
+        return value
+
+    @model_validator(mode="after")
+    def _scale_up_in_flight(self) -> ServerPolicy:
+        wanted = self.autoscale.scale_up_in_flight
+        if wanted is not None and wanted > self.max_in_flight:
+            raise ValueError(
+                f"autoscale.scale_up_in_flight ({wanted:g}) is above max_in_flight "
+                f"({self.max_in_flight}): an instance never gets that busy"
+            )
+        return self
+
+    @property
+    def scale_up_in_flight(self) -> float:
+        """Calls in flight per ready instance over which the autoscaler calls a pool busy."""
+        wanted = self.autoscale.scale_up_in_flight
+        return wanted if wanted is not None else 0.75 * self.max_in_flight
 
     @field_validator("strategy")
     @classmethod

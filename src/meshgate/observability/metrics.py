@@ -149,6 +149,18 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+        self.autoscale_decisions = Counter(
+            "meshgate_autoscale_decisions",
+            "Pools grown or shrunk by their autoscaler, by direction and reason",
+            ["service", "direction", "reason"],
+            registry=r,
+        )
+        self.instances_desired = Gauge(
+            "meshgate_instances_desired",
+            "Instances the autoscaler wants an MCP pool to run",
+            ["service"],
+            registry=r,
+        )
         self._call_children: dict[tuple[str, str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str, str], Any] = {}
 
@@ -175,6 +187,14 @@ class Metrics:
 
     def restart(self, service: str) -> None:
         self.restarts.labels(service).inc()
+
+    def desired(self, service: str, instances: int) -> None:
+        self.instances_desired.labels(service).set(instances)
+
+    def autoscaled(self, service: str, direction: str, reason: str, desired: int) -> None:
+        """Count one decision of a pool's autoscaler and the number it now wants."""
+        self.autoscale_decisions.labels(service, direction, reason).inc()
+        self.desired(service, desired)
 
     def health_check(self, service: str, ok: bool) -> None:
         self.health_checks.labels(service, "ok" if ok else "fail").inc()

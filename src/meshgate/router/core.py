@@ -152,6 +152,8 @@ class Balanced(Protocol[P]):
 
     def retry_after(self) -> float: ...
 
+    def restart_wait_s(self) -> float: ...
+
     def notify(self) -> None: ...
 
     async def wait_changed(self, timeout: float) -> None: ...
@@ -517,7 +519,7 @@ class Router:
                             retry_after=pool.retry_after(),
                         )
                     if restart_wait is None:
-                        restart_wait = Deadline.after(pool.policy.restart_wait_s)
+                        restart_wait = Deadline.after(pool.restart_wait_s())
                     wait_until = min(deadline, restart_wait, key=lambda d: d.at)
                 if not queued:
                     if pool.waiters >= pool.policy.queue_size:

@@ -136,6 +136,10 @@ class ServicePool:
         """HTTP services are not restarted by the gateway: nothing to wait for."""
         return False
 
+    def restart_wait_s(self) -> float:
+        """Never waited on: `restarting` is always False."""
+        return self.policy.restart_wait_s
+
     def retry_after(self) -> float:
         """When a caller refused for want of a healthy instance may try again: the next
         health check."""

@@ -1,9 +1,11 @@
 """The supervisor: pools of stdio MCP server instances, started, verified, watched, restarted.
 
-Each pool has `instances` slots. A slot runs one process at a time: spawn, discover or
-handshake, `tools/list`, and only then register it as healthy. Health probes run on an
-interval (`meshgate.health` decides the states); an exit deregisters the instance at once and
-the slot starts the next process: at once after a first failure, with exponential backoff and
+Each pool runs from `instances.min` to `instances.max` slots, as its autoscaler
+(`upstream.autoscaler`) decides; a slot retired by a scale-down stops taking calls, lets its
+calls in flight finish, then stops its process. A slot runs one process at a time: spawn,
+discover or handshake, `tools/list`, and only then register it as healthy. Health probes run
+on an interval (`meshgate.health` decides the states); an exit deregisters the instance at once
+and the slot starts the next process: at once after a first failure, with exponential backoff and
 full jitter after each further one in a row. A slot that keeps failing before it becomes stable
 ends `failed`, with its last stderr lines kept for the API.
 """
@@ -28,6 +30,7 @@ from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 from meshgate.upstream import process
+from meshgate.upstream.autoscaler import DOWN, Autoscaler, Decision, Load
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import Instance, breaker_policy
 from meshgate.upstream.slot import STDERR_KEPT, Slot, describe_start_failure
@@ -66,6 +69,7 @@ class ServerPool:
         rng: random.Random | None = None,
         health_log: HealthLog | None = None,
         tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self.tls = tls  # for a remote (https) server
@@ -80,13 +84,16 @@ class ServerPool:
         self.retry_backoff = BackoffPolicy(r.backoff_base_s, r.backoff_cap_s)
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
         self.health_log = health_log or HealthLog(log)
-        self.slots = [
-            Slot(self.name, i, self.policy, self.health_log, self.rng)
-            for i in range(1, self.policy.instances + 1)
-        ]
+        self.clock = clock
+        self.autoscaler = Autoscaler(self.name, self.policy, clock=clock)
+        self.slots: list[Slot] = []  # the running ones, by index; not those being retired
+        self._slots: dict[int, Slot] = {}  # by index, those being retired too
+        self._slot_tasks: dict[int, asyncio.Task[None]] = {}
+        self._cold_start = False  # a call woke a pool at zero and waits for its instance
         self.tools: dict[str, JSON] = {}
         self.tools_version = 0
-        self.waiters = 0
+        self._waiters = 0
+        self._queued_since: float | None = None
         self.era_hint: protocol.Era | None = None
         self.identity: protocol.ServerIdentity | None = None  # of the newest verified instance
         self.subscribers: set[Subscriber] = set()
@@ -94,7 +101,7 @@ class ServerPool:
         self._dedicated_ids = itertools.count(1)
         self._instance_tasks: set[asyncio.Task[None]] = set()  # and other per-instance tasks
         self._changed = Signal()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the autoscaler's loop
         self._refresh: asyncio.Task[None] | None = None
         self._catalog_stale = False
         self._stopping = False
@@ -111,14 +118,38 @@ class ServerPool:
                 return slot.instance
         return self.dedicated.get(instance_id)
 
+    @property
+    def waiters(self) -> int:
+        """Calls waiting for an instance (the router's queue); since when, for the autoscaler."""
+        return self._waiters
+
+    @waiters.setter
+    def waiters(self, n: int) -> None:
+        if n <= 0:
+            self._queued_since = None
+        elif self._queued_since is None:
+            self._queued_since = self.clock()
+        self._waiters = n
+
     def recoverable(self) -> bool:
-        """Whether an instance may yet become healthy (some slot is not failed)."""
-        return not self._stopping and any(s.state is not InstanceState.FAILED for s in self.slots)
+        """Whether an instance may yet become healthy (some slot is not failed, or the pool
+        is scaled to zero and starts one when asked)."""
+        if self._stopping:
+            return False
+        return not self.slots or any(s.state is not InstanceState.FAILED for s in self.slots)
 
     def restarting(self) -> bool:
         """Whether an instance is (re)starting, or waiting out its restart backoff, and may
-        soon take calls."""
+        soon take calls. A pool scaled to zero starts one now: a caller is waiting for it."""
+        if not self.slots and not self._stopping:
+            self._apply(self.autoscaler.demand())
         return self.recoverable()
+
+    def restart_wait_s(self) -> float:
+        """How long a call may wait for an instance to (re)start: `restart_wait_s`, or for a
+        cold start from zero, as long as a start may take."""
+        wait = self.policy.restart_wait_s
+        return max(wait, self.policy.startup_timeout_s) if self._cold_start else wait
 
     def retry_after(self) -> float:
         """When a caller refused for want of a healthy instance may try again."""
@@ -146,8 +177,9 @@ class ServerPool:
             "mode": self.policy.mode,
             "strategy": self.policy.strategy,
             "state": self.state.value,
+            "scaling": self.autoscaler.view(),
             "instances": [
-                *(s.view(self.node) for s in self.slots),
+                *(self._slots[i].view(self.node) for i in sorted(self._slots)),
                 *(i.view() for i in self.dedicated.values()),
             ],
             "tools": sorted(self.tools),
@@ -156,10 +188,11 @@ class ServerPool:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._run_slot(s), name=f"slot {self.name}-{s.index}")
-            for s in self.slots
-        ]
+        for _ in range(self.autoscaler.desired):
+            self._add_slot()
+        metrics.desired(self.name, self.autoscaler.desired)
+        if self.autoscaler.scales:
+            self._tasks = [asyncio.create_task(self._autoscale(), name=f"autoscale {self.name}")]
 
     async def wait_settled(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -168,19 +201,115 @@ class ServerPool:
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [*self._tasks, *([self._refresh] if self._refresh else [])]
+        tasks = [
+            *self._tasks,
+            *self._slot_tasks.values(),
+            *([self._refresh] if self._refresh else []),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        running = [s.instance for s in self.slots if s.instance is not None]
+        slots = list(self._slots.values())
+        running = [s.instance for s in slots if s.instance is not None]
         await asyncio.gather(
             *(self._end(i, "the gateway stops") for i in [*running, *self.dedicated.values()]),
             return_exceptions=True,
         )
         await asyncio.gather(*self._instance_tasks, return_exceptions=True)
-        for s in self.slots:
+        for s in slots:
             s.health.move(InstanceState.STOPPED, "the gateway stops")
         self.notify()
+
+    # -- scaling -------------------------------------------------------------------------------
+
+    def load(self) -> Load:
+        """The pool's load as the autoscaler samples it."""
+        live = [s.instance for s in self.slots if s.instance is not None]
+        ready = [i for i in live if i.routable]
+        busy = [i.latency_ewma for i in ready if i.in_flight and i.latency_ewma]
+        since = self._queued_since
+        return Load(
+            instances=len(self.slots),
+            ready=len(ready),
+            in_flight=sum(i.in_flight for i in live),
+            queued=self._waiters,
+            queued_for_s=self.clock() - since if since is not None else 0.0,
+            latency_s=sum(busy) / len(busy) if busy else None,
+        )
+
+    async def _autoscale(self) -> None:
+        # Not before the first instances started (or gave up): a pool that may scale to zero
+        # needs its catalog first, and a slow start is not an idle pool.
+        await asyncio.gather(*(s.settled.wait() for s in self.slots))
+        interval = self.policy.autoscale.interval_s
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            self.scale()
+
+    def scale(self) -> Decision | None:
+        """Sample the load once and carry out what the autoscaler decides."""
+        decision = self.autoscaler.decide(self.load())
+        self._apply(decision)
+        return decision
+
+    def _apply(self, decision: Decision | None) -> None:
+        if decision is None or self._stopping:
+            return
+        log.info("%s", decision.line())
+        metrics.autoscaled(self.name, decision.direction, decision.reason, decision.after)
+        if decision.reason == "demand":
+            self._cold_start = True
+        if decision.direction != DOWN:
+            while len(self.slots) < decision.after:
+                self._add_slot()
+            return
+        # Retire those that would take longest to be of use, then those with fewest calls.
+        order = {InstanceState.HEALTHY: 2, InstanceState.UNHEALTHY: 1}
+        victims = sorted(
+            self.slots,
+            key=lambda s: (
+                order.get(s.state, 0),
+                s.instance.in_flight if s.instance is not None else 0,
+                -s.index,
+            ),
+        )[: len(self.slots) - decision.after]
+        for slot in victims:
+            # Routing stops at once; the process stops once its calls are done.
+            self.slots.remove(slot)
+            inst = slot.instance
+            if inst is not None and inst.state in (InstanceState.HEALTHY, InstanceState.UNHEALTHY):
+                self._set_state(inst, InstanceState.DRAINING, f"scaled down: {decision.why}")
+            task = asyncio.create_task(self._retire(slot), name=f"retire {slot.id}")
+            self._instance_tasks.add(task)
+            task.add_done_callback(self._instance_tasks.discard)
+        self.notify()
+
+    def _add_slot(self) -> None:
+        index = next(i for i in itertools.count(1) if i not in self._slots)
+        slot = Slot(self.name, index, self.policy, self.health_log, self.rng)
+        self._slots[index] = slot
+        self.slots = sorted([*self.slots, slot], key=lambda s: s.index)
+        self._slot_tasks[index] = asyncio.create_task(self._run_slot(slot), name=f"slot {slot.id}")
+
+    async def _retire(self, slot: Slot) -> None:
+        """Let the calls in flight on a retired slot's instance finish (each within its
+        deadline), then stop its process."""
+        task = self._slot_tasks.pop(slot.index)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        inst = slot.instance
+        try:
+            if inst is None or inst.state is InstanceState.STOPPED:
+                return
+            # Each call holds its instance no longer than its own deadline (which a caller may
+            # set beyond call_timeout_s), so the drain waits for every one of them.
+            while inst.in_flight > 0 and inst.conn.alive:
+                await self.wait_changed(self.policy.health.interval_s)
+            await self._end(inst, "scaled down")
+        finally:
+            if self._slots.get(slot.index) is slot:
+                del self._slots[slot.index]
+            self.notify()
 
     async def _end(self, inst: Instance, why: str) -> None:
         """Make sure the process group is gone, gently if it is still running."""
@@ -197,11 +326,13 @@ class ServerPool:
 
     def _set_state(self, inst: Instance, state: InstanceState, why: str) -> None:
         """Move an instance (and its slot, while it holds it) and tell the registry."""
-        slot = self.slots[inst.slot - 1]
-        if slot.instance is inst:
+        slot = self._slots.get(inst.slot)
+        if slot is not None and slot.instance is inst:
             slot.health.move(state, why)
         if inst.state is state:
             return
+        if state is InstanceState.HEALTHY:
+            self._cold_start = False
         previous, inst.state = inst.state, state
         if state is InstanceState.STOPPED:
             self.registry.deregister(inst.id)
@@ -373,7 +504,7 @@ class ServerPool:
         and its `node`) goes with the group in `_end`, rather than when the pipe drains.
         """
         h = self.policy.health
-        slot_health = self.slots[inst.slot - 1].health
+        slot_health = self._slots[inst.slot].health
         health = asyncio.create_task(
             run_checks(
                 slot_health,
@@ -402,8 +533,8 @@ class ServerPool:
                 self._set_state(inst, InstanceState.STOPPED, why)
                 # Grandchildren, or a process that only closed its stdout, go with the group.
                 await self._end(inst, why)
-                slot = self.slots[inst.slot - 1]
-                if slot.instance is inst:
+                slot = self._slots.get(inst.slot)
+                if slot is not None and slot.instance is inst:
                     slot.ended(inst, time.monotonic() - inst.started_at)
 
     async def _probe(self, inst: Instance) -> str | None:
@@ -437,15 +568,25 @@ class ServerPool:
                 retry_after=5.0,
             )
         end = time.monotonic() + timeout_s
-        while True:
-            for slot in self.slots:
-                inst = slot.instance
-                if inst is not None and inst.routable and inst.in_flight == 0:
-                    return self._detach(slot, inst)
-            remaining = end - time.monotonic()
-            if not self.recoverable() or remaining <= 0:
-                raise NoHealthyInstance(f"{self.name} has no warm spare ready for a new session")
-            await self.wait_changed(remaining)
+        queued = False
+        try:
+            while True:
+                for slot in self.slots:
+                    inst = slot.instance
+                    if inst is not None and inst.routable and inst.in_flight == 0:
+                        return self._detach(slot, inst)
+                remaining = end - time.monotonic()
+                if not self.restarting() or remaining <= 0:
+                    raise NoHealthyInstance(
+                        f"{self.name} has no warm spare ready for a new session"
+                    )
+                if not queued:  # a session waiting for a spare is load, as a queued call is
+                    self.waiters += 1
+                    queued = True
+                await self.wait_changed(remaining)
+        finally:
+            if queued:
+                self.waiters -= 1
 
     def _detach(self, slot: Slot, inst: Instance) -> Instance:
         self.registry.deregister(inst.id)
@@ -543,6 +684,7 @@ class Supervisor:
         registry: Registry,
         health_log: HealthLog | None = None,
         tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reaper = process.Reaper()
         self.health_log = health_log or HealthLog(log)
@@ -554,6 +696,7 @@ class Supervisor:
                 reaper=self.reaper,
                 health_log=self.health_log,
                 tls=tls,
+                clock=clock,
             )
             for s in specs
         }
