@@ -45,6 +45,7 @@ from meshgate.router.call import (
     parse_hops,
     parse_timeout,
 )
+from meshgate.router.cluster import NODE_KIND
 from meshgate.security import principal_of
 from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
@@ -116,7 +117,7 @@ def build(
     def remote(views: dict[str, dict[str, Any]], only: str | None = None) -> None:
         """Add the instances other nodes registered (a shared registry backend)."""
         for r in registry.instances(only):
-            if r.node == node:
+            if r.node == node or r.kind == NODE_KIND:  # nodes are listed at /nodes
                 continue
             view = views.setdefault(
                 r.service,
@@ -446,6 +447,15 @@ def build(
 
     services_mesh = services
 
+    @api.get(
+        "/nodes",
+        summary="The nodes of the cluster: this one first, then each with a live record",
+        dependencies=[requires("discover")],
+    )
+    async def nodes(request: Request) -> Response:
+        items = router.cluster.nodes() if router.cluster is not None else []
+        return json_response(for_caller(request, {"items": items, "next_cursor": None}))
+
     @api.get("/health", summary="Mesh status: registry and per-service instance counts")
     async def health(request: Request) -> Response:
         summary: dict[str, dict[str, Any]] = {}
@@ -484,6 +494,7 @@ def build(
                 },
             },
             "in_flight": router.in_flight,
+            "nodes": router.cluster.nodes() if router.cluster is not None else [],
             "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }
