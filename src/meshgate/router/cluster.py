@@ -9,9 +9,9 @@ node that stops writing is gone when its lease runs out.
 A node forwards a call for an MCP server it has no healthy instance of (or does not run) to a
 node whose instance records show a healthy one: each such peer is one more instance of the
 server for the router (a `PeerInstance`, after every local one), with its own circuit breaker.
-It is called at its stateless MCP endpoint `/mcp/{server}` (protocol 2026-07-28) over
-`HttpUpstream`, with the deadline left, the hop count and, with a cluster secret, the node's
-signature asserting the caller (`meshgate.security.nodes`). A server only peers run is a
+It is called at its stateless MCP endpoint `/mcp/{server}` (protocol 2026-07-28) over a
+`PeerConnection` (aiohttp), with the deadline left, the hop count and, with a cluster secret,
+the node's signature asserting the caller (`meshgate.security.nodes`). A server only peers run is a
 `RemotePool`: a pool with no slots, whose catalog comes from the peers' node records.
 
 Handshake-era sessions stay on the node that opened them; a session id could name its node for
@@ -28,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+
 from meshgate import __version__
 from meshgate.config import ServerPolicy, ServerSpec
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
@@ -35,6 +37,7 @@ from meshgate.resilience import CircuitBreaker
 from meshgate.security.nodes import NodeCredentials
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import Instance, breaker_policy
+from meshgate.upstream.peer import PeerConnection
 from meshgate.upstream.supervisor import ServerPool, Subscriber, Supervisor
 from meshgate.wire.jsonrpc import JSON
 from meshgate.wire.protocol import Era, ServerIdentity, stateless_meta
@@ -166,6 +169,7 @@ class Cluster:
         self.remote: dict[str, RemotePool] = {}
         self.watchers: list[Subscriber] = []  # told of a remote server's notifications
         self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
         for pool in supervisor.pools.values():
             pool.peers = self._peers_of(pool.name)
         registry.subscribe(self._on_record)
@@ -235,6 +239,8 @@ class Cluster:
         for peer in self.peers.values():
             for inst in peer.instances.values():
                 inst.http.close_stdin()
+        if self._http is not None:
+            await self._http.close()
 
     # -- the other nodes -----------------------------------------------------------------------
 
@@ -326,14 +332,28 @@ class Cluster:
 
         return peers
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The connection pool of every call to a peer (made in the running loop)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0, ssl=self.tls if self.tls is not None else True
+                ),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10),
+                # Nothing of a client's (cookies, Authorization) goes from one call to another.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=True,
+            )
+        return self._http
+
     def _instance(self, peer: PeerNode, server: str) -> PeerInstance:
         inst = peer.instances.get(server)
         if inst is None or not inst.http.alive:
             path = f"/mcp/{server}"
-            conn = HttpUpstream(
+            conn = PeerConnection(
                 f"{peer.url}/mcp/{quote(server, safe='')}",
                 label=f"node {peer.id} ({server})",
-                tls=self.tls,
+                session=self._session(),
             )
             conn.meta = stateless_meta()
             pool = self.supervisor.pools.get(server) or self.remote.get(server)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -184,7 +184,9 @@ class HttpUpstream:
                     self._close(f"the server ended the session (404 to {method})")
                     raise ConnectionLost(f"{self.label}: session ended by the server", sent=True)
                 if ctype.startswith("text/event-stream") and r.status_code == 200:
-                    return await self._read_stream(r, id_, on_progress, on_server_request)
+                    return await self._read_stream(
+                        r.aiter_lines(), id_, on_progress, on_server_request
+                    )
                 raw = await _read_limited(r, self.max_bytes)
         except httpx.ConnectError as e:
             self._note(f"cannot connect: {e}")
@@ -224,13 +226,15 @@ class HttpUpstream:
 
     async def _read_stream(
         self,
-        r: httpx.Response,
+        lines: AsyncIterator[str],
         id_: int,
         on_progress: NotificationHandler | None,
         on_server_request: RequestHandler | None,
     ) -> JSON:
+        """The response to request `id_` from an event stream's lines; what else comes on it
+        goes to the handlers."""
         data: list[str] = []
-        async for line in r.aiter_lines():
+        async for line in lines:
             if line.startswith("data:"):
                 data.append(line[5:].lstrip())
                 continue
