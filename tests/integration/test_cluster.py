@@ -24,7 +24,7 @@ from meshgate.security import Principal
 from meshgate.security.nodes import NodeCredentials
 from meshgate.testing.gateway import start_gateway
 from meshgate.testing.redis_server import RedisServer
-from tests.gateway import Gateway, descendants, fault_server, wait_gone
+from tests.gateway import Gateway, descendants, fault_server, run_gateway, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -406,3 +406,14 @@ def test_a_loop_of_forwards_ends_with_508(tmp_path: Path, redis_server: RedisSer
         assert error["data"]["type"] == "loop-detected", error
         assert error["data"]["status"] == 508
         assert error["data"]["max_hops"] == 4
+
+
+def test_an_embedded_registry_is_a_cluster_of_one(tmp_path: Path) -> None:
+    with run_gateway(tmp_path, {"alpha": fault_server()}, node="solo") as gw:
+        items = gw.get(f"{API}/nodes").json()["items"]
+        assert [(n["id"], n["self"]) for n in items] == [("solo", True)]
+        assert items[0]["url"] == gw.url
+        assert items[0]["servers"] == {"alpha": {"healthy": 1, "total": 1}}
+        assert gw.get(f"{API}/health").json()["nodes"] == items
+        services = gw.get(f"{API}/services").json()["items"]
+        assert all(s["kind"] != "node" for s in services)
