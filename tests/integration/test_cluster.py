@@ -176,6 +176,10 @@ def test_a_server_only_node_a_runs_is_called_through_node_b(
         assert text(r.json()) == str(a_pid)
         assert b.call("alpha", "echo", {"text": "via b"}).json()["content"][0]["text"] == "via b"
         assert b.call("alpha", "nope").status_code == 404
+        # the caller's deadline holds across the hop
+        r = b.call("alpha", "sleep", {"seconds": 5}, timeout_s=0.5)
+        assert r.status_code == 504, r.text
+        assert "node-a" in r.json()["detail"]
         servers = {s["name"]: s for s in b.get("/api/v1/mcp/servers").json()["items"]}
         assert servers["alpha"]["remote"] is True
         assert [i["node"] for i in servers["alpha"]["instances"]] == ["node-a"]
@@ -212,6 +216,19 @@ def test_a_server_only_node_a_runs_is_called_through_node_b(
         progress = [m for m in messages(r) if m.get("method") == "notifications/progress"]
         assert progress and all(m["params"]["progressToken"] == "tok" for m in progress)
         assert "result" in messages(r)[-1]
+
+        # a stateless input_required round: the question comes back through B, and the retry
+        # with the answer reaches the same call on A
+        caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+        ask = {"name": "ask_sampling", "arguments": {}, "_meta": caps}
+        first = result(rpc(b, "/mcp/alpha", "tools/call", ask))
+        assert first["resultType"] == "input_required", first
+        [(key, question)] = first["inputRequests"].items()
+        assert question["method"] == "sampling/createMessage"
+        answer = {"role": "assistant", "content": {"type": "text", "text": "42"}, "model": "m"}
+        retry = {**ask, "requestState": first["requestState"], "inputResponses": {key: answer}}
+        done = result(rpc(b, "/mcp/alpha", "tools/call", retry))
+        assert done["resultType"] == "complete" and '"42"' in text(done), done
 
         # /mcp, handshake era: a session on B calls A's tool
         init = b.http.post(

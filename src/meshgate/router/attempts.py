@@ -228,13 +228,16 @@ class McpAttempt:
             except JsonRpcError as e:
                 raise Failed(self._peer_error(e, where)) from None
             except TimeoutError:
+                # The peer's breaker judges the node, not its servers: a slow server there is
+                # that node's to judge (it had the same deadline), and must not close the way
+                # to the node's other servers.
                 raise Failed(
                     Failure(
                         UpstreamTimeout(
                             f"{where} did not answer {self.method} for {self.service} within "
                             + ("the caller's deadline" if hurried else "the deadline")
                         ),
-                        blame=not hurried,
+                        blame=False,
                     )
                 ) from None
             except ConnectionLost as e:
