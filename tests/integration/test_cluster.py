@@ -219,7 +219,7 @@ def test_a_server_only_node_a_runs_is_called_through_node_b(
 
         # a stateless input_required round: the question comes back through B, and the retry
         # with the answer reaches the same call on A
-        caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+        caps: dict[str, Any] = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
         ask = {"name": "ask_sampling", "arguments": {}, "_meta": caps}
         first = result(rpc(b, "/mcp/alpha", "tools/call", ask))
         assert first["resultType"] == "input_required", first
