@@ -26,6 +26,7 @@ from meshgate.api.mcp_http import McpHttp
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
 from meshgate.crypto import Cipher
+from meshgate.errors import ConfigError
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
@@ -34,12 +35,14 @@ from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
+from meshgate.router.cluster import Cluster
 from meshgate.router.interceptors import build_chain
 from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
 from meshgate.security.jwt import JwtVerifier
 from meshgate.security.keys import keys_path, open_key_store
 from meshgate.security.limits import open_limiter
+from meshgate.security.nodes import NodeCredentials
 from meshgate.security.policy import Policy
 from meshgate.services.mesh import ServiceMesh
 from meshgate.services.policy import RegistrationPolicy
@@ -88,6 +91,25 @@ def build_app(settings: Settings) -> FastAPI:
     supervisor = Supervisor(
         settings.servers.values(), node=settings.node_id, registry=registry, tls=upstream_tls
     )
+    security = settings.security
+    secret = settings.mesh.cluster_secret
+    if secret is None and security.auth_enabled and settings.shared_registry:
+        raise ConfigError(
+            "[auth] is on and the registry is shared: set cluster_secret "
+            "(MESHGATE_CLUSTER_SECRET), the same on every node, so that nodes can sign the "
+            "calls they forward to each other"
+        )
+    credentials = NodeCredentials(secret, settings.node_id) if secret is not None else None
+    cluster = Cluster(
+        node=settings.node_id,
+        url=settings.advertise_url(),
+        registry=registry,
+        supervisor=supervisor,
+        lease_s=settings.mesh.registry_lease_s,
+        credentials=credentials,
+        remote_policy=settings.default_policy,
+        tls=upstream_tls,
+    )
     services = ServiceMesh(
         RegistrationStore(settings.registrations_path, cipher=cipher),
         registry,
@@ -105,7 +127,6 @@ def build_app(settings: Settings) -> FastAPI:
         ),
         tls=upstream_tls,
     )
-    security = settings.security
     policy = Policy(security.roles, enabled=security.auth_enabled)
     router = Router(
         supervisor,
@@ -125,11 +146,14 @@ def build_app(settings: Settings) -> FastAPI:
         audit_tool_calls=security.auth_enabled
         if settings.mesh.audit_tool_calls is None
         else settings.mesh.audit_tool_calls,
+        cluster=cluster,
+        max_hops=settings.mesh.max_hops,
     )
+    cluster.load = lambda: router.in_flight
     auth = security.auth
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
     keys = open_key_store(settings)
-    authenticator = Authenticator(auth, keys=keys, jwt=jwt)
+    authenticator = Authenticator(auth, keys=keys, jwt=jwt, nodes=credentials)
     workers = Workers(
         open_queue(
             settings.mesh.queue,
@@ -166,6 +190,7 @@ def build_app(settings: Settings) -> FastAPI:
         max_json_depth=mesh_settings.max_json_depth,
     )
     mcp_http.attach(supervisor)
+    cluster.watchers.append(mcp_http.relay)
     mcp_tasks.notify = mcp_http.notify_session
 
     started = asyncio.Event()
@@ -179,6 +204,7 @@ def build_app(settings: Settings) -> FastAPI:
         await services.start(list(settings.mesh.services))
         await supervisor.start()
         await workers.start()
+        await cluster.start()  # announced once its servers are verified
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
         # What start-up made (about 130 000 objects: modules, FastAPI's and pydantic's models,
@@ -193,6 +219,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             started.clear()
             log.info("shutting down: draining %d calls in flight", router.in_flight)
+            await cluster.stop()  # peers stop sending calls here first
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
             await mcp_http.close()

@@ -25,6 +25,7 @@ from meshgate.observability.audit import audit
 from meshgate.security import NOBODY, PRINCIPAL_SCOPE_KEY, principal_of
 from meshgate.security.authn import Authenticator
 from meshgate.security.client_cert import ClientCert, client_certificate
+from meshgate.security.nodes import NODE_HEADERS
 from meshgate.security.oauth import (
     WELL_KNOWN,
     metadata_path,
@@ -33,7 +34,11 @@ from meshgate.security.oauth import (
 )
 from meshgate.security.policy import Action
 
-_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+_CREDENTIAL_HEADERS = (
+    b"authorization",
+    b"x-api-key",
+    *(h.encode() for h in NODE_HEADERS),
+)
 
 
 def base_url(scope: Scope, resource: str | None) -> str:
@@ -97,7 +102,7 @@ class Authentication:
         }
         cert = self.certificate(scope)
         try:
-            scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate(headers, cert)
+            scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate(headers, cert, path)
         except Unauthenticated as e:
             client = scope.get("client")
             audit(

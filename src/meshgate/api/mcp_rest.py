@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -13,7 +14,7 @@ from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
 from meshgate.api.routing import DirectRoute, unless_disconnected
-from meshgate.errors import InvalidArguments, UnknownService
+from meshgate.errors import InvalidArguments
 from meshgate.router import Router, hash_key
 from meshgate.router.call import CALLER_HEADER, SESSION_HEADER, Call
 from meshgate.security import principal_of
@@ -44,10 +45,14 @@ def build(
     api = APIRouter(prefix="/api/v1/mcp", tags=["mcp"])
 
     def pool(name: str) -> ServerPool:
-        p = router.supervisor.pools.get(name)
-        if p is None:
-            raise UnknownService(f"no MCP server named {name!r}")
-        return p
+        return router.pool(name)
+
+    def view(p: ServerPool) -> dict[str, Any]:
+        """A server's view; in a cluster, with the instances other nodes run of it."""
+        out = p.view()
+        if router.cluster is not None and p.name in router.supervisor.pools:
+            out["instances"] = [*out["instances"], *router.cluster.remote_instances(p.name)]
+        return out
 
     @api.get(
         "/servers",
@@ -55,7 +60,7 @@ def build(
         dependencies=[requires("discover")],
     )
     async def list_servers(request: Request) -> Response:
-        items = [p.view() for p in router.supervisor.pools.values()]
+        items = [view(p) for p in router.pools().values()]
         return json_response(for_caller(request, {"items": items, "next_cursor": None}))
 
     @api.get(
@@ -65,7 +70,7 @@ def build(
         responses=problems(404),
     )
     async def get_server(request: Request, name: str) -> Response:
-        return json_response(for_caller(request, pool(name).view()))
+        return json_response(for_caller(request, view(pool(name))))
 
     @api.get(
         "/servers/{name}/tools",

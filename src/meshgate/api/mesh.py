@@ -45,6 +45,7 @@ from meshgate.router.call import (
     parse_hops,
     parse_timeout,
 )
+from meshgate.router.cluster import NODE_KIND
 from meshgate.security import principal_of
 from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
@@ -117,7 +118,7 @@ def build(
         """Add the instances other nodes registered (a shared registry backend) that
         `http_view` did not show: their HTTP instances are pooled here and shown there."""
         for r in registry.instances(only):
-            if r.node == node or f"{r.node}/{r.id}" in services.remote:
+            if r.node == node or r.kind == NODE_KIND or f"{r.node}/{r.id}" in services.remote:
                 continue
             view = views.setdefault(
                 r.service,
@@ -447,6 +448,15 @@ def build(
 
     services_mesh = services
 
+    @api.get(
+        "/nodes",
+        summary="The nodes of the cluster: this one first, then each with a live record",
+        dependencies=[requires("discover")],
+    )
+    async def nodes(request: Request) -> Response:
+        items = router.cluster.nodes() if router.cluster is not None else []
+        return json_response(for_caller(request, {"items": items, "next_cursor": None}))
+
     @api.get("/health", summary="Mesh status: registry and per-service instance counts")
     async def health(request: Request) -> Response:
         summary: dict[str, dict[str, Any]] = {}
@@ -485,6 +495,7 @@ def build(
                 },
             },
             "in_flight": router.in_flight,
+            "nodes": router.cluster.nodes() if router.cluster is not None else [],
             "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }

@@ -340,6 +340,8 @@ _ENV_FIELDS = {
     "redis_ca_file": "MESHGATE_REDIS_CA_FILE",
     "encryption_keys": "MESHGATE_ENCRYPTION_KEYS",
     "encryption_key_file": "MESHGATE_ENCRYPTION_KEY_FILE",
+    "advertise_url": "MESHGATE_ADVERTISE_URL",
+    "cluster_secret": "MESHGATE_CLUSTER_SECRET",
 }
 
 

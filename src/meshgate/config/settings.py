@@ -581,6 +581,31 @@ class MeshSettings(_Model):
                         raise ValueError(e.detail) from None
         return value
 
+    # cluster: membership and forwarding between nodes that share a Redis registry
+    advertise_url: str | None = None
+    """The URL other nodes reach this one at (`http://10.0.0.5:8800`); default: from `host`
+    and `port` when `host` is one address. Required with a Redis registry when `host` is
+    0.0.0.0 or ::."""
+    cluster_secret: str | None = Field(None, repr=False)
+    """The secret nodes sign their requests to each other with (HMAC-SHA256); the same on
+    every node. Required with `[auth]` and a Redis registry. MESHGATE_CLUSTER_SECRET."""
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not re.fullmatch(r"https?://[^/\s?#]+/?", value):
+            raise ValueError("must be an http:// or https:// URL with a host and no path")
+        return value.rstrip("/")
+
+    @field_validator("cluster_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
     def encryption_key_list(self) -> list[str]:
         """Every configured key, `encryption_keys` first, then those of the key file;
         ConfigError when the file cannot be read or holds a malformed key."""
@@ -646,6 +671,28 @@ class Settings:
     @property
     def node_id(self) -> str:
         return self.mesh.node_id or os.uname().nodename
+
+    @property
+    def shared_registry(self) -> bool:
+        """Whether several nodes may share this node's registry (a Redis one)."""
+        return self.mesh.registry.startswith(("redis://", "rediss://"))
+
+    def advertise_url(self) -> str:
+        """The URL peers reach this node at; ConfigError when it cannot be known."""
+        if self.mesh.advertise_url is not None:
+            return self.mesh.advertise_url
+        host = self.mesh.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            if self.shared_registry:
+                raise ConfigError(
+                    f"host is {host or 'every address'} and the registry is shared: set "
+                    "advertise_url (MESHGATE_ADVERTISE_URL) to the URL other nodes reach this "
+                    "one at"
+                )
+            host = "127.0.0.1"
+        scheme = "https" if self.mesh.tls_cert else "http"
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{scheme}://{shown}:{self.mesh.port}"
 
     @property
     def data_dir(self) -> Path | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from meshgate.errors import InvalidArguments, MeshgateError, UnknownService, UnknownTool
 from meshgate.router import Pin
-from meshgate.router.call import Call
+from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER, Call, parse_hops, parse_timeout
 from meshgate.security import NOBODY, Principal
 from meshgate.wire.jsonrpc import (
     INVALID_PARAMS,
@@ -67,6 +67,14 @@ class RequestContext:
     ) -> Call:
         """The router's view of one request of this client to `server`: a tool call (`target`
         the tool), or another MCP `method` (`target` the same method)."""
+        hops = 0
+        timeout_s = self.timeout_s
+        if self.principal.via == "node" or HOPS_HEADER in self.headers:
+            # A peer node's forwarded request: its hop count and what is left of its deadline.
+            hops = parse_hops(self.headers.get(HOPS_HEADER), max_hops=1_000_000)
+            raw = self.headers.get(TIMEOUT_HEADER)
+            if timeout_s is None and raw is not None:
+                timeout_s = parse_timeout(raw, name=TIMEOUT_HEADER, minimum=0.001)
         return Call(
             service=server,
             kind="mcp",
@@ -75,7 +83,8 @@ class RequestContext:
             incoming=self.headers,
             caller=self.caller,
             arguments=arguments,
-            timeout_s=self.timeout_s,
+            timeout_s=timeout_s,
+            hops=hops,
             method=method,
             principal=self.principal,
         )

@@ -106,7 +106,7 @@ class McpFront:
 
     def pools(self, target: str | None) -> list[ServerPool]:
         if target is None:
-            return list(self.router.supervisor.pools.values())
+            return list(self.router.pools().values())
         return [self.router.pool(target)]
 
     def check_target(self, target: str | None) -> None:
@@ -230,10 +230,11 @@ class McpFront:
                 return {"tools": [pool.tools[t] for t in names]}
             return {"tools": [tasks.annotate(pool, t, pool.tools[t], version) for t in names]}
         tools = []
+        pools = self.router.pools()
         for public, (server, name) in self._aggregate_tools().items():
             if gate.enabled and not gate.allows(ctx.principal, Action.tool(server, name)):
                 continue
-            pool = self.router.supervisor.pools[server]
+            pool = pools[server]
             tool = dict(pool.tools[name])
             tool["name"] = public
             tools.append(tasks.annotate(pool, name, tool, version) if tasks is not None else tool)
@@ -253,7 +254,7 @@ class McpFront:
             if target is None
             else (target, public)
         )
-        pool = self.router.supervisor.pools.get(found[0]) if found else None
+        pool = self.router.pools().get(found[0]) if found else None
         tool = pool.tools.get(found[1]) if pool is not None and found is not None else None
         schema = tool.get("inputSchema") if tool is not None else None
         return schema if isinstance(schema, dict) else None
@@ -270,7 +271,7 @@ class McpFront:
         return namespace + self.separator if namespace else ""
 
     def _aggregate_tools(self) -> dict[str, tuple[str, str]]:
-        pools = self.router.supervisor.pools
+        pools = self.router.pools()
         versions = tuple(p.tools_version for p in pools.values())
         if versions != self._agg.tools_versions:
             table: dict[str, tuple[str, str]] = {}
@@ -288,7 +289,7 @@ class McpFront:
     def _split(self, public: str) -> tuple[str, str] | None:
         """A namespaced name's (server, name), by the server prefixes currently known; servers
         without a prefix come last."""
-        pools = sorted(self.router.supervisor.pools.values(), key=lambda p: not self.prefix(p))
+        pools = sorted(self.router.pools().values(), key=lambda p: not self.prefix(p))
         for pool in pools:
             prefix = self.prefix(pool)
             if public.startswith(prefix):

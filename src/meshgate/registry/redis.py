@@ -163,7 +163,8 @@ class RedisRegistry:
                 self.url, options=self.options, socket_timeout=2, socket_connect_timeout=2
             )
             try:
-                keys = [f"{PREFIX}{self.node}:{id_}" for id_ in self.own]
+                # Those deregistered but not yet deleted go too.
+                keys = [f"{PREFIX}{self.node}:{id_}" for id_ in (*self.own, *self._gone)]
                 if keys:
                     await client.delete(*keys)
                     await client.publish(CHANNEL, json.dumps({"node": self.node, "op": "left"}))

@@ -6,7 +6,8 @@ the chosen instance and say what became of it. A failure is classified once, int
 the loop understands: did the request reach the instance, is the instance to blame, may the
 call be sent again elsewhere.
 
-Kinds: `McpAttempt` (an MCP server instance, stdio or remote, over its connection) and
+Kinds: `McpAttempt` (an MCP server instance, stdio or remote, over its connection, or a peer
+node that runs the server: `router.cluster.PeerInstance`, called at its `/mcp/{server}`) and
 `HttpAttempt` (an instance of a registered HTTP service, over the shared HTTP client).
 """
 
@@ -23,6 +24,7 @@ from opentelemetry.trace import Span
 from meshgate.errors import (
     InvalidArguments,
     MeshgateError,
+    NoHealthyInstance,
     UpstreamCrashed,
     UpstreamError,
     UpstreamTimeout,
@@ -30,7 +32,9 @@ from meshgate.errors import (
 from meshgate.observability import tracing
 from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics
-from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER
+from meshgate.router.call import CALLER_HEADER, HOPS_HEADER, TIMEOUT_HEADER, Call
+from meshgate.router.cluster import PeerInstance
+from meshgate.security.nodes import NodeCredentials
 from meshgate.services.http import (
     ServiceBroken,
     ServiceClient,
@@ -48,6 +52,19 @@ ServerRequestHandler = Callable[[str, JSON], Awaitable[JSON]]
 
 I = TypeVar("I", contravariant=True)  # noqa: E741 - the instance kind
 R = TypeVar("R")  # what an attempt returns
+
+
+def _problem_kinds() -> dict[str, type[MeshgateError]]:
+    kinds: dict[str, type[MeshgateError]] = {}
+    todo: list[type[MeshgateError]] = [MeshgateError]
+    while todo:
+        kind = todo.pop()
+        kinds.setdefault(kind.type, kind)
+        todo.extend(kind.__subclasses__())
+    return kinds
+
+
+_PROBLEMS = _problem_kinds()  # a problem's type slug -> its class, for a peer's refusals
 
 
 @dataclass(frozen=True)
@@ -126,14 +143,22 @@ class McpAttempt:
         *,
         on_progress: ProgressHandler | None = None,
         on_server_request: ServerRequestHandler | None = None,
+        call: Call | None = None,
+        credentials: NodeCredentials | None = None,
+        peer_down_s: float = 5.0,
     ) -> None:
         self.service = service
         self.method = method
         self.params = params
         self.on_progress = on_progress
         self.on_server_request = on_server_request
+        self.call = call
+        self.credentials = credentials
+        self.peer_down_s = peer_down_s
 
     async def send(self, inst: Instance, timeout: float, hurried: bool) -> JSON:
+        if isinstance(inst, PeerInstance):
+            return await self._send_peer(inst, timeout, hurried)
         params = self.params
         span = _client_span(f"{self.method} {inst.id}", inst.id, {"rpc.method": self.method})
         if span is not None:  # the trace goes on in the server
@@ -171,6 +196,90 @@ class McpAttempt:
                         retryable=True,
                     )
                 ) from None
+
+    async def _send_peer(self, inst: PeerInstance, timeout: float, hurried: bool) -> JSON:
+        """The call through a peer node's `/mcp/{server}`: what is left of the deadline, one
+        more hop, and the caller asserted under this node's signature."""
+        call = self.call
+        headers = {
+            TIMEOUT_HEADER: f"{timeout:.3f}",
+            HOPS_HEADER: str((call.hops if call is not None else 0) + 1),
+        }
+        if call is not None and call.caller:
+            headers[CALLER_HEADER] = call.caller
+        if self.credentials is not None and call is not None:
+            headers.update(self.credentials.sign(call.principal, inst.path))
+        params = self.params
+        span = _client_span(f"{self.method} {inst.id}", inst.id, {"rpc.method": self.method})
+        if span is not None:
+            meta = params.get("_meta")
+            params = {**params, "_meta": {**(meta or {}), **tracing.inject(span)}}
+        where = f"node {inst.peer.id}"
+        with Measure(partial(metrics.attempt, inst.server, inst.id), attempt_outcome, span):
+            try:
+                return await inst.http.request(
+                    self.method,
+                    params,
+                    timeout=timeout,
+                    on_progress=self.on_progress,
+                    on_server_request=self.on_server_request,
+                    headers=headers,
+                )
+            except JsonRpcError as e:
+                raise Failed(self._peer_error(e, where)) from None
+            except TimeoutError:
+                # The peer's breaker judges the node, not its servers: a slow server there is
+                # that node's to judge (it had the same deadline), and must not close the way
+                # to the node's other servers.
+                raise Failed(
+                    Failure(
+                        UpstreamTimeout(
+                            f"{where} did not answer {self.method} for {self.service} within "
+                            + ("the caller's deadline" if hurried else "the deadline")
+                        ),
+                        blame=False,
+                    )
+                ) from None
+            except ConnectionLost as e:
+                if not e.sent:
+                    inst.unreachable(self.peer_down_s)
+                    raise Failed(
+                        Failure(
+                            NoHealthyInstance(f"{self.service}: {where} cannot be reached"),
+                            reached=False,
+                            retryable=True,
+                        )
+                    ) from None
+                raise Failed(
+                    Failure(
+                        UpstreamCrashed(f"{where} failed while {self.method} was in flight: {e}"),
+                        retryable=True,
+                    )
+                ) from None
+
+    def _peer_error(self, e: JsonRpcError, where: str) -> Failure:
+        """A peer's JSON-RPC error: its own refusal (a meshgate problem in `data`) passes on
+        as the same problem; its server's error as the server's."""
+        data = e.data if isinstance(e.data, dict) else {}
+        status = data.get("http_status")
+        if status is not None:  # not an MCP answer: the node refused this node's request
+            return Failure(
+                UpstreamError(
+                    f"{where} refused the forwarded request with HTTP {status}"
+                    + (" (is cluster_secret the same on every node?)" if status == 401 else "")
+                )
+            )
+        kind = _PROBLEMS.get(str(data.get("type")))
+        if kind is None:
+            return Failure(self._rpc_error(e), blame=False, answered=True)
+        extra = {k: v for k, v in data.items() if k not in ("type", "status", "retry_after_s")}
+        retry_after = data.get("retry_after_s")
+        error = kind(
+            f"{e.message} (at {where})",
+            extra=extra,
+            retry_after=retry_after if isinstance(retry_after, int | float) else None,
+        )
+        return Failure(error, blame=False, answered=True)
 
     def healthy(self, result: JSON) -> bool:
         return True

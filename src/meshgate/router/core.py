@@ -27,6 +27,7 @@ from meshgate.config import ServerPolicy
 from meshgate.errors import (
     CircuitOpen,
     InvalidArguments,
+    LoopDetected,
     NoHealthyInstance,
     Overloaded,
     SessionInstanceLost,
@@ -52,6 +53,7 @@ from meshgate.router.attempts import (
     ServerRequestHandler,
 )
 from meshgate.router.call import Call
+from meshgate.router.cluster import Cluster
 from meshgate.router.interceptors import Chain
 from meshgate.security.gate import Gate
 from meshgate.security.policy import Action
@@ -181,8 +183,12 @@ class Router:
         gate: Gate | None = None,
         min_timeout_s: float = 0.05,
         audit_tool_calls: bool = False,
+        cluster: Cluster | None = None,
+        max_hops: int = 8,
     ) -> None:
         self.audit_tool_calls = audit_tool_calls
+        self.cluster = cluster
+        self.max_hops = max_hops
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
@@ -196,9 +202,17 @@ class Router:
 
     def pool(self, service: str) -> ServerPool:
         pool = self.supervisor.pools.get(service)
+        if pool is None and self.cluster is not None:
+            pool = self.cluster.remote.get(service)  # a server only other nodes run
         if pool is None:
             raise UnknownService(f"no MCP server named {service!r}")
         return pool
+
+    def pools(self) -> dict[str, ServerPool]:
+        """Every MCP server calls can reach: this node's, then those only peers run."""
+        if self.cluster is None:
+            return self.supervisor.pools
+        return self.cluster.pools()
 
     async def admit(self, call: Call) -> Call:
         """Check a call once: the gate (policy, limits) for its principal, then the interceptor
@@ -206,6 +220,12 @@ class Router:
         may become a task) admits first; the router admits the rest."""
         if call.admitted:
             return call
+        if call.hops >= self.max_hops:
+            raise LoopDetected(
+                f"this call has already passed through {call.hops} gateways (max_hops = "
+                f"{self.max_hops}); the nodes' views of each other disagree",
+                extra={"hops": call.hops, "max_hops": self.max_hops},
+            )
         # A tool listing is filtered tool by tool by the front end, not refused whole.
         if call.entry != "internal" and call.method not in FILTERED_LISTS:
             await self.gate.admit(call.principal, action_of(call))
@@ -294,6 +314,9 @@ class Router:
             params,
             on_progress=on_progress,
             on_server_request=on_server_request,
+            call=call,
+            credentials=self.cluster.credentials if self.cluster is not None else None,
+            peer_down_s=self.cluster.lease_s / 3 if self.cluster is not None else 5.0,
         )
         with Measure(partial(metrics.call, service, tool), outcome_of, span):
             return await self._route(
@@ -432,6 +455,12 @@ class Router:
                     if f.reached and not retry_safe:
                         f.error.detail += f"; not retried because {unsafe}"
                         raise f.error from None
+                    if not f.reached and not pool.routable() and not pool.restarting():
+                        # Nothing else to try (a peer node that is gone): say so at once.
+                        raise NoHealthyInstance(
+                            f"{f.error.detail}; {pool.name} has no other healthy instance",
+                            retry_after=pool.retry_after(),
+                        ) from None
                     await self._before_retry(pool, number, deadline, f.error.detail)
                     continue
                 except asyncio.CancelledError:

@@ -1,6 +1,7 @@
 """Authentication: from a request's credentials to the principal it runs as.
 
-Credentials, first found wins: `Authorization: Bearer TOKEN` (an API key made by `meshgate
+A peer node's signed request (`meshgate.security.nodes`) runs as the caller it asserts.
+Otherwise credentials, first found wins: `Authorization: Bearer TOKEN` (an API key made by `meshgate
 keys create`, else a JWT from the configured issuer), `X-API-Key: KEY`, then a verified client
 certificate. A request with none runs with `anonymous_roles` if any are configured, and is
 refused with 401 otherwise. A credential that is present and wrong is always refused: it is
@@ -15,6 +16,7 @@ from typing import Protocol
 from meshgate.config import AuthSettings
 from meshgate.errors import Unauthenticated
 from meshgate.security.client_cert import ClientCert
+from meshgate.security.nodes import NODE_HEADERS, NodeCredentials
 from meshgate.security.principal import LOCAL, Principal
 
 API_KEY_PREFIX = "mgk_"
@@ -33,7 +35,9 @@ class Authenticator:
         *,
         keys: TokenVerifier | None = None,
         jwt: TokenVerifier | None = None,
+        nodes: NodeCredentials | None = None,
     ) -> None:
+        self.nodes = nodes
         self.settings = settings
         self.enabled = settings is not None and settings.enabled
         self.keys = keys if settings is not None and settings.api_keys else None
@@ -44,11 +48,16 @@ class Authenticator:
         )
 
     async def authenticate(
-        self, headers: Mapping[str, str], certificate: ClientCert | None = None
+        self, headers: Mapping[str, str], certificate: ClientCert | None = None, path: str = ""
     ) -> Principal:
-        """The principal of a request with these (lower-case) headers."""
+        """The principal of a request with these (lower-case) headers, to `path`."""
         if not self.enabled:
             return LOCAL
+        if any(h in headers for h in NODE_HEADERS):
+            # A peer node's request: its signature, never a credential beside it, decides.
+            if self.nodes is None:
+                raise Unauthenticated("this gateway takes no node requests (no cluster_secret)")
+            return self.nodes.verify(headers, path)
         authorization = headers.get("authorization")
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")

@@ -80,7 +80,8 @@ class Gate:
         except Forbidden:
             audit("denied", principal=principal.name, outcome="denied", action=action.describe())
             raise
-        if self.limits:
+        # A call a peer node forwards spent the caller's limits where it first arrived.
+        if self.limits and principal.via != "node":
             await self._limit(principal, action)
 
     async def _limit(self, principal: Principal, action: Action) -> None:

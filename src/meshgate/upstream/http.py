@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -138,8 +138,10 @@ class HttpUpstream:
         on_progress: NotificationHandler | None = None,
         on_server_request: RequestHandler | None = None,
         internal: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> JSON:
-        """Send a request and wait for its result; the same contract as StdioConnection."""
+        """Send a request and wait for its result; the same contract as StdioConnection.
+        `headers`: added to this request only (a peer node's deadline, hops and signature)."""
         if not self.alive:
             raise ConnectionLost(f"{self.label} is closed", sent=False)
         self._next_id += 1
@@ -148,7 +150,9 @@ class HttpUpstream:
         body = jsonrpc.request(id_, method, params)
         try:
             async with asyncio.timeout(timeout):
-                result = await self._exchange(id_, method, body, on_progress, on_server_request)
+                result = await self._exchange(
+                    id_, method, body, on_progress, on_server_request, headers
+                )
         except (TimeoutError, asyncio.CancelledError):
             if self.meta is None and self.alive:  # handshake era: say so; stateless: closing is
                 reason = "deadline exceeded"
@@ -166,8 +170,11 @@ class HttpUpstream:
         body: JSON,
         on_progress: NotificationHandler | None,
         on_server_request: RequestHandler | None,
+        extra: Mapping[str, str] | None = None,
     ) -> JSON:
         headers = self._headers(method, body.get("params"))
+        if extra:
+            headers.update(extra)
         try:
             async with self._client.stream("POST", self.url, json=body, headers=headers) as r:
                 if method == "initialize" and "mcp-session-id" in r.headers:
@@ -177,7 +184,9 @@ class HttpUpstream:
                     self._close(f"the server ended the session (404 to {method})")
                     raise ConnectionLost(f"{self.label}: session ended by the server", sent=True)
                 if ctype.startswith("text/event-stream") and r.status_code == 200:
-                    return await self._read_stream(r, id_, on_progress, on_server_request)
+                    return await self._read_stream(
+                        r.aiter_lines(), id_, on_progress, on_server_request
+                    )
                 raw = await _read_limited(r, self.max_bytes)
         except httpx.ConnectError as e:
             self._note(f"cannot connect: {e}")
@@ -211,17 +220,21 @@ class HttpUpstream:
             raise ConnectionLost(f"{self.label}: HTTP {status} to {method}", sent=True)
         # A 4xx without a JSON-RPC error (a server of another era, usually): the method is
         # not available there.
-        raise JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"HTTP {status} to {method}")
+        raise JsonRpcError(
+            jsonrpc.METHOD_NOT_FOUND, f"HTTP {status} to {method}", {"http_status": status}
+        )
 
     async def _read_stream(
         self,
-        r: httpx.Response,
+        lines: AsyncIterator[str],
         id_: int,
         on_progress: NotificationHandler | None,
         on_server_request: RequestHandler | None,
     ) -> JSON:
+        """The response to request `id_` from an event stream's lines; what else comes on it
+        goes to the handlers."""
         data: list[str] = []
-        async for line in r.aiter_lines():
+        async for line in lines:
             if line.startswith("data:"):
                 data.append(line[5:].lstrip())
                 continue

@@ -98,6 +98,8 @@ class ServerPool:
         self.identity: protocol.ServerIdentity | None = None  # of the newest verified instance
         self.subscribers: set[Subscriber] = set()
         self.dedicated: dict[str, Instance] = {}  # held by one client session each
+        # Other nodes' healthy instances of this server, as one node of a cluster sees them.
+        self.peers: Callable[[], list[Instance]] | None = None
         self._dedicated_ids = itertools.count(1)
         self._instance_tasks: set[asyncio.Task[None]] = set()  # and other per-instance tasks
         self._changed = Signal()
@@ -109,6 +111,14 @@ class ServerPool:
     # -- what the router reads ----------------------------------------------------------------
 
     def routable(self) -> list[Instance]:
+        """The healthy local instances; when there is none, those of peer nodes that have one
+        (local instances are always preferred)."""
+        local = self.local_routable()
+        if local or self.peers is None:
+            return local
+        return self.peers()
+
+    def local_routable(self) -> list[Instance]:
         return [s.instance for s in self.slots if s.instance is not None and s.instance.routable]
 
     def instance(self, instance_id: str) -> Instance | None:
@@ -116,7 +126,10 @@ class ServerPool:
         for slot in self.slots:
             if slot.instance is not None and slot.instance.id == instance_id:
                 return slot.instance
-        return self.dedicated.get(instance_id)
+        if instance_id in self.dedicated:
+            return self.dedicated[instance_id]
+        peers = self.peers() if self.peers is not None else []
+        return next((i for i in peers if i.id == instance_id), None)
 
     @property
     def waiters(self) -> int:
@@ -643,7 +656,7 @@ class ServerPool:
     async def _refresh_tools(self) -> None:
         while self._catalog_stale:
             self._catalog_stale = False
-            for inst in self.routable():
+            for inst in self.local_routable():
                 try:
                     tools = await protocol.list_tools(inst.conn, timeout=self.policy.call_timeout_s)
                 except (TimeoutError, ConnectionLost, JsonRpcError) as e:
@@ -651,6 +664,10 @@ class ServerPool:
                     continue
                 self._set_catalog(tools)
                 break
+
+    def set_catalog(self, tools: Iterable[JSON]) -> None:
+        """Take a catalog listed elsewhere (a peer node's); watchers hear of a change."""
+        self._set_catalog(tools)
 
     def _set_catalog(self, tools: Iterable[JSON]) -> None:
         catalog = {t["name"]: t for t in tools}

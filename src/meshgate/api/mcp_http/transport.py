@@ -68,6 +68,11 @@ class McpHttp:
         for pool in supervisor.pools.values():
             pool.subscribers.add(self._on_server_notification)
 
+    def relay(self, server: str, method: str, params: JSON) -> None:
+        """Pass a server's notification on to the sessions and listeners that watch it (the
+        sink of pools made after start, such as servers only peer nodes run)."""
+        self._on_server_notification(server, method, params)
+
     def notify_session(self, session_id: str, message: JSON) -> None:
         """Send a message on a session's GET stream, if the session is still there."""
         session = self.sessions.sessions.get(session_id)  # (not a sign of the client's life)

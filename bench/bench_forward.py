@@ -1,0 +1,137 @@
+"""What forwarding a call to a peer node adds to it, in one run.
+
+Two gateways share one redis-server: node A runs meshgate's fault server as `s`, node B runs
+nothing. The same `echo` through the REST tool call, driven by wrk at each concurrency:
+
+- `local`: to node A, which runs the server;
+- `forwarded`: to node B, which sends it on to A's `/mcp/s` (stateless MCP over HTTP);
+- `forwarded, signed`: the same with `[auth]` on both nodes (an API key per request on B,
+  an HMAC node signature on the hop to A).
+
+    .venv/bin/python bench/bench_forward.py [--duration 10] [--concurrency 1 16] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench_echo import SERVERS, WRK_SCRIPT, run_wrk
+from meshgate.testing.gateway import GatewayProcess, start_gateway
+from meshgate.testing.redis_server import RedisServer
+
+SERVER = "fault"
+POLICY = '[mesh]\nlog_level = "warning"\naudit_tool_calls = false\n[defaults]\nmax_in_flight = 64\n'
+AUTH = '\n[auth]\n\n[roles.agent]\nallow = ["mcp:s/echo"]\n'
+SECRET = "a-cluster-secret-for-the-benchmark"
+
+
+def node(workdir: Path, name: str, redis_url: str, policy: str, *, runs: bool) -> GatewayProcess:
+    cmd, _, _ = SERVERS[SERVER]
+    workdir.mkdir(parents=True)
+    servers = {"s": {"command": cmd[0], "args": cmd[1:]}} if runs else {}
+    return start_gateway(
+        workdir,
+        servers,
+        policy,
+        env={"MESHGATE_CLUSTER_SECRET": SECRET},
+        args=["--node-id", name, "--registry", redis_url, "--log-level", "info"],
+    )
+
+
+def make_key(workdir: Path, redis_url: str) -> str:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "meshgate.cli", "keys", "create", "bench", "--role", "agent"),
+            *("--json", "--data-dir", str(workdir / "data"), "--registry", redis_url),
+            *("--policy", str(workdir / "meshgate.toml")),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    key: str = json.loads(out.stdout)["key"]
+    return key
+
+
+def wait_forwarding(url: str, headers: dict[str, str]) -> None:
+    """Until node B knows A's server (its record has arrived)."""
+    end = time.monotonic() + 30
+    body = {"arguments": {"text": "x"}}
+    while time.monotonic() < end:
+        r = httpx.post(f"{url}/api/v1/mcp/servers/s/tools/echo", json=body, headers=headers)
+        if r.status_code == 200:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("node B never reached node A's server")
+
+
+def run(url: str, duration: int, levels: list[int], key: str | None) -> dict[int, dict[str, float]]:
+    _, tool, args = SERVERS[SERVER]
+    script = WRK_SCRIPT % json.dumps({"arguments": args})
+    if key is not None:
+        script += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    return run_wrk(f"{url}/api/v1/mcp/servers/s/tools/{tool}", script, duration, levels)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--markdown", action="store_true")
+    a = p.parse_args()
+    rows: list[tuple[str, dict[int, dict[str, float]]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        redis = RedisServer(root).start()
+        try:
+            for label, policy in (("", POLICY), (" (auth)", POLICY + AUTH)):
+                sub = root / ("auth" if label else "open")
+                a_node = node(sub / "a", "node-a", redis.url, policy, runs=True)
+                b_node = node(sub / "b", "node-b", redis.url, policy, runs=False)
+                try:
+                    key = make_key(sub / "a", redis.url) if label else None
+                    headers = {"Authorization": f"Bearer {key}"} if key else {}
+                    wait_forwarding(b_node.url, headers)
+                    rows.append((f"local{label}", run(a_node.url, a.duration, a.concurrency, key)))
+                    forwarded = "forwarded, signed" if label else "forwarded"
+                    rows.append(
+                        (f"{forwarded}{label}", run(b_node.url, a.duration, a.concurrency, key))
+                    )
+                finally:
+                    b_node.stop()
+                    a_node.stop()
+        finally:
+            redis.stop()
+    if a.markdown:
+        print("| entry | concurrency | calls/s | p50 ms | p99 ms | p50 added ms | errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    local: dict[int, dict[str, float]] = {}
+    for name, result in rows:
+        if name.startswith("local"):
+            local = result
+        for c, r in result.items():
+            added = r["p50_ms"] - local[c]["p50_ms"]
+            cells = (
+                name,
+                str(c),
+                f"{r['calls_per_s']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{added:+.2f}",
+                f"{r['errors']:.0f}",
+            )
+            print("| " + " | ".join(cells) + " |" if a.markdown else "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
