@@ -24,15 +24,16 @@ from typing import Any
 
 from meshgate.balancer import Balancer, make_balancer
 from meshgate.config import ServerSpec
-from meshgate.errors import NoHealthyInstance, Overloaded
 from meshgate.health import CheckResult, HealthLog, run_checks
 from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceState, Registry
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
 from meshgate.upstream import process
-from meshgate.upstream.autoscaler import DOWN, Autoscaler, Decision, Load
+from meshgate.upstream.autoscaler import Autoscaler
+from meshgate.upstream.dedicated import Dedicated
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import Instance, breaker_policy
+from meshgate.upstream.scaling import Scaling
 from meshgate.upstream.slot import STDERR_KEPT, Slot, describe_start_failure
 from meshgate.upstream.stdio import StdioConnection
 from meshgate.wire import protocol
@@ -56,8 +57,11 @@ STOP_GRACE_S = 5.0
 LISTEN_TIMEOUT_S = 365 * 24 * 3600.0  # a subscription lasts as long as its instance
 
 
-class ServerPool:
-    """All instances of one MCP server, plus what the router needs to pick among them."""
+class ServerPool(Scaling, Dedicated):
+    """All instances of one MCP server, plus what the router needs to pick among them.
+
+    How it grows and shrinks (`Scaling`) and how it lends processes to client sessions
+    (`Dedicated`) live in their own modules."""
 
     def __init__(
         self,
@@ -232,97 +236,6 @@ class ServerPool:
         for s in slots:
             s.health.move(InstanceState.STOPPED, "the gateway stops")
         self.notify()
-
-    # -- scaling -------------------------------------------------------------------------------
-
-    def load(self) -> Load:
-        """The pool's load as the autoscaler samples it."""
-        live = [s.instance for s in self.slots if s.instance is not None]
-        ready = [i for i in live if i.routable]
-        busy = [i.latency_ewma for i in ready if i.in_flight and i.latency_ewma]
-        since = self._queued_since
-        return Load(
-            instances=len(self.slots),
-            ready=len(ready),
-            in_flight=sum(i.in_flight for i in live),
-            queued=self._waiters,
-            queued_for_s=self.clock() - since if since is not None else 0.0,
-            latency_s=sum(busy) / len(busy) if busy else None,
-        )
-
-    async def _autoscale(self) -> None:
-        # Not before the first instances started (or gave up): a pool that may scale to zero
-        # needs its catalog first, and a slow start is not an idle pool.
-        await asyncio.gather(*(s.settled.wait() for s in self.slots))
-        interval = self.policy.autoscale.interval_s
-        while not self._stopping:
-            await asyncio.sleep(interval)
-            self.scale()
-
-    def scale(self) -> Decision | None:
-        """Sample the load once and carry out what the autoscaler decides."""
-        decision = self.autoscaler.decide(self.load())
-        self._apply(decision)
-        return decision
-
-    def _apply(self, decision: Decision | None) -> None:
-        if decision is None or self._stopping:
-            return
-        log.info("%s", decision.line())
-        metrics.autoscaled(self.name, decision.direction, decision.reason, decision.after)
-        if decision.reason == "demand":
-            self._cold_start = True
-        if decision.direction != DOWN:
-            while len(self.slots) < decision.after:
-                self._add_slot()
-            return
-        # Retire those that would take longest to be of use, then those with fewest calls.
-        order = {InstanceState.HEALTHY: 2, InstanceState.UNHEALTHY: 1}
-        victims = sorted(
-            self.slots,
-            key=lambda s: (
-                order.get(s.state, 0),
-                s.instance.in_flight if s.instance is not None else 0,
-                -s.index,
-            ),
-        )[: len(self.slots) - decision.after]
-        for slot in victims:
-            # Routing stops at once; the process stops once its calls are done.
-            self.slots.remove(slot)
-            inst = slot.instance
-            if inst is not None and inst.state in (InstanceState.HEALTHY, InstanceState.UNHEALTHY):
-                self._set_state(inst, InstanceState.DRAINING, f"scaled down: {decision.why}")
-            task = asyncio.create_task(self._retire(slot), name=f"retire {slot.id}")
-            self._instance_tasks.add(task)
-            task.add_done_callback(self._instance_tasks.discard)
-        self.notify()
-
-    def _add_slot(self) -> None:
-        index = next(i for i in itertools.count(1) if i not in self._slots)
-        slot = Slot(self.name, index, self.policy, self.health_log, self.rng)
-        self._slots[index] = slot
-        self.slots = sorted([*self.slots, slot], key=lambda s: s.index)
-        self._slot_tasks[index] = asyncio.create_task(self._run_slot(slot), name=f"slot {slot.id}")
-
-    async def _retire(self, slot: Slot) -> None:
-        """Let the calls in flight on a retired slot's instance finish (each within its
-        deadline), then stop its process."""
-        task = self._slot_tasks.pop(slot.index)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        inst = slot.instance
-        try:
-            if inst is None or inst.state is InstanceState.STOPPED:
-                return
-            # Each call holds its instance no longer than its own deadline (which a caller may
-            # set beyond call_timeout_s), so the drain waits for every one of them.
-            while inst.in_flight > 0 and inst.conn.alive:
-                await self.wait_changed(self.policy.health.interval_s)
-            await self._end(inst, "scaled down")
-        finally:
-            if self._slots.get(slot.index) is slot:
-                del self._slots[slot.index]
-            self.notify()
 
     async def _end(self, inst: Instance, why: str) -> None:
         """Make sure the process group is gone, gently if it is still running."""
@@ -565,72 +478,6 @@ class ServerPool:
         inst.last_health = result.view()
         if new is not None:
             self._set_state(inst, new, "health checks")
-
-    # -- dedicated mode: a process per client session ------------------------------------------
-
-    async def claim(self, timeout_s: float) -> Instance:
-        """Take a warm spare out of its slot for one client session; the slot starts another.
-
-        Raises Overloaded at `max_dedicated` sessions, NoHealthyInstance when no spare is
-        ready within `timeout_s`.
-        """
-        if len(self.dedicated) >= self.policy.max_dedicated:
-            raise Overloaded(
-                f"{self.name} already runs {len(self.dedicated)} dedicated processes "
-                "(max_dedicated)",
-                retry_after=5.0,
-            )
-        end = time.monotonic() + timeout_s
-        queued = False
-        try:
-            while True:
-                for slot in self.slots:
-                    inst = slot.instance
-                    if inst is not None and inst.routable and inst.in_flight == 0:
-                        return self._detach(slot, inst)
-                remaining = end - time.monotonic()
-                if not self.restarting() or remaining <= 0:
-                    raise NoHealthyInstance(
-                        f"{self.name} has no warm spare ready for a new session"
-                    )
-                if not queued:  # a session waiting for a spare is load, as a queued call is
-                    self.waiters += 1
-                    queued = True
-                await self.wait_changed(remaining)
-        finally:
-            if queued:
-                self.waiters -= 1
-
-    def _detach(self, slot: Slot, inst: Instance) -> Instance:
-        self.registry.deregister(inst.id)
-        inst.id = f"{self.name}-d{next(self._dedicated_ids)}"
-        self.dedicated[inst.id] = inst
-        self.registry.register(inst.record())
-        slot.hand_over()
-        inst.detached.set()  # its slot's watcher lets go of it and starts the next spare
-        task = asyncio.create_task(self._watch_dedicated(inst), name=f"dedicated {inst.id}")
-        self._instance_tasks.add(task)
-        task.add_done_callback(self._instance_tasks.discard)
-        log.info("%s (pid %s) now serves one client session", inst.id, inst.pid)
-        self.notify()
-        return inst
-
-    async def _watch_dedicated(self, inst: Instance) -> None:
-        ended = (inst.conn.closed, inst.conn.exited)
-        try:
-            await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
-            log.info("%s exited (code %s)", inst.id, inst.conn.exit_code)
-        finally:
-            if any(f.done() for f in ended):
-                await self._end(inst, f"exited with code {inst.conn.exit_code}")
-            self.dedicated.pop(inst.id, None)
-            self.notify()
-
-    async def release(self, inst: Instance) -> None:
-        """The session is over: end its process."""
-        if self.dedicated.get(inst.id) is inst:
-            log.info("%s released by its session", inst.id)
-            await self._end(inst, "released by its session")
 
     # -- messages from servers ----------------------------------------------------------------
 
