@@ -188,6 +188,15 @@ def test_a_session_opened_on_a_works_through_b(tmp_path: Path, redis_server: Red
             assert r.status_code == 404, (bad, r.text)
             assert "initialize again" in r.json()["error"]["message"]
         assert post(b, "/mcp", session, call("alpha__echo", {"text": "x"})).status_code == 404
+        # a deadline that is not one is refused where the client came in
+        for bad_timeout in ("soon", "-1"):
+            h = {"X-Meshgate-Timeout": bad_timeout}
+            r = post(b, path, session, call("echo", {"text": "x"}), h)
+            assert r.status_code == 400, r.text
+            assert "x-meshgate-timeout" in r.json()["error"]["message"].lower()
+        # the deadline left goes with the relayed request: A's call ends within it
+        r = post(b, path, session, call("sleep", {"seconds": 5}), {"X-Meshgate-Timeout": "0.5"})
+        assert "error" in messages(r)[-1], r.text
 
         # DELETE through B ends the session on A
         r = b.http.delete(path, headers=session_headers(session))

@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from meshgate.api.mcp_http.checks import Reject
 from meshgate.api.problems import read_body
-from meshgate.errors import MeshgateError, PayloadTooLarge
+from meshgate.errors import InvalidArguments, MeshgateError, PayloadTooLarge
 from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER, parse_hops, parse_timeout
 from meshgate.router.cluster import Cluster
 from meshgate.security import principal_of
@@ -128,6 +128,8 @@ class SessionRelay:
                 if left <= 0:
                     raise Reject(504, INTERNAL_ERROR, "the caller's deadline has passed")
                 out[TIMEOUT_HEADER] = f"{left:.3f}"
+        except InvalidArguments as e:  # a header of the transport: a bad request, as /mcp says
+            raise Reject(400, INVALID_REQUEST, e.detail) from None
         except MeshgateError as e:
             raise Reject(e.status, INVALID_REQUEST, e.detail) from None
         out[HOPS_HEADER] = str(hops + 1)
