@@ -6,7 +6,10 @@ nothing. The same `echo` through the REST tool call, driven by wrk at each concu
 - `local`: to node A, which runs the server;
 - `forwarded`: to node B, which sends it on to A's `/mcp/s` (stateless MCP over HTTP);
 - `forwarded, signed`: the same with `[auth]` on both nodes (an API key per request on B,
-  an HMAC node signature on the hop to A).
+  an HMAC node signature on the hop to A);
+- `session` and `session, relayed`: `tools/call` of `echo` in one 2025-11-25 MCP session
+  opened on A, POSTed to A's `/mcp/s`, then to B's, which relays it to A as it is (the session
+  lives on A).
 
     .venv/bin/python bench/bench_forward.py [--duration 10] [--concurrency 1 16] [--markdown]
 """
@@ -74,6 +77,50 @@ def wait_forwarding(url: str, headers: dict[str, str]) -> None:
     raise RuntimeError("node B never reached node A's server")
 
 
+SESSION_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2025-11-25"
+wrk.headers["Mcp-Session-Id"] = "%s"
+"""
+
+
+def open_session(url: str, headers: dict[str, str]) -> str:
+    """A 2025-11-25 session on the node at `url`, initialized."""
+    base = {"Accept": "application/json, text/event-stream", **headers}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    r = httpx.post(f"{url}/mcp/s", json=init, headers=base)
+    r.raise_for_status()
+    session = r.headers["mcp-session-id"]
+    base |= {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    httpx.post(f"{url}/mcp/s", json=done, headers=base).raise_for_status()
+    return session
+
+
+def run_session(
+    url: str, session: str, duration: int, levels: list[int], key: str | None
+) -> dict[int, dict[str, float]]:
+    _, tool, args = SERVERS[SERVER]
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    body = {**call, "params": {"name": tool, "arguments": args}}
+    script = SESSION_SCRIPT % (json.dumps(body), session)
+    if key is not None:
+        script += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    return run_wrk(f"{url}/mcp/s", script, duration, levels)
+
+
 def run(url: str, duration: int, levels: list[int], key: str | None) -> dict[int, dict[str, float]]:
     _, tool, args = SERVERS[SERVER]
     script = WRK_SCRIPT % json.dumps({"arguments": args})
@@ -106,6 +153,10 @@ def main() -> int:
                     rows.append(
                         (f"{forwarded}{label}", run(b_node.url, a.duration, a.concurrency, key))
                     )
+                    session = open_session(a_node.url, headers)
+                    for name, url in (("session", a_node.url), ("session, relayed", b_node.url)):
+                        result = run_session(url, session, a.duration, a.concurrency, key)
+                        rows.append((f"{name}{label}", result))
                 finally:
                     b_node.stop()
                     a_node.stop()
@@ -116,8 +167,8 @@ def main() -> int:
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     local: dict[int, dict[str, float]] = {}
     for name, result in rows:
-        if name.startswith("local"):
-            local = result
+        if name.startswith(("local", "session")) and "relayed" not in name:
+            local = result  # what the rows after it add to
         for c, r in result.items():
             added = r["p50_ms"] - local[c]["p50_ms"]
             cells = (

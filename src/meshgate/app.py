@@ -23,6 +23,7 @@ from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
+from meshgate.api.mcp_http.relay import SessionRelay
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
 from meshgate.crypto import Cipher
@@ -35,7 +36,7 @@ from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
-from meshgate.router.cluster import Cluster
+from meshgate.router.cluster import SESSION_TAG_SEP, Cluster, session_tag
 from meshgate.router.interceptors import build_chain
 from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
@@ -184,10 +185,18 @@ def build_app(settings: Settings) -> FastAPI:
             idle_timeout_s=mesh_settings.session_idle_timeout_s,
             max_per_principal=mesh_settings.max_sessions_per_principal,
             unused_timeout_s=mesh_settings.session_unused_timeout_s,
+            id_prefix=session_tag(settings.node_id) + SESSION_TAG_SEP,
         ),
         max_body_bytes=mesh_settings.max_body_bytes,
         allowed_origins=mesh_settings.allowed_origins,
         max_json_depth=mesh_settings.max_json_depth,
+        relay=SessionRelay(
+            cluster,
+            credentials,
+            max_hops=mesh_settings.max_hops,
+            max_body_bytes=mesh_settings.max_body_bytes,
+            tls=upstream_tls,
+        ),
     )
     mcp_http.attach(supervisor)
     cluster.watchers.append(mcp_http.relay)

@@ -201,7 +201,9 @@ class SessionStore:
         unused_timeout_s: float | None = None,
         keep_events: int = 256,
         clock: Callable[[], float] = time.monotonic,
+        id_prefix: str = "",
     ) -> None:
+        self.id_prefix = id_prefix  # names the node that holds the session (router.cluster)
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self.max_per_principal = max_per_principal
@@ -242,7 +244,7 @@ class SessionStore:
                 retry_after=min(30.0, self.idle_timeout_s),
             )
         session = ClientSession(
-            id=secrets.token_urlsafe(24),
+            id=self.id_prefix + secrets.token_urlsafe(24),
             target=target,
             protocol_version=protocol_version,
             client_capabilities=capabilities,

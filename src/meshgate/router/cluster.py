@@ -14,14 +14,16 @@ It is called at its stateless MCP endpoint `/mcp/{server}` (protocol 2026-07-28)
 the node's signature asserting the caller (`meshgate.security.nodes`). A server only peers run is a
 `RemotePool`: a pool with no slots, whose catalog comes from the peers' node records.
 
-Handshake-era sessions stay on the node that opened them; a session id could name its node for
-a load balancer or a later forwarding step to find it.
+Handshake-era sessions stay on the node that opened them, and their ids begin with that
+node's tag (`session_tag`): any node finds the owner among the node records
+(`Cluster.owner_of`) and relays the session's requests there (`meshgate.api.mcp_http.relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +49,14 @@ log = logging.getLogger("meshgate.cluster")
 NODE_KIND = "node"  # the kind of a node's own record in the registry
 NODE_SERVICE = "meshgate-nodes"  # the service node records are filed under
 NODE_RECORD_ID = "_node"
+SESSION_TAG_SEP = "."  # between a session id's node tag and its random part (never in either)
+
+
+def session_tag(node_id: str) -> str:
+    """The short tag a node's session ids begin with: a hash of its id, so that any node id
+    (whatever characters it has) makes a tag of visible ASCII, and the node records map it
+    back to the node."""
+    return hashlib.blake2s(node_id.encode(), digest_size=5).hexdigest()
 
 
 class PeerNode:
@@ -253,6 +263,22 @@ class Cluster:
             ),
             key=lambda r: r.node,
         )
+
+    def owner_of(self, session_id: str) -> InstanceRecord | None:
+        """The live record of the other node whose tag a session id begins with; None when
+        the id is this node's, or names no node of the cluster (gone, or never was)."""
+        tag, sep, _ = session_id.partition(SESSION_TAG_SEP)
+        if not sep or tag == session_tag(self.node):
+            return None
+        for r in self.node_records():
+            if session_tag(r.node) == tag:
+                return r
+        return None
+
+    def owns(self, session_id: str) -> bool:
+        """Whether a session id was made by this node (ids without a tag are nobody's)."""
+        tag, sep, _ = session_id.partition(SESSION_TAG_SEP)
+        return bool(sep) and tag == session_tag(self.node)
 
     def _on_record(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
         if record.kind != NODE_KIND or record.node == self.node:

@@ -274,8 +274,11 @@ class HandshakeEra:
 
 def owner(request: Request) -> tuple[str, str]:
     """Who a session belongs to: the name and kind of credential of the principal that opened
-    it (its roles may change from token to token; who it is may not)."""
+    it (its roles may change from token to token; who it is may not). A request a peer node
+    relayed is the original caller's, as the node's signature asserts it."""
     principal = principal_of(request.scope)
+    if principal.via == "node":
+        return principal.name, str(principal.claims.get("caller_via"))
     return principal.name, principal.via
 
 

@@ -22,6 +22,7 @@ from meshgate.api.mcp_http.handshake import (
     owner,
     principal_name,
 )
+from meshgate.api.mcp_http.relay import Relayed, SessionRelay
 from meshgate.api.mcp_http.streaming import counted, event_stream, follow, track
 from meshgate.errors import MeshgateError, UnknownService
 from meshgate.frontend.server import LATEST_HANDSHAKE
@@ -45,7 +46,9 @@ class LegacySse:
         max_body_bytes: int,
         max_json_depth: int,
         allowed_origins: set[str],
+        relay: SessionRelay | None = None,
     ) -> None:
+        self.relay = relay
         self.handshake = handshake
         self.front = handshake.front
         self.sessions = handshake.sessions
@@ -93,7 +96,12 @@ class LegacySse:
         """POST /messages?session_id=...: the client's messages; answers go on its stream."""
         try:
             check_origin(request, self.allowed_origins)
-            session = self.sessions.get(request.query_params.get("session_id", ""))
+            session_id = request.query_params.get("session_id", "")
+            if self.relay is not None and session_id:
+                elsewhere = self.relay.owner(request, session_id)
+                if elsewhere is not None:
+                    return Relayed(self.relay, request, elsewhere)
+            session = self.sessions.get(session_id)
             if session is None or not session.legacy or session.owner != owner(request):
                 raise Reject(404, INVALID_REQUEST, "no HTTP+SSE session with that session_id")
             msg = await read_json(request, self.max_body_bytes, self.max_json_depth)

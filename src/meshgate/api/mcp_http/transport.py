@@ -24,6 +24,7 @@ from meshgate.api.mcp_http.checks import (
 )
 from meshgate.api.mcp_http.handshake import HandshakeEra
 from meshgate.api.mcp_http.legacy_sse import LegacySse
+from meshgate.api.mcp_http.relay import Relayed, SessionRelay
 from meshgate.api.mcp_http.stateless import StatelessEra, is_stateless
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH
 from meshgate.api.responses import dumps
@@ -34,6 +35,8 @@ from meshgate.upstream.supervisor import Supervisor
 from meshgate.wire import jsonrpc
 from meshgate.wire.jsonrpc import INVALID_REQUEST, JSON, METHOD_NOT_FOUND
 from meshgate.wire.protocol import STATELESS_VERSION
+
+_SESSION_METHODS = frozenset({"POST", "GET", "DELETE"})
 
 
 class McpHttp:
@@ -47,8 +50,10 @@ class McpHttp:
         max_body_bytes: int,
         allowed_origins: list[str],
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        relay: SessionRelay | None = None,
     ) -> None:
         self.front = front
+        self.session_relay = relay  # sessions of other nodes of the cluster
         self.sessions = sessions
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
@@ -60,6 +65,7 @@ class McpHttp:
             max_body_bytes=max_body_bytes,
             max_json_depth=max_json_depth,
             allowed_origins=self.allowed_origins,
+            relay=relay,
         )
 
     # -- wiring --------------------------------------------------------------------------------
@@ -87,6 +93,8 @@ class McpHttp:
             session.standing.close()
 
     async def close(self) -> None:
+        if self.session_relay is not None:
+            await self.session_relay.close()
         self.end_standing_streams()
         self.stateless.parked.close()
         await self.sessions.close()
@@ -111,6 +119,12 @@ class McpHttp:
         target: str | None = scope.get("path_params", {}).get("name")
         try:
             check_origin(request, self.allowed_origins)
+            session_id = request.headers.get(SESSION_HEADER)
+            if self.session_relay is not None and session_id and request.method in _SESSION_METHODS:
+                owner = self.session_relay.owner(request, session_id)
+                if owner is not None:
+                    await Relayed(self.session_relay, request, owner)(scope, receive, send)
+                    return
             try:
                 self.front.check_target(target)
             except UnknownService as e:
