@@ -16,7 +16,9 @@ machine. HAProxy listens on 127.0.0.1 and balances round robin over the nodes.
 Nodes run `meshgate serve --insecure`: a gateway refuses to listen on an address other than
 loopback without `[auth]`, and here nothing but this process and HAProxy can reach the
 namespaces. `node_policy` (the `[auth]` block and anything else of meshgate.toml) and
-`node_env` (credentials) are the hooks for a cluster with authentication.
+`node_env` (credentials) are the hooks for a cluster with authentication; `node_servers`
+gives some nodes servers the others reach only by forwarding; `sentinel=True` puts Redis
+under Sentinel (meshgate.testing.cluster_sentinel).
 
 Everything made is undone by `close()`, also after a failure half-way through start: processes
 by the PIDs started (and any other process left in a namespace the run made), namespaces, the
