@@ -73,9 +73,7 @@ class Slot:
         """The slot as `/api/v1/mcp/servers` lists it."""
         if self.instance is not None and self.state is not InstanceState.FAILED:
             view = self.instance.view()
-            # A process that stopped, or was scaled down and is finishing its calls, says so
-            # whatever its health checks last found.
-            if view["state"] not in (InstanceState.STOPPED.value, InstanceState.DRAINING.value):
+            if view["state"] != InstanceState.STOPPED.value:
                 view["state"] = self.state.value
         else:
             view = {
