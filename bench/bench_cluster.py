@@ -2,15 +2,21 @@
 
     sudo .venv/bin/python bench/bench_cluster.py [--duration 60] [--nodes 3]
         [--throughput-s 20] [--sizes 1 2 3] [--rounds 2] [--keepalive-too]
-        [--concurrency 16] [--skip-throughput] [--skip-scenarios] [--json FILE]
+        [--concurrency 16] [--skip-throughput] [--skip-scenarios] [--only WORD...]
+        [--json FILE]
 
 Scenarios (meshgate.testing.chaos, on `--nodes` gateways in network namespaces, one shared
-Redis, HAProxy in front): steady load; kill -9 of a node a sixth into the run, started again
-at half; a partition of a node for a sixth of the run; Redis killed and back after 2 s. Each
-drives `--concurrency` closed-loop callers (70 % `echo`, 15 % `write`, 15 % task enqueues of
-`write`) and prints, per scenario: the success rate of the retry-safe calls, the failures of
-the others by status, tasks acknowledged / lost / run twice, and the time from the fault to
-the last failed call.
+Redis, HAProxy in front; meshgate.testing.drills has the servers): steady load; kill -9 of a
+node a sixth into the run, started again at half; a partition of a node for a sixth of the
+run; Redis killed and back after 2 s. Then `solo`, a server only n1 and n2 run (the others
+forward to them): n1 killed (back at half); n1 down beforehand and n2 killed for a sixth, so
+that no node runs it. Then `scaled` (1 to 4 instances): 2 callers throughout and a burst of
+14 more for a third of the run, so the pools grow and then shrink under load. Last, on a
+cluster of its own with Redis under Sentinel (a primary, a replica, three sentinels): the
+primary killed. Each drives `--concurrency` closed-loop callers (70 % the read-only call,
+15 % `write`, 15 % task enqueues of `write`) and prints, per scenario: the success rate of the
+retry-safe calls, the failures of the others by status and problem type, tasks acknowledged
+/ lost / run twice, the time from the fault to the last failed call and the fault's moments.
 
 Throughput: `wrk` POSTing `echo` through HAProxy for `--throughput-s` at 32 connections, on a
 fresh cluster of each size, the sizes interleaved `--rounds` times; `--keepalive-too` also
@@ -30,45 +36,121 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench_echo import WRK_DONE, WRK_SCRIPT, wrk_once
 from meshgate.testing import chaos
 from meshgate.testing.cluster import Cluster, unavailable
+from meshgate.testing.drills import SCALED, SOLO, drill_cluster
 
 
-def scenarios(duration: float, nodes: int) -> list[tuple[str, chaos.Fault | None]]:
+@dataclass
+class Scenario:
+    """One drill: its fault, the load it runs under, and what must be true before."""
+
+    name: str
+    fault: chaos.Fault | None
+    load: chaos.Load = field(default_factory=chaos.Load)
+    concurrency: int | None = None  # None: --concurrency
+    down_first: int | None = None  # a node killed before the load starts
+    watch: str | None = None  # a pool whose scaling is followed on every node
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+def scenarios(duration: float, nodes: int) -> list[Scenario]:
     sixth = duration / 6
-    return [
-        ("steady", None),
-        (
+    out = [
+        Scenario("steady", None),
+        Scenario(
             "kill -9 of a node (back at half time)",
             chaos.kill_node(0, restart_after_s=duration / 2 - sixth),
         ),
-        (f"partition of a node for {sixth:.0f} s", chaos.partition(min(1, nodes - 1), sixth)),
-        ("Redis killed, back after 2 s", chaos.restart_redis(2.0)),
+        Scenario(
+            f"partition of a node for {sixth:.0f} s", chaos.partition(min(1, nodes - 1), sixth)
+        ),
+        Scenario("Redis killed, back after 2 s", chaos.restart_redis(2.0)),
     ]
+    if nodes >= 3:  # solo on n1 and n2, forwarded by the rest
+        out.append(
+            Scenario(
+                "forwarded: kill -9 of n1, n2 still runs solo (n1 back at half time)",
+                chaos.kill_node(0, restart_after_s=duration / 2 - sixth),
+                SOLO,
+            )
+        )
+        gone = Scenario(
+            f"forwarded: n2, the only node running solo, down for {sixth:.0f} s",
+            None,
+            SOLO,
+            down_first=0,
+        )
+        gone.fault = chaos.kill_node(1, restart_after_s=sixth, marks=gone.marks)
+        out.append(gone)
+    out.append(
+        Scenario(
+            f"scaling: 2 callers, 14 more for {2 * sixth:.0f} s",
+            chaos.burst(2 * sixth, 14, SCALED),
+            SCALED,
+            concurrency=2,
+            watch="scaled",
+        )
+    )
+    return out
+
+
+def sentinel_scenario() -> Scenario:
+    failover = Scenario("Redis primary killed under Sentinel", None)
+    failover.fault = chaos.kill_redis_primary(failover.marks)
+    return failover
+
+
+async def _run(c: Cluster, s: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    stop = asyncio.Event()
+    watch = asyncio.ensure_future(chaos.watch_pools(c, s.watch, stop)) if s.watch else None
+    r = await chaos.run_scenario(
+        c,
+        s.name,
+        s.fault,
+        duration_s=args.duration,
+        fault_at_s=args.duration / 6,
+        concurrency=s.concurrency or args.concurrency,
+        settle_s=60,
+        load=s.load,
+        marks=s.marks,
+    )
+    stop.set()
+    row = r.as_dict()
+    if watch is not None:
+        row["pools"] = await watch
+    return row
 
 
 def run_scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
-    with tempfile.TemporaryDirectory() as tmp, Cluster(Path(tmp), nodes=args.nodes) as c:
-        for name, fault in scenarios(args.duration, args.nodes):
+
+    def chosen(s: Scenario) -> bool:
+        return not args.only or any(w in s.name for w in args.only)
+
+    with tempfile.TemporaryDirectory() as tmp, drill_cluster(Path(tmp), args.nodes) as c:
+        for s in filter(chosen, scenarios(args.duration, args.nodes)):
             c.heal()
-            r = asyncio.run(
-                chaos.run_scenario(
-                    c,
-                    name,
-                    fault,
-                    duration_s=args.duration,
-                    fault_at_s=args.duration / 6,
-                    concurrency=args.concurrency,
-                    settle_s=60,
-                )
-            )
-            print(json.dumps(r.as_dict()), file=sys.stderr, flush=True)
-            out.append(r.as_dict())
+            if s.down_first is not None:
+                c.kill(c.nodes[s.down_first])
+                c.wait_backends({n.name for n in c.nodes} - {c.nodes[s.down_first].name})
+            row = asyncio.run(_run(c, s, args))
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            out.append(row)
+    failover = sentinel_scenario()
+    if chosen(failover):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            Cluster(Path(tmp), nodes=args.nodes, sentinel=True) as c,
+        ):
+            row = asyncio.run(_run(c, failover, args))
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            out.append(row)
     return out
 
 
@@ -97,10 +179,11 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | calls/s | echo ok | echo failures | write failures | enqueue failures "
+        "| scenario | calls/s | read ok | read failures | write failures | enqueue failures "
         "| tasks acked | lost | run twice | recovery s |",
         "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    notes = []
     for r in results:
         recovery = "-" if r["recovery_s"] is None else r["recovery_s"]
         lines.append(
@@ -109,7 +192,15 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_fmt(r['enqueue_errors'])} | {r['tasks_acked']} | {r['tasks_lost']} "
             f"| {r['tasks_duplicated']} | {recovery} |"
         )
-    return "\n".join(lines)
+        extra = {
+            "problems": r["problems"],
+            "tasks": r["tasks_final"],
+            "slowest failure s": r["slowest_failure_s"],
+            "marks s": r["marks_s"],
+            "pools": r.get("pools"),
+        }
+        notes.append(f"- {r['name']}: " + json.dumps({k: v for k, v in extra.items() if v}))
+    return "\n".join([*lines, "", *notes])
 
 
 def _fmt(errors: dict[str, int]) -> str:
@@ -131,6 +222,7 @@ def main() -> int:
     )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-scenarios", action="store_true")
+    p.add_argument("--only", nargs="+", help="only scenarios whose name has one of these words")
     p.add_argument("--json", type=Path, help="write every number to FILE too")
     args = p.parse_args()
     reason = unavailable()

@@ -377,6 +377,8 @@ def test_a_killed_node_is_skipped_then_dropped(tmp_path: Path, redis_server: Red
         r = b.call("alpha", "echo", {"text": "x"})
         assert r.status_code == 503, r.text
         assert r.json()["type"].endswith("/no-healthy-instance")
+        # At once: B cannot start alpha itself, so it does not wait restart_wait_s for it.
+        assert "restarting" not in r.json()["detail"], r.json()
         assert "retry-after" in r.headers
         assert b.call("beta", "echo", {"text": "own"}).status_code == 200
         # the dead node's records expire with their lease (3 s here)
@@ -384,6 +386,7 @@ def test_a_killed_node_is_skipped_then_dropped(tmp_path: Path, redis_server: Red
         assert time.monotonic() - started < 15
         r = b.call("alpha", "echo", {"text": "x"})
         assert r.status_code == 503, r.text
+        assert "restarting" not in r.json()["detail"], r.json()
 
 
 def test_a_loop_of_forwards_ends_with_508(tmp_path: Path, redis_server: RedisServer) -> None:

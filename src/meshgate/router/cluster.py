@@ -114,6 +114,14 @@ class RemotePool(ServerPool):
     def state(self) -> InstanceState:
         return InstanceState.HEALTHY if self.routable() else InstanceState.STOPPED
 
+    # No process of its own may start: with no peer routable a call answers 503 at once
+    # rather than waiting `restart_wait_s` as for a pool scaled to zero (and trying to grow).
+    def recoverable(self) -> bool:
+        return False
+
+    def restarting(self) -> bool:
+        return False
+
     def view(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -16,7 +16,9 @@ machine. HAProxy listens on 127.0.0.1 and balances round robin over the nodes.
 Nodes run `meshgate serve --insecure`: a gateway refuses to listen on an address other than
 loopback without `[auth]`, and here nothing but this process and HAProxy can reach the
 namespaces. `node_policy` (the `[auth]` block and anything else of meshgate.toml) and
-`node_env` (credentials) are the hooks for a cluster with authentication.
+`node_env` (credentials) are the hooks for a cluster with authentication; `node_servers`
+gives some nodes servers the others reach only by forwarding; `sentinel=True` puts Redis
+under Sentinel (meshgate.testing.cluster_sentinel).
 
 Everything made is undone by `close()`, also after a failure half-way through start: processes
 by the PIDs started (and any other process left in a namespace the run made), namespaces, the
@@ -45,10 +47,15 @@ from typing import Any
 
 import httpx
 
-from meshgate.testing.haproxy import GATEWAY_PORT, backend_states, haproxy_config
+from meshgate.testing.cluster_sentinel import REDIS_PORT, ClusterSentinel
+from meshgate.testing.haproxy import (
+    GATEWAY_PORT,
+    RETRY_SAFE_PATHS,
+    backend_states,
+    haproxy_config,
+)
 
 _SRC = str(Path(__file__).resolve().parent.parent.parent)
-REDIS_PORT = 6379
 
 # What a node's meshgate.toml holds unless the caller gives its own. Short leases so that the
 # drills see a dead node's tasks taken over and its registry entries gone within seconds.
@@ -132,12 +139,17 @@ class Cluster:
         node_env: Mapping[str, str] | None = None,
         node_args: Callable[[Node], Sequence[str]] | None = None,
         servers: Mapping[str, Mapping[str, object]] | None = None,
+        node_servers: Callable[[Node], Mapping[str, Mapping[str, object]]] | None = None,
         ready_timeout: float = 90.0,
         server_close: bool = True,
+        retry_safe_paths: Sequence[str] = RETRY_SAFE_PATHS,
+        sentinel: bool = False,
     ) -> None:
-        """`servers`: extra `.mcp.json` entries next to `fault`; `node_args`: more flags of
-        `meshgate serve` per node (a later feature's, such as peers); `server_close`: HAProxy
-        opens a connection to a node per request (see `haproxy_config`)."""
+        """`servers`: extra `.mcp.json` entries next to `fault`, on every node;
+        `node_servers`: more on some nodes only; `node_args`: more flags of `meshgate serve`
+        per node; `server_close`, `retry_safe_paths`: see `haproxy_config`; `sentinel`: Redis
+        as a primary, a replica and three sentinels (`ClusterSentinel`), the nodes on its
+        `redis+sentinel://` URL."""
         reason = unavailable()
         if reason is not None:
             raise ClusterUnavailable(reason)
@@ -147,6 +159,10 @@ class Cluster:
         self.node_env = dict(node_env or {})
         self.node_args = node_args
         self.servers = dict(servers or {})
+        self.node_servers = node_servers
+        self.retry_safe_paths = list(retry_safe_paths)
+        self.sentinel: ClusterSentinel | None = None
+        self.use_sentinel = sentinel
         self.ready_timeout = ready_timeout
         self.server_close = server_close
         self.net = -1
@@ -196,6 +212,9 @@ class Cluster:
 
     @property
     def redis_url(self) -> str:
+        """What the nodes are given: the Sentinel set's URL, or the one Redis's."""
+        if self.sentinel is not None:
+            return self.sentinel.url
         return f"redis://{self.redis_address}:{REDIS_PORT}/0"
 
     def start(self) -> None:
@@ -203,6 +222,8 @@ class Cluster:
         self.redis_netns = self._make_netns("redis", 2)[0]
         self.redis_address = self._address(2)
         self.start_redis()
+        if self.use_sentinel:
+            self.sentinel = ClusterSentinel(self).start()
         for i in range(self.count):
             netns, veth = self._make_netns(f"n{i + 1}", 10 + i)
             work = self.workdir / f"n{i + 1}"
@@ -343,6 +364,8 @@ class Cluster:
     def _spawn(self, node: Node) -> None:
         fault = ["-m", "meshgate.testing.fault_server", "--write-log", str(node.write_log)]
         servers = {"fault": {"command": sys.executable, "args": fault}, **self.servers}
+        if self.node_servers is not None:
+            servers.update(self.node_servers(node))
         (node.workdir / "mcp.json").write_text(json.dumps({"mcpServers": servers}))
         (node.workdir / "meshgate.toml").write_text(self.node_policy)
         env = {**os.environ, **self.node_env}
@@ -434,8 +457,8 @@ class Cluster:
         """How many times each `write` key ran, over every node (a killed one's too)."""
         counts: Counter[str] = Counter()
         for node in self.nodes:
-            if node.write_log.exists():
-                counts.update(node.write_log.read_text().split())
+            for log in node.workdir.glob("writes*.log"):  # the fault server's and others'
+                counts.update(log.read_text().split())
         return counts
 
     # -- HAProxy -------------------------------------------------------------------------------
@@ -445,7 +468,13 @@ class Cluster:
         cfg = self.workdir / "haproxy.cfg"
         sock = self.workdir / "haproxy.sock"
         cfg.write_text(
-            haproxy_config(self.haproxy_port, self.nodes, sock, server_close=self.server_close)
+            haproxy_config(
+                self.haproxy_port,
+                self.nodes,
+                sock,
+                self.retry_safe_paths,
+                server_close=self.server_close,
+            )
         )
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True)
         if check.returncode != 0:
