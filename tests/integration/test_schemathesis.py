@@ -182,7 +182,7 @@ def fuzz(
             loopback_only(case)
             try:
                 response = case.call(base_url=gw.url, session=session, headers=headers, timeout=15)
-            except requests.ConnectionError as e:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 # A deadline shorter than min_call_timeout_s (one another gateway passes on)
                 # may run out between the service's head and its body: the head has gone
                 # out, so the connection is cut (docs/api.md). Any other cut is a failure.
