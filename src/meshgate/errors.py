@@ -292,7 +292,9 @@ class ShuttingDown(Unavailable):
 
 
 class QueueUnavailable(Unavailable):
-    """The task queue's backend (Redis) cannot be reached; nothing was stored."""
+    """The task queue's backend (Redis) cannot be reached: nothing was stored, or (the link
+    broke during the write) the outcome is unknown; an enqueue retried with its idempotency
+    key is safe either way."""
 
     type = "queue-unavailable"
     title = "Task queue unavailable"

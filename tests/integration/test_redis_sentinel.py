@@ -151,7 +151,11 @@ def test_a_gateway_on_sentinel_survives_a_failover(tmp_path: Path) -> None:
             )
             new_primary.close()
             queue = gw.get(f"{API}/health").json()["queue"]
-            assert queue["connected"] and queue["tasks"]["succeeded"] == len(enqueuer.acked)
+            # Every acknowledged task, and perhaps a few answered 503 whose write reached
+            # Redis as the link broke (an outcome the gateway cannot know: docs/api.md).
+            succeeded = queue["tasks"]["succeeded"]
+            assert queue["connected"], queue
+            assert len(enqueuer.acked) <= succeeded <= len(enqueuer.acked) + enqueuer.refused
 
             print(
                 json.dumps(

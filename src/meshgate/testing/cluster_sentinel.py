@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
+
+from meshgate.testing.redis_sentinel import wait_until
 
 if TYPE_CHECKING:
     from meshgate.testing.cluster import Cluster
@@ -80,7 +81,7 @@ class ClusterSentinel:
                 stderr=subprocess.DEVNULL,
             )
             self.sentinel_addresses.append(address)
-        self._until(timeout_s, self._ready, "the sentinels to see the replica and each other")
+        wait_until(timeout_s, self._ready, "the sentinels to see the replica and each other")
         return self
 
     def _ready(self) -> bool:
@@ -125,19 +126,8 @@ class ClusterSentinel:
             with _client(new, REDIS_PORT) as r:
                 return bool(r.info("replication").get("role") == "master")
 
-        self._until(timeout_s, promoted, "a replica to be promoted")
+        wait_until(timeout_s, promoted, "a replica to be promoted")
         return time.monotonic() - start
-
-    def _until(self, timeout_s: float, done: Callable[[], bool], what: str) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                if done():
-                    return
-            except (redis.RedisError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"waited {timeout_s}s for {what}")
 
 
 def _client(address: str, port: int) -> redis.Redis:

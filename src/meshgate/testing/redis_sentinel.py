@@ -65,7 +65,7 @@ class RedisSentinelSet:
                 f"sentinel parallel-syncs {MASTER} 1\n"
             )
             self.sentinels.append(_start_sentinel(sentinel, conf))
-        self._until(timeout_s, self._ready, "the sentinels to see the replica and each other")
+        wait_until(timeout_s, self._ready, "the sentinels to see the replica and each other")
         return self
 
     def _ready(self) -> bool:
@@ -117,19 +117,8 @@ class RedisSentinelSet:
             with redis.Redis(port=self.replica.port, socket_timeout=1) as c:
                 return bool(c.info("replication").get("role") == "master")
 
-        self._until(timeout_s, promoted, "the replica to be promoted")
+        wait_until(timeout_s, promoted, "the replica to be promoted")
         return time.monotonic() - start
-
-    def _until(self, timeout_s: float, done: Callable[[], bool], what: str) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                if done():
-                    return
-            except (redis.RedisError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"waited {timeout_s}s for {what}")
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.primary]:
@@ -150,3 +139,17 @@ def _start_sentinel(server: RedisServer, conf: Path) -> RedisServer:
                 return server
         time.sleep(0.02)
     raise RuntimeError(f"redis sentinel did not listen on {server.port}")
+
+
+def wait_until(timeout_s: float, done: Callable[[], bool], what: str) -> None:
+    """Poll `done` (a Redis or socket error counts as not yet) until it holds, for at most
+    `timeout_s`; TimeoutError naming `what` otherwise."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if done():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"waited {timeout_s}s for {what}")

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from meshgate.api.mcp_http.checks import Reject
+from meshgate.api.mesh import HOP_BY_HOP
 from meshgate.api.problems import read_body
 from meshgate.errors import InvalidArguments, MeshgateError, PayloadTooLarge
 from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER, parse_hops, parse_timeout
@@ -39,21 +40,9 @@ from meshgate.wire.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 
 log = logging.getLogger("meshgate.mcp_http")
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # The client's credentials stay on the node it reached (the signature speaks for it there);
 # the length and host are the new request's own; the deadline and hops are set anew.
-_NOT_SENT = _HOP_BY_HOP | {
+_NOT_SENT = HOP_BY_HOP | {
     "host",
     "content-length",
     "authorization",
@@ -209,7 +198,7 @@ class SessionRelay:
             out = [
                 (k.lower(), v)
                 for k, v in response.raw_headers
-                if k.decode("latin-1").lower() not in _HOP_BY_HOP | named
+                if k.decode("latin-1").lower() not in HOP_BY_HOP | named
             ]
             await send({"type": "http.response.start", "status": response.status, "headers": out})
             try:
