@@ -173,8 +173,7 @@ class HttpUpstream:
         extra: Mapping[str, str] | None = None,
     ) -> JSON:
         headers = self._headers(method, body.get("params"))
-        if extra:
-            headers.update(extra)
+        headers.update(extra or {})
         try:
             async with self._client.stream("POST", self.url, json=body, headers=headers) as r:
                 if method == "initialize" and "mcp-session-id" in r.headers:
@@ -189,14 +188,19 @@ class HttpUpstream:
                     )
                 raw = await _read_limited(r, self.max_bytes)
         except httpx.ConnectError as e:
-            self._note(f"cannot connect: {e}")
-            raise ConnectionLost(
-                f"{self.label}: cannot connect to {self.url}: {e}", sent=False
-            ) from None
+            raise self._lost(e, sent=False) from None
         except httpx.HTTPError as e:
-            self._note(f"{type(e).__name__}: {e}")
-            raise ConnectionLost(f"{self.label}: {type(e).__name__}: {e}", sent=True) from None
+            raise self._lost(e, sent=True) from None
         return self._result(r.status_code, raw, method)
+
+    def _lost(self, e: Exception, *, sent: bool) -> ConnectionLost:
+        """The error for a request that failed on the way: `sent`, it may have reached the
+        server; not sent (the connection was refused), it surely did not."""
+        if not sent:
+            self._note(f"cannot connect: {e}")
+            return ConnectionLost(f"{self.label}: cannot connect to {self.url}: {e}", sent=False)
+        self._note(f"{type(e).__name__}: {e}")
+        return ConnectionLost(f"{self.label}: {type(e).__name__}: {e}", sent=True)
 
     def _result(self, status: int, raw: bytes, method: str) -> JSON:
         try:

@@ -37,8 +37,7 @@ class PeerConnection(HttpUpstream):
         extra: Mapping[str, str] | None = None,
     ) -> JSON:
         headers = self._headers(method, body.get("params"))
-        if extra:
-            headers.update(extra)
+        headers.update(extra or {})
         data = json.dumps(body, separators=(",", ":"))
         try:
             async with self.session.post(self.url, data=data, headers=headers) as r:
@@ -56,13 +55,9 @@ class PeerConnection(HttpUpstream):
                         )
                 status = r.status
         except aiohttp.ClientConnectorError as e:
-            self._note(f"cannot connect: {e}")
-            raise ConnectionLost(
-                f"{self.label}: cannot connect to {self.url}: {e}", sent=False
-            ) from None
+            raise self._lost(e, sent=False) from None
         except aiohttp.ClientError as e:
-            self._note(f"{type(e).__name__}: {e}")
-            raise ConnectionLost(f"{self.label}: {type(e).__name__}: {e}", sent=True) from None
+            raise self._lost(e, sent=True) from None
         return self._result(status, bytes(raw), method)
 
     async def _post(self, msg: JSON) -> None:
