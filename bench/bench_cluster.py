@@ -19,8 +19,10 @@ retry-safe calls, the failures of the others by status and problem type, tasks a
 / lost / run twice, the time from the fault to the last failed call and the fault's moments.
 
 Throughput: `wrk` POSTing `echo` through HAProxy for `--throughput-s` at 32 connections, on a
-fresh cluster of each size, the sizes interleaved `--rounds` times; `--keepalive-too` also
-measures HAProxy keeping its connections to the nodes (faster, but see docs/operations.md).
+fresh cluster of each size, the sizes interleaved `--rounds` times, HAProxy giving each
+request a connection of its own on both sides (as the drills do); `--keepalive-too` also
+measures HAProxy keeping its clients' connections alive, and both sides' (faster, but see
+docs/operations.md for what each costs when a node dies).
 Every process (wrk, HAProxy, Redis, the gateways and their servers) shares this machine's
 cores: more nodes on the same cores show what the extra processes cost, not what more
 machines would give.
@@ -154,6 +156,11 @@ def run_scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+# HAProxy's connections (to nodes, to clients): one per request each, the drills' default;
+# clients' kept alive; both kept alive.
+MODES = ((True, True), (True, False), (False, False))
+
+
 def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each size in turn, `--rounds` times over (interleaved, so that a neighbour's load
     on the machine does not land on one size only)."""
@@ -161,16 +168,18 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     body = json.dumps({"arguments": {"text": "hello"}})
     for _ in range(args.rounds):
         for n in args.sizes:
-            for close in (True, False) if args.keepalive_too else (True,):
+            for server_close, client_close in MODES if args.keepalive_too else MODES[:1]:
                 with (
                     tempfile.TemporaryDirectory() as tmp,
-                    Cluster(Path(tmp), nodes=n, server_close=close) as c,
+                    Cluster(
+                        Path(tmp), nodes=n, server_close=server_close, client_close=client_close
+                    ) as c,
                 ):
                     script = Path(tmp) / "echo.lua"
                     script.write_text(WRK_SCRIPT % body + WRK_DONE)
                     url = f"{c.url}/api/v1/mcp/servers/fault/tools/echo"
                     wrk_once(url, script, 4, 2)  # warm-up: connections, first calls
-                    row = {"nodes": n, "server_close": close}
+                    row = {"nodes": n, "server_close": server_close, "client_close": client_close}
                     row.update(wrk_once(url, script, 32, args.throughput_s))
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     out.append(row)
@@ -218,7 +227,7 @@ def main() -> int:
     p.add_argument(
         "--keepalive-too",
         action="store_true",
-        help="also measure HAProxy keeping its connections to nodes alive",
+        help="also measure HAProxy keeping connections alive (to clients; to clients and nodes)",
     )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-scenarios", action="store_true")
@@ -238,13 +247,16 @@ def main() -> int:
             print("wrk is not installed: no throughput", file=sys.stderr)
         else:
             report["throughput"] = throughput(args)
-            print("\n| nodes | HAProxy to nodes | calls/s | p50 ms | p99 ms | errors |")
-            print("| ---: | --- | ---: | ---: | ---: | ---: |")
+            print("\n| nodes | clients to HAProxy | HAProxy to nodes | calls/s | p50 ms | p99 ms |")
+            print("| ---: | --- | --- | ---: | ---: | ---: |")
             for t in report["throughput"]:
-                kind = "a connection per request" if t["server_close"] else "kept alive"
+                kinds = [
+                    "a connection per request" if close else "kept alive"
+                    for close in (t["client_close"], t["server_close"])
+                ]
                 print(
-                    f"| {t['nodes']} | {kind} | {t['calls_per_s']:.0f} | {t['p50_ms']:.2f} "
-                    f"| {t['p99_ms']:.2f} | {t['errors']:.0f} |"
+                    f"| {t['nodes']} | {kinds[0]} | {kinds[1]} | {t['calls_per_s']:.0f} "
+                    f"| {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['errors']:.0f} |"
                 )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

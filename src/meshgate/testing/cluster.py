@@ -142,14 +142,15 @@ class Cluster:
         node_servers: Callable[[Node], Mapping[str, Mapping[str, object]]] | None = None,
         ready_timeout: float = 90.0,
         server_close: bool = True,
+        client_close: bool = True,
         retry_safe_paths: Sequence[str] = RETRY_SAFE_PATHS,
         sentinel: bool = False,
     ) -> None:
         """`servers`: extra `.mcp.json` entries next to `fault`, on every node;
         `node_servers`: more on some nodes only; `node_args`: more flags of `meshgate serve`
-        per node; `server_close`, `retry_safe_paths`: see `haproxy_config`; `sentinel`: Redis
-        as a primary, a replica and three sentinels (`ClusterSentinel`), the nodes on its
-        `redis+sentinel://` URL."""
+        per node; `server_close`, `client_close`, `retry_safe_paths`: see `haproxy_config`;
+        `sentinel`: Redis as a primary, a replica and three sentinels (`ClusterSentinel`), the
+        nodes on its `redis+sentinel://` URL."""
         reason = unavailable()
         if reason is not None:
             raise ClusterUnavailable(reason)
@@ -165,6 +166,7 @@ class Cluster:
         self.use_sentinel = sentinel
         self.ready_timeout = ready_timeout
         self.server_close = server_close
+        self.client_close = client_close
         self.net = -1
         self.bridge = ""
         self.nodes: list[Node] = []
@@ -474,6 +476,7 @@ class Cluster:
                 sock,
                 self.retry_safe_paths,
                 server_close=self.server_close,
+                client_close=self.client_close,
             )
         )
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True)

@@ -42,6 +42,7 @@ def haproxy_config(
     retry_safe_paths: Sequence[str] = RETRY_SAFE_PATHS,
     *,
     server_close: bool = True,
+    client_close: bool = True,
 ) -> str:
     """HAProxy as an operator would put it in front of gateways; see docs/operations.md.
 
@@ -50,11 +51,14 @@ def haproxy_config(
     connection failed goes to another node (`retry-on conn-failure`): the node never saw it.
     One that reached a node and got no answer is sent again only on `retry_safe_paths` (the
     operator's list of read-only tools' URLs; `http-buffer-request` keeps the body so that
-    it can be sent again): a write must not run twice, so its caller gets a 502 or, on a
-    kept-alive client connection, the connection closed without an answer. With
-    `server_close`, connections to nodes are not kept between requests: a request delayed
-    on a kept-alive connection by a partition would otherwise meet the gateway's own idle
-    timeout (`keep_alive_s`) and end without an answer.
+    it can be sent again): a write must not run twice, so its caller gets a 502 or, when
+    the request was not the first on a kept-alive client connection, the connection closed
+    without an answer (HAProxy's way of letting a client retry what it takes for a request
+    the server never processed). With `client_close` (`option httpclose`), a client
+    connection carries one request and that case cannot arise. With `server_close`,
+    connections to nodes are not kept between requests: a request delayed on a kept-alive
+    connection by a partition would otherwise meet the gateway's own idle timeout
+    (`keep_alive_s`) and end without an answer.
     """
     servers = "\n".join(
         f"    server {n.name} {n.address}:{GATEWAY_PORT} check inter 500ms fall 2 rise 2"
@@ -81,6 +85,7 @@ defaults
 
 frontend mesh
     bind 127.0.0.1:{port}
+{"    option httpclose" if client_close else "    # client connections kept alive"}
     default_backend gateways
 
 backend gateways
