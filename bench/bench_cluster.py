@@ -247,8 +247,9 @@ def main() -> int:
             print("wrk is not installed: no throughput", file=sys.stderr)
         else:
             report["throughput"] = throughput(args)
-            print("\n| nodes | clients to HAProxy | HAProxy to nodes | calls/s | p50 ms | p99 ms |")
-            print("| ---: | --- | --- | ---: | ---: | ---: |")
+            head = "| nodes | clients to HAProxy | HAProxy to nodes | calls/s | p50 ms | p99 ms |"
+            print(f"\n{head} errors |")
+            print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
             for t in report["throughput"]:
                 kinds = [
                     "a connection per request" if close else "kept alive"
