@@ -37,10 +37,11 @@ from meshgate.config import InstanceBounds, ServerPolicy, ServerSpec
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.resilience import CircuitBreaker
 from meshgate.security.nodes import NodeCredentials
+from meshgate.upstream.catalog import Subscriber
 from meshgate.upstream.http import HttpUpstream
 from meshgate.upstream.instance import Instance, breaker_policy
 from meshgate.upstream.peer import PeerConnection
-from meshgate.upstream.supervisor import ServerPool, Subscriber, Supervisor
+from meshgate.upstream.supervisor import ServerPool, Supervisor
 from meshgate.wire.jsonrpc import JSON
 from meshgate.wire.protocol import Era, ServerIdentity, stateless_meta
 
