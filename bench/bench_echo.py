@@ -272,6 +272,48 @@ async def bench_gateway_httpx(
         return {c: await measure(call, calls, c) for c in levels}
 
 
+KEYS_CREATE = (sys.executable, "-m", "meshgate.cli", "keys", "create", "bench", "--role", "agent")
+
+
+def make_key(data: Path, *extra: str) -> str:
+    """A new API key with role `agent`, made the way an operator makes one (`meshgate keys
+    create`) in the data dir `data`; `extra`: more flags (`--registry`, `--policy`)."""
+    out = subprocess.run(
+        [*KEYS_CREATE, "--json", "--data-dir", str(data), *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    key: str = json.loads(out.stdout)["key"]
+    return key
+
+
+Rows = list[tuple[str, dict[int, dict[str, float]]]]
+
+
+def print_rows(
+    rows: Rows, column: str, cell: Callable[[str, int, dict[str, float]], str], markdown: bool
+) -> None:
+    """wrk results, a line per row and concurrency: calls/s, p50, p99, `column` (what
+    `cell(name, concurrency, result)` says) and errors; a Markdown table with `markdown`."""
+    if markdown:
+        print(f"| entry | concurrency | calls/s | p50 ms | p99 ms | {column} | errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, result in rows:
+        for c, r in result.items():
+            cells = (
+                name,
+                str(c),
+                f"{r['calls_per_s']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                cell(name, c, r),
+                f"{r['errors']:.0f}",
+            )
+            print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
+
+
 def report(
     direct: dict[int, dict[str, float]],
     gateway: dict[int, dict[str, float]],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench_echo import SERVERS, WRK_SCRIPT, run_wrk
+from bench_echo import SERVERS, WRK_SCRIPT, make_key, print_rows, run_wrk
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 from meshgate.testing.redis_server import RedisServer
 
@@ -49,20 +48,9 @@ def node(workdir: Path, name: str, redis_url: str, policy: str, *, runs: bool) -
     )
 
 
-def make_key(workdir: Path, redis_url: str) -> str:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "meshgate.cli", "keys", "create", "bench", "--role", "agent"),
-            *("--json", "--data-dir", str(workdir / "data"), "--registry", redis_url),
-            *("--policy", str(workdir / "meshgate.toml")),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key
+def key_flags(workdir: Path, redis_url: str) -> tuple[str, ...]:
+    """`meshgate keys create` flags for a node's keys: the shared Redis, its policy."""
+    return ("--registry", redis_url, "--policy", str(workdir / "meshgate.toml"))
 
 
 def wait_forwarding(url: str, headers: dict[str, str]) -> None:
@@ -145,7 +133,8 @@ def main() -> int:
                 a_node = node(sub / "a", "node-a", redis.url, policy, runs=True)
                 b_node = node(sub / "b", "node-b", redis.url, policy, runs=False)
                 try:
-                    key = make_key(sub / "a", redis.url) if label else None
+                    a_dir = sub / "a"
+                    key = make_key(a_dir / "data", *key_flags(a_dir, redis.url)) if label else None
                     headers = {"Authorization": f"Bearer {key}"} if key else {}
                     wait_forwarding(b_node.url, headers)
                     rows.append((f"local{label}", run(a_node.url, a.duration, a.concurrency, key)))
@@ -162,25 +151,17 @@ def main() -> int:
                     a_node.stop()
         finally:
             redis.stop()
-    if a.markdown:
-        print("| entry | concurrency | calls/s | p50 ms | p99 ms | p50 added ms | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base: dict[str, dict[int, dict[str, float]]] = {}
     local: dict[int, dict[str, float]] = {}
     for name, result in rows:
         if name.startswith(("local", "session")) and "relayed" not in name:
             local = result  # what the rows after it add to
-        for c, r in result.items():
-            added = r["p50_ms"] - local[c]["p50_ms"]
-            cells = (
-                name,
-                str(c),
-                f"{r['calls_per_s']:.0f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{added:+.2f}",
-                f"{r['errors']:.0f}",
-            )
-            print("| " + " | ".join(cells) + " |" if a.markdown else "  ".join(cells))
+        base[name] = local
+
+    def added(name: str, c: int, r: dict[str, float]) -> str:
+        return f"{r['p50_ms'] - base[name][c]['p50_ms']:+.2f}"
+
+    print_rows(rows, "p50 added ms", added, a.markdown)
     return 0
 
 

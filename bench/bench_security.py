@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_echo import SERVERS, WRK_SCRIPT, revision_src, run_wrk
+from bench_echo import SERVERS, WRK_SCRIPT, make_key, print_rows, revision_src, run_wrk
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 
 SERVER = "fault"
@@ -48,21 +47,6 @@ def gateway(workdir: Path, policy: str, src: str | None = None) -> GatewayProces
         args=["--log-level", "info"],
         src=src,
     )
-
-
-KEYS_CREATE = (sys.executable, "-m", "meshgate.cli", "keys", "create", "bench", "--role", "agent")
-
-
-def make_key(data: Path) -> str:
-    out = subprocess.run(
-        [*KEYS_CREATE, "--json", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key
 
 
 def run(
@@ -105,22 +89,11 @@ def main() -> int:
             finally:
                 gw.stop()
     base = rows[0][1]
-    if a.markdown:
-        print("| gateway | concurrency | calls/s | p50 ms | p99 ms | vs baseline | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, result in rows:
-        for c, r in result.items():
-            ratio = r["calls_per_s"] / base[c]["calls_per_s"]
-            cells = (
-                name,
-                str(c),
-                f"{r['calls_per_s']:.0f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{ratio:.2f}x",
-                f"{r['errors']:.0f}",
-            )
-            print("| " + " | ".join(cells) + " |" if a.markdown else "  ".join(cells))
+
+    def ratio(name: str, c: int, r: dict[str, float]) -> str:
+        return f"{r['calls_per_s'] / base[c]['calls_per_s']:.2f}x"
+
+    print_rows(rows, "vs baseline", ratio, a.markdown)
     return 0
 
 
