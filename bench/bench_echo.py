@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from meshgate.testing.gateway import GatewayProcess, start_gateway
+from meshgate.testing.gateway import GatewayProcess, create_key, start_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS: dict[str, tuple[list[str], str, dict[str, Any]]] = {
@@ -272,21 +272,10 @@ async def bench_gateway_httpx(
         return {c: await measure(call, calls, c) for c in levels}
 
 
-KEYS_CREATE = (sys.executable, "-m", "meshgate.cli", "keys", "create", "bench", "--role", "agent")
-
-
 def make_key(data: Path, *extra: str) -> str:
-    """A new API key with role `agent`, made the way an operator makes one (`meshgate keys
-    create`) in the data dir `data`; `extra`: more flags (`--registry`, `--policy`)."""
-    out = subprocess.run(
-        [*KEYS_CREATE, "--json", "--data-dir", str(data), *extra],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key
+    """A new API key with role `agent` in the data dir `data`; `extra`: more flags of `meshgate
+    keys create` (`--registry`, `--policy`)."""
+    return create_key(data, "bench", "--role", "agent", *extra)
 
 
 Rows = list[tuple[str, dict[int, dict[str, float]]]]

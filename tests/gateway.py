@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -144,9 +144,11 @@ def run_gateway(
     *,
     env: Mapping[str, str] | None = None,
     node: str = "test",
+    args: Sequence[str] = (),
 ) -> Iterator[Gateway]:
-    """Start a gateway on these servers; on exit stop it and assert nothing is left behind."""
-    process = start_gateway(tmp_path, servers, policy, env=env, args=["--node-id", node])
+    """Start a gateway on these servers (`args`: more flags of `meshgate serve`); on exit stop
+    it, if a test has not killed it already, and assert nothing is left behind."""
+    process = start_gateway(tmp_path, servers, policy, env=env, args=["--node-id", node, *args])
     gw = Gateway(process)
     kids = descendants(process.proc.pid)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshgate.testing.gateway import create_key as make_key
 from tests.gateway import Gateway, fault_server, recording_service, run_gateway
 from tests.integration.test_encryption_gateway import audit_lines
 
@@ -40,19 +41,6 @@ class Keyed:
     admin: str
     reader: str
     platform: str
-
-
-def make_key(data: Path, name: str, *flags: str) -> str:
-    command = [sys.executable, "-m", "meshgate.cli", "keys", "create", name, *flags]
-    out = subprocess.run(
-        [*command, "--json", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,9 +21,9 @@ import redis
 
 from meshgate.security import Principal
 from meshgate.security.nodes import NodeCredentials
-from meshgate.testing.gateway import start_gateway
+from meshgate.testing.gateway import create_key, start_gateway
 from meshgate.testing.redis_server import RedisServer
-from tests.gateway import Gateway, descendants, fault_server, run_gateway, wait_gone
+from tests.gateway import Gateway, fault_server, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,26 +50,10 @@ def node(
     workdir = tmp / name
     workdir.mkdir()
     full_env = {"MESHGATE_REGISTRY_LEASE_S": "3", **(env or {})}
-    process = start_gateway(
-        workdir,
-        servers,
-        policy,
-        env=full_env,
-        args=["--node-id", name, "--registry", redis_url],
-    )
-    gw = Gateway(process)
-    kids = descendants(process.proc.pid)
-    try:
+    with run_gateway(
+        workdir, servers, policy, env=full_env, node=name, args=["--registry", redis_url]
+    ) as gw:
         yield gw
-    finally:
-        kids |= descendants(process.proc.pid)
-        gw.http.close()
-        if process.proc.poll() is None:
-            process.stop()
-        survivors = wait_gone(kids)
-        for pid in survivors:
-            os.kill(pid, signal.SIGKILL)
-        assert not survivors, f"processes left behind: {sorted(survivors)}"
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -279,19 +262,10 @@ allow = ["mcp:alpha/echo", "mcp:beta/echo", "mesh:discover"]
 
 def make_key(workdir: Path, redis_url: str, name: str, role: str) -> str:
     """A key made on the shared key store (Redis), that every node takes."""
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "meshgate.cli", "keys", "create", name, "--role", role),
-            *("--json", "--data-dir", str(workdir / "data"), "--registry", redis_url),
-            *("--policy", str(workdir / "meshgate.toml")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    policy = str(workdir / "meshgate.toml")
+    return create_key(
+        workdir / "data", name, "--role", role, "--registry", redis_url, "--policy", policy
     )
-    key: str = json.loads(out.stdout)["key"]
-    return key
 
 
 def test_forwarded_calls_run_as_the_caller_and_need_a_node_signature(

@@ -122,3 +122,20 @@ def start_gateway(
         proc.kill()
         proc.wait()
         raise
+
+
+KEYS_CREATE = (sys.executable, "-m", "meshgate.cli", "keys", "create")
+
+
+def create_key(data: Path, name: str, *flags: str) -> str:
+    """A new API key made the way an operator makes one, `meshgate keys create NAME FLAGS`,
+    on the key store of data dir `data` (or the Redis a `--registry` flag names)."""
+    out = subprocess.run(
+        [*KEYS_CREATE, name, *flags, "--json", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key: str = json.loads(out.stdout)["key"]
+    return key
