@@ -523,7 +523,7 @@ def _import(args: argparse.Namespace) -> int:
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
     for note in fragment.notes:
-        print(f"not imported: {note}", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(fragment.to_toml(), encoding="utf-8")
     else:

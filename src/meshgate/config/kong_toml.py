@@ -5,6 +5,7 @@ imported, as comments."""
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,26 +109,29 @@ def _key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
-def _comment(text: str, indent: str = "") -> list[str]:
-    return [f"{indent}# {line}" for line in text.splitlines()]
+def _comment(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        lead = "  " if line.startswith("- ") else ""
+        out += textwrap.wrap(line, 96, initial_indent="# ", subsequent_indent="# " + lead)
+    return out
 
 
 def render(f: Fragment) -> str:
-    lines = [
-        f"# meshgate configuration imported from {f.source} (Kong declarative configuration,",
-        f"# _format_version {f.format_version}) by `meshgate import kong`.",
-    ]
+    lines = _comment(
+        f"meshgate configuration imported from {f.source} (Kong declarative configuration, "
+        f"_format_version {f.format_version}) by `meshgate import kong`."
+    )
     if f.notes:
         lines += ["#", "# Not imported, or not exactly (docs/operations.md, 'Moving from Kong'):"]
         lines += _comment("\n".join(f"- {n}" for n in f.notes))
     if f.auth:
         lines += [
             "#",
-            f"# Kong authenticated callers ({', '.join(sorted(set(f.auth)))}).",
-            "# meshgate does it for every request once [auth] is on (docs/security.md):",
-            "# API keys made with `meshgate keys create`, or JWTs from an OIDC issuer",
-            "# ([auth.jwt]); then give",
-            "# roles that allow these services, e.g.:",
+            f"# Kong authenticated callers ({', '.join(sorted(set(f.auth)))}). meshgate does",
+            "# it for every request once [auth] is on (docs/security.md): API keys made",
+            "# with `meshgate keys create`, or JWTs from an OIDC issuer ([auth.jwt]), and",
+            "# roles that allow these services, for example:",
             "# [auth]",
             "# api_keys = true",
             "# [roles.client]",

@@ -63,6 +63,12 @@ class Upstream:
                 check=self.check,
                 tags=[],
             )
+        if self.check is not None and self.check["type"] == "http" and path:
+            ctx.note(
+                self.key,
+                f"(service {service}) the check GETs {path}{self.check['path']}: meshgate "
+                f"checks under the instance's URL, which has the service's path {path}",
+            )
         if self.check is None:
             out.comment(
                 service,
