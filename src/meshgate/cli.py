@@ -525,7 +525,11 @@ def _import(args: argparse.Namespace) -> int:
     for note in fragment.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output:
-        Path(args.output).write_text(fragment.to_toml(), encoding="utf-8")
+        try:
+            Path(args.output).write_text(fragment.to_toml(), encoding="utf-8")
+        except OSError as e:
+            print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(fragment.to_toml())
     print(

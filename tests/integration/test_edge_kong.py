@@ -183,3 +183,21 @@ def test_auth_is_enforced_on_the_edge(tmp_path: Path) -> None:
             # The gateway's credential is not passed on to the service.
             (sent,) = proxied(seen_a) + proxied(seen_b)
             assert "authorization" not in sent.headers
+
+
+def test_import_refuses_a_bad_file_with_where(tmp_path: Path) -> None:
+    (tmp_path / "kong.yml").write_text('_format_version: "3.0"\nservices:\n- name: [oops\n')
+    done = cli("import", "kong", "kong.yml", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: kong.yml:4:1: invalid YAML"), done.stderr
+    done = cli("import", "kong", "missing.yml", cwd=tmp_path)
+    assert done.returncode == 2 and "cannot read missing.yml" in done.stderr
+    # What is not imported is listed on stderr; the fragment goes to stdout.
+    (tmp_path / "kong.yml").write_text(
+        '_format_version: "3.0"\nservices:\n- name: a\n  url: http://a.internal\n'
+        "  plugins:\n  - name: cors\n"
+    )
+    done = cli("import", "kong", "kong.yml", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "note: services[0].plugins[0]: plugin cors: not mapped" in done.stderr
+    assert '[[mesh.services]]\nname = "a"\nurl = "http://a.internal"' in done.stdout

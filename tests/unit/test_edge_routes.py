@@ -163,3 +163,8 @@ def test_the_loader_reports_route_problems_with_their_key(tmp_path: Path) -> Non
     assert settings is not None and settings.edge.routes[0].service == "b"
     # A service none of the file names may register at run time: a warning, not an error.
     assert [(p.key, p.severity) for p in problems] == [("routes.0.service", "warning")]
+
+
+def test_routes_off_the_main_port_need_a_port() -> None:
+    with pytest.raises(ValidationError, match="needs a port of its own"):
+        EdgeSettings(edge={"on_main_port": False}, routes=(route("s", paths=["/"]),))
