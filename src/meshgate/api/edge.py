@@ -156,6 +156,11 @@ def upstream_path(scope: Scope, matched: Matched) -> tuple[str, str]:
     return target, matched.prefix.rstrip("/") if stripped else ""
 
 
+@dataclass(frozen=True)
+class _Label:
+    path: str
+
+
 class EdgeRoute(BaseRoute):
     """The route table as one Starlette route. On the main port (`everything = False`) it
     claims only requests that no earlier route took, that a route matches and that are not
@@ -166,6 +171,8 @@ class EdgeRoute(BaseRoute):
         self.table = table
         self.proxy = proxy
         self.everything = everything
+        # What the request's span is named by (`tracing`): the route, never the path.
+        self.labels = {id(r): _Label(f"[[routes]] {r.describe()}") for r in table.routes}
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
@@ -181,7 +188,10 @@ class EdgeRoute(BaseRoute):
         found = self.table.match(host, scope["method"], path)
         if found is None and not self.everything:
             return Match.NONE, {}
-        return Match.FULL, {MATCH: found}
+        child: Scope = {MATCH: found}
+        if found is not None:
+            child["route"] = self.labels[id(found.route)]
+        return Match.FULL, child
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched: Matched | None = scope.get(MATCH)
@@ -202,7 +212,8 @@ def edge_app(route: EdgeRoute) -> FastAPI:
     """The application of the edge's own port: the route table alone, errors as problems.
     (Authentication, tracing and trusted forwarding are put around it by the caller, as on
     the main application.)"""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    # No redirect to the path with a slash added: Kong answers 404 there.
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     problems.install(app)
     app.router.routes.append(route)
     return app
