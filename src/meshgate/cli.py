@@ -246,16 +246,14 @@ def _serve(args: argparse.Namespace) -> int:
         json_lines=None if log_format == "auto" else log_format == "json",
         modules=settings.mesh.log_levels,
     )
+    exposed = settings.mesh.host if settings.exposed_without_auth else None
     edge_host = settings.edge.edge.host
-    if settings.exposed_without_auth or (
-        edge_host
-        and settings.edge.enabled
-        and not settings.security.auth_enabled
-        and not is_loopback_host(edge_host)
-    ):
+    if edge_host and settings.edge.enabled and not settings.security.auth_enabled:
+        exposed = exposed or (None if is_loopback_host(edge_host) else edge_host)
+    if exposed is not None:
         if not settings.mesh.insecure:
             print(
-                f"error: refusing to serve on {settings.mesh.host} without authentication: "
+                f"error: refusing to serve on {exposed} without authentication: "
                 "anyone who can reach it could call every tool of every server.\n"
                 "  Configure [auth] in the policy file (see docs/security.md and "
                 "examples/secure.toml),\n"
@@ -267,7 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("meshgate").warning(
             "serving on %s WITHOUT authentication (--insecure): anyone who can reach this "
             "port can call every tool of every server",
-            settings.mesh.host,
+            exposed,
         )
     try:
         check_storage(settings)

@@ -201,3 +201,15 @@ def test_import_refuses_a_bad_file_with_where(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "note: services[0].plugins[0]: plugin cors: not mapped" in done.stderr
     assert '[[mesh.services]]\nname = "a"\nurl = "http://a.internal"' in done.stdout
+
+
+def test_an_edge_port_beyond_loopback_needs_auth(tmp_path: Path) -> None:
+    (tmp_path / "meshgate.toml").write_text(
+        '[[mesh.services]]\nname = "a"\nurl = "http://127.0.0.1:9"\n\n'
+        '[[routes]]\nservice = "a"\npaths = ["/a"]\n\n[edge]\nport = 0\nhost = "0.0.0.0"\n'
+    )
+    done = cli(
+        "serve", "--policy", "meshgate.toml", "--port", "0", "--data-dir", "data", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without authentication" in done.stderr, done.stderr
