@@ -140,6 +140,7 @@ def test_every_construct(tmp_path: Path) -> None:
         ("plugins[3]", "[auth]"),
         ("plugins[4]", "limit_by ip"),
         ("plugins[5]", "disabled"),
+        ("plugins[6]", "not imported, nor is it"),  # its route was not
     ]:
         assert noted(f, key, words), (key, words, [str(n) for n in f.notes])
     text = f.to_toml()
@@ -195,6 +196,10 @@ def test_bad_files_say_where(name: str, words: str) -> None:
         (
             '_format_version: "3.0"\nservices:\n- {name: a, url: "http://a", connect_timeout: x}\n',
             "services[0].connect_timeout: expected milliseconds",
+        ),
+        (
+            '_format_version: "3.0"\nplugins:\n- {name: cors, route: nowhere}\n',
+            "kong.yml:3: plugins[0].route: no route named 'nowhere' in this file",
         ),
         (
             '_format_version: "3.0"\nplugins:\n- {name: rate-limiting, config: {minute: -1}}\n',

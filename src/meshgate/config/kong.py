@@ -94,6 +94,7 @@ class _Reader:
         self.services: dict[str, _Service] = {}  # by Kong name and by id
         self.names: set[str] = set()
         self.skipped: set[str] = set()  # services not imported, by Kong name and id
+        self.routes: dict[str, str | None] = {}  # routes by name and id: their service, if in
 
     def where(self, key: str, item: Any) -> str:
         line = getattr(item, "line", None)
@@ -258,6 +259,9 @@ class _Reader:
 
     def _route(self, key: str, route: dict[str, Any], service: _Service | None) -> None:
         label = route.get("name") or route.get("id") or key
+        for ref in (route.get("name"), route.get("id")):
+            if ref is not None:
+                self.routes[str(ref)] = None  # a route's plugins find it here once imported
         if service is None:
             self.note(key, f"route {label!r}: its service is not imported, so neither is it")
             return
@@ -291,6 +295,9 @@ class _Reader:
         if any(reserved(p.rstrip("/") or "/") for p in paths):
             self.out.own_port = True
         self.out.routes.append(out)
+        for ref in (route.get("name"), route.get("id")):
+            if ref is not None:
+                self.routes[str(ref)] = service.name
         for pkey, plugin in self.items(route, "plugins", f"{key}."):
             self._plugin(pkey, plugin, ("route", service.name))
 
@@ -330,11 +337,11 @@ class _Reader:
         """(global, service or route; the meshgate service) of a top-level plugin."""
         if plugin.get("route") is not None:
             ref = plugin["route"]
-            name = ref.get("name") if isinstance(ref, dict) else ref
-            for route in self.out.routes:
-                if route.get("name") == name:
-                    return "route", str(route["service"])
-            raise self.fail(f"{key}.route", plugin, f"no imported route named {name!r}")
+            name = ref.get("name") or ref.get("id") if isinstance(ref, dict) else ref
+            if str(name) not in self.routes:
+                raise self.fail(f"{key}.route", plugin, f"no route named {name!r} in this file")
+            imported = self.routes[str(name)]
+            return ("route", imported) if imported else ("skipped", None)
         if plugin.get("service") is not None:
             service = self._find(f"{key}.service", plugin, plugin["service"])
             return ("service", service.name) if service else ("skipped", None)
@@ -345,7 +352,7 @@ class _Reader:
         if not isinstance(name, str):
             raise self.fail(f"{key}.name", plugin, "a plugin has a name")
         if scope[0] == "skipped":
-            self.note(key, f"plugin {name}: its service is not imported, so neither is it")
+            self.note(key, f"plugin {name}: its service or route is not imported, nor is it")
             return
         if plugin.get("enabled") is False:
             self.note(key, f"plugin {name} is disabled (enabled: false): not imported")
