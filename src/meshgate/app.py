@@ -20,10 +20,12 @@ from meshgate import __version__
 from meshgate.api import keys as api_keys
 from meshgate.api import mcp_rest, mesh, observability, openapi, problems, tasks
 from meshgate.api.auth import Authentication, build_metadata, operation_check
+from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_hosts
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.api.mcp_http.relay import SessionRelay
+from meshgate.api.proxying import HttpProxy
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
 from meshgate.crypto import Cipher
@@ -300,6 +302,53 @@ def build_app(settings: Settings) -> FastAPI:
             started=started.is_set,
         )
     )
+    edge = settings.edge
+    side: FastAPI | None = None  # the edge's own port, when it has one
+    main_route: EdgeRoute | None = None  # the table on the main port, when it is served there
+    if edge.enabled:
+        table = RouteTable(edge.routes)
+        proxy = HttpProxy(
+            router,
+            services,
+            max_body_bytes=settings.mesh.max_body_bytes,
+            max_hops=settings.mesh.max_hops,
+            trusted_proxies=settings.mesh.trusted_proxies,
+        )
+        if edge.edge.port is not None:
+            side = edge_app(EdgeRoute(table, proxy, everything=True))
+            _outer_layers(side, settings, authenticator)
+        if edge.edge.on_main_port:
+            main_route = EdgeRoute(table, proxy, everything=False)
+    _outer_layers(app, settings, authenticator)
+    hosts = allowed_hosts(settings.mesh.allowed_hosts, settings.mesh.host)
+    suffixes: tuple[str, ...] = ()
+    if edge.enabled and edge.edge.on_main_port and hosts is not None:
+        exact, suffixes = route_hosts(edge)  # the names the routes answer reach this port
+        hosts |= exact
+    # Outermost: a request for a Host not served, or a cross-site write, goes no further,
+    # and the Host checked is the one the client sent.
+    app.add_middleware(
+        RequestGuard, hosts=hosts, origins=settings.mesh.allowed_origins, suffixes=suffixes
+    )
+    if side is not None:  # before every layer of the main port's: the edge port has its own
+        app.add_middleware(EdgePort, edge=side, port=edge.edge.port or 0)
+    app.router.routes += [
+        Route("/mcp", mcp_http, methods=None, include_in_schema=False),
+        Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
+        # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.
+        Route("/sse", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
+        Route("/sse/{name}", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
+        Route("/messages", mcp_http.legacy_messages, methods=["POST"], include_in_schema=False),
+    ]
+    if main_route is not None:  # last: only what no route above claims
+        app.router.routes.append(main_route)
+    return app
+
+
+def _outer_layers(app: FastAPI, settings: Settings, authenticator: Authenticator) -> None:
+    """The layers every request passes before its route, innermost first: tracing, the
+    principal, the real client behind a trusted proxy."""
+    auth = settings.security.auth
     if settings.mesh.tracing:  # off: not even a layer to pass through
         app.add_middleware(tracing.TracingMiddleware)
     # Every request's principal, found once, before any route runs.
@@ -311,19 +360,3 @@ def build_app(settings: Settings) -> FastAPI:
     )
     if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client
         app.add_middleware(TrustedForwarding, trusted=TrustedProxies(settings.mesh.trusted_proxies))
-    # Outermost: a request for a Host not served, or a cross-site write, goes no further,
-    # and the Host checked is the one the client sent.
-    app.add_middleware(
-        RequestGuard,
-        hosts=allowed_hosts(settings.mesh.allowed_hosts, settings.mesh.host),
-        origins=settings.mesh.allowed_origins,
-    )
-    app.router.routes += [
-        Route("/mcp", mcp_http, methods=None, include_in_schema=False),
-        Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
-        # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.
-        Route("/sse", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
-        Route("/sse/{name}", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
-        Route("/messages", mcp_http.legacy_messages, methods=["POST"], include_in_schema=False),
-    ]
-    return app

@@ -1,5 +1,5 @@
-"""The `meshgate` command: serve, services, call, tasks, keys, check-config, encryption-key,
-reencrypt."""
+"""The `meshgate` command: serve, services, call, tasks, keys, check-config, import,
+encryption-key, reencrypt."""
 
 from __future__ import annotations
 
@@ -123,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--json", action="store_true")
 
+    i = sub.add_parser(
+        "import",
+        help="write the meshgate.toml equivalent of another gateway's configuration",
+        description="Read Kong's declarative configuration (YAML or JSON) and write the "
+        "meshgate.toml fragment: HTTP services, their instances and checks, routes, limits. "
+        "What has no equivalent is listed on stderr and as comments.",
+    )
+    i.add_argument("kind", choices=["kong"])
+    i.add_argument("file", metavar="FILE", help="kong.yml, kong.yaml or kong.json")
+    i.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+
     sub.add_parser("encryption-key", help="print a new key for encryption at rest")
     r = sub.add_parser(
         "reencrypt",
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": _tasks,
         "keys": _keys,
         "check-config": _check_config,
+        "import": _import,
         "encryption-key": _encryption_key,
         "reencrypt": _reencrypt,
     }[args.command]
@@ -206,6 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from meshgate.api.listener import ListenerBounds, protocol_class
     from meshgate.app import build_app, check_storage
+    from meshgate.config.settings import is_loopback_host
     from meshgate.config.tls import server_context, upstream_context
     from meshgate.errors import ConfigError
     from meshgate.observability.logging import configure
@@ -233,10 +246,14 @@ def _serve(args: argparse.Namespace) -> int:
         json_lines=None if log_format == "auto" else log_format == "json",
         modules=settings.mesh.log_levels,
     )
-    if settings.exposed_without_auth:
+    exposed = settings.mesh.host if settings.exposed_without_auth else None
+    edge_host = settings.edge.edge.host
+    if edge_host and settings.edge.enabled and not settings.security.auth_enabled:
+        exposed = exposed or (None if is_loopback_host(edge_host) else edge_host)
+    if exposed is not None:
         if not settings.mesh.insecure:
             print(
-                f"error: refusing to serve on {settings.mesh.host} without authentication: "
+                f"error: refusing to serve on {exposed} without authentication: "
                 "anyone who can reach it could call every tool of every server.\n"
                 "  Configure [auth] in the policy file (see docs/security.md and "
                 "examples/secure.toml),\n"
@@ -248,7 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("meshgate").warning(
             "serving on %s WITHOUT authentication (--insecure): anyone who can reach this "
             "port can call every tool of every server",
-            settings.mesh.host,
+            exposed,
         )
     try:
         check_storage(settings)
@@ -270,19 +287,37 @@ def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, mesh=settings.mesh.model_copy(update={"port": bound_port})
         )
+    sockets = [sock]
+    edge = settings.edge.edge
+    if settings.edge.enabled and edge.port is not None:
+        try:
+            sockets.append(_bind(edge.host or settings.mesh.host, edge.port))
+        except OSError as e:
+            sock.close()
+            print(
+                f"error: cannot listen on the edge port {edge.port}: {e.strerror}", file=sys.stderr
+            )
+            return 2
+        edge = edge.model_copy(update={"port": sockets[1].getsockname()[1]})
+        settings = dataclasses.replace(
+            settings, edge=settings.edge.model_copy(update={"edge": edge})
+        )
     try:
         app = build_app(settings)  # opens the databases: their problems come before "listening"
     except ConfigError as e:
-        sock.close()
+        for s in sockets:
+            s.close()
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
-    host, port = sock.getsockname()[:2]
-    logging.getLogger("meshgate").info(
-        "meshgate listening on %s://%s:%d",
-        "http" if tls is None else "https",
-        f"[{host}]" if ":" in host else host,
-        port,
-    )
+    for n, s in enumerate(sockets):  # the main port first: tests wait for its line
+        host, port = s.getsockname()[:2]
+        logging.getLogger("meshgate").info(
+            "meshgate %slistening on %s://%s:%d",
+            "edge routes " if n else "",
+            "http" if tls is None else "https",
+            f"[{host}]" if ":" in host else host,
+            port,
+        )
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -306,7 +341,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
     return 0 if server.started else 1
 
 
@@ -468,6 +503,40 @@ def _check_config(args: argparse.Namespace) -> int:
             f"in {len(args.files)} file(s)"
         )
     return 1 if errors else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from meshgate.config.kong import KongError, convert
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(
+            f"error: cannot read {args.file}: {getattr(e, 'strerror', None) or e}", file=sys.stderr
+        )
+        return 2
+    try:
+        fragment = convert(text, args.file)
+    except KongError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    for note in fragment.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.output:
+        try:
+            Path(args.output).write_text(fragment.to_toml(), encoding="utf-8")
+        except OSError as e:
+            print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(fragment.to_toml())
+    print(
+        f"{len(fragment.services)} service(s), {len(fragment.instances)} instance(s), "
+        f"{len(fragment.routes)} route(s), {len(fragment.limits)} limit(s); "
+        f"{len(fragment.notes)} note(s)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _encryption_key(args: argparse.Namespace) -> int:

@@ -78,11 +78,16 @@ class RequestGuard:
     over the raw headers and a set lookup: cheap on the call paths."""
 
     def __init__(
-        self, app: ASGIApp, hosts: frozenset[str] | None, origins: Iterable[str] = ()
+        self,
+        app: ASGIApp,
+        hosts: frozenset[str] | None,
+        origins: Iterable[str] = (),
+        suffixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.hosts = hosts
         self.origins = frozenset(origins)
+        self.suffixes = suffixes  # `.example.com` of a route's `*.example.com`
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -120,7 +125,7 @@ class RequestGuard:
         # No Host at all (HTTP/1.0) is let through: a browser always sends one.
         if host is not None and self.hosts is not None:
             name = bare_host(host.decode("latin-1"))
-            if name not in self.hosts:
+            if name not in self.hosts and not (self.suffixes and name.endswith(self.suffixes)):
                 return HostNotAllowed(
                     f"host {name!r} is not served here; add it to mesh.allowed_hosts to permit it"
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,75 +12,30 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from meshgate.api.auth import requires
-from meshgate.api.forwarding import (
-    PEER,
-    TrustedProxies,
-    forward_path,
-    forwarded,
-    is_forwarding_header,
-)
+from meshgate.api.forwarding import forward_path
 from meshgate.api.openapi import header_parameters, json_body, ok, problems
-from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_body, read_json_object
+from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
+from meshgate.api.proxying import HttpProxy
 from meshgate.api.redaction import for_caller
 from meshgate.api.responses import json_response
-from meshgate.api.routing import DirectRoute, ProxiedResponse
+from meshgate.api.routing import DirectRoute
 from meshgate.config import Registration
 from meshgate.errors import (
     InvalidArguments,
     MeshgateError,
     NotFound,
-    PayloadTooLarge,
     UnknownService,
 )
 from meshgate.observability.audit import audit
 from meshgate.observability.topology import dot, mermaid
 from meshgate.registry.base import Registry
-from meshgate.router import IDEMPOTENT_METHODS, Router, hash_key
-from meshgate.router.call import (
-    CALLER_HEADER,
-    HOPS_HEADER,
-    SESSION_HEADER,
-    TIMEOUT_HEADER,
-    Call,
-    parse_hops,
-    parse_timeout,
-)
+from meshgate.router import Router
+from meshgate.router.call import CALLER_HEADER, HOPS_HEADER, SESSION_HEADER, TIMEOUT_HEADER
 from meshgate.router.cluster import NODE_KIND
 from meshgate.security import principal_of
 from meshgate.security.policy import Action
 from meshgate.services.mesh import ServiceMesh
 from meshgate.urls import redact_url
-
-# Hop-by-hop headers (RFC 9110 section 7.6.1): never passed on, either way.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Request headers not passed on: hop-by-hop, those the client library sets itself, and the
-# mesh's own (set anew for the next hop). Forwarding headers are dropped too, unless the client
-# is a trusted proxy (`forwarding.forwarded` decides which go on).
-NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", TIMEOUT_HEADER, HOPS_HEADER}
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
-# Response headers not passed back. Content-Length stays (the body passes unchanged, so the
-# server need not re-frame it in chunks), except where a body must be empty whatever it says.
-NOT_RETURNED = frozenset(h.encode() for h in HOP_BY_HOP)
-NOT_RETURNED_EMPTY = NOT_RETURNED | {b"content-length"}
-
-
-def _timeout(value: str | None) -> float | None:
-    """A caller's `X-Meshgate-Timeout` (the router holds it to `min_call_timeout_s`, except on
-    a call that comes from another gateway, with what is left of its deadline)."""
-    if value is None:
-        return None
-    return parse_timeout(value, name=TIMEOUT_HEADER, minimum=0.001)
 
 
 def build(
@@ -96,7 +51,13 @@ def build(
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
-    trusted = TrustedProxies(trusted_proxies)
+    proxy = HttpProxy(
+        router,
+        services,
+        max_body_bytes=max_body_bytes,
+        max_hops=max_hops,
+        trusted_proxies=trusted_proxies,
+    )
 
     def mcp_view(name: str) -> dict[str, Any]:
         view = router.supervisor.pools[name].view()
@@ -256,84 +217,9 @@ def build(
         return json_response(for_caller(request, {"items": items, "next_cursor": next_cursor}))
 
     async def call(request: Request, name: str, path: str) -> Response:
-        scope = request.scope
-        incoming = request.headers
-        hops = parse_hops(incoming.get(HOPS_HEADER), max_hops=max_hops)
         # Checked on the raw path: Starlette has decoded `path`, so `%2e%2e` is `..` there.
-        target = forward_path(scope.get("raw_path") or path.encode(), path)
-        body: bytes | AsyncIterator[bytes]
-        limited: _Limited | None = None
-        method = scope["method"]
-        declared = incoming.get("content-length")
-        size = int(declared) if declared and declared.isdigit() else 0
-        if size > max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {size} bytes exceeds the limit of {max_body_bytes}"
-            )
-        peer = scope.get(PEER) or (scope["client"][0] if scope.get("client") else "")
-        client, forwarding = forwarded(incoming, peer, scope["scheme"], trusted)
-        call = Call(
-            service=name,
-            kind="http",
-            target=target,
-            entry="proxy",
-            incoming=incoming,
-            caller=incoming.get(CALLER_HEADER),
-            body_size=size,
-            timeout_s=_timeout(incoming.get(TIMEOUT_HEADER)),
-            hops=hops,
-            client=client,
-            method=method,
-            principal=principal_of(scope),
-        )
-        # Checked before a byte of the body is read: a caller who may not send it never does.
-        await router.admit(call)
-        if method in IDEMPOTENT_METHODS:
-            # Read whole: a request that failed after it was sent may be sent again.
-            body = await read_body(request, max_body_bytes)
-        else:  # streamed on; never sent twice
-            limited = _Limited(request.stream(), max_body_bytes)
-            body = limited.chunks()
-        pool = services.pools.get(name)
-        # With [auth] on, the client's credential is the gateway's: a service could replay it.
-        keep_credentials = not router.gate.enabled or (
-            pool is not None and pool.policy.forward_credentials
-        )
-        headers = (
-            _passed_on(scope, streamed=not isinstance(body, bytes), credentials=keep_credentials)
-            + forwarding
-        )
-        key = (
-            hash_key(
-                pool,
-                session=incoming.get(SESSION_HEADER),
-                client=client,
-                arguments=dict(request.query_params),
-            )
-            if pool is not None and pool.policy.strategy in ("consistent_hash", "ip_hash")
-            else None
-        )
-        try:
-            upstream = await router.proxy(
-                name,
-                method,
-                target,
-                call=call,
-                query=scope["query_string"].decode("latin-1"),
-                headers=headers,
-                body=body,
-                key=key,
-            )
-        except MeshgateError:
-            if limited is not None and limited.exceeded:  # cut short by us, not by the service
-                raise PayloadTooLarge(
-                    f"request body exceeds the limit of {max_body_bytes} bytes"
-                ) from None
-            raise
-        status = upstream.status_code
-        dropped = NOT_RETURNED_EMPTY if status in (204, 304) else NOT_RETURNED
-        out = [(k.lower(), v) for k, v in upstream.raw_headers]
-        return ProxiedResponse(upstream, [(k, v) for k, v in out if k not in dropped])
+        target = forward_path(request.scope.get("raw_path") or path.encode(), path)
+        return await proxy.forward(request, name, target)
 
     # DirectRoute: FastAPI's per-request dependency resolution skipped (the handler reads
     # what it needs from the request itself).
@@ -502,48 +388,6 @@ def build(
         return json_response(for_caller(request, body))
 
     return api
-
-
-def _passed_on(
-    scope: MutableMapping[str, Any], *, streamed: bool, credentials: bool = True
-) -> list[tuple[str, str]]:
-    """The client's request headers that go on to the service, read from the raw scope: less
-    hop-by-hop, forwarding and the mesh's own headers (the caller adds the forwarding ones it
-    trusts, and the router the mesh's and the interceptors'), and less the client's
-    credentials (Authorization, X-API-Key) unless `credentials`."""
-    headers: list[tuple[str, str]] = []
-    declared = ""
-    for raw_name, raw_value in scope["headers"]:  # names come lower-cased from the server
-        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        if name == "content-length":
-            declared = value
-        if name in NOT_FORWARDED or is_forwarding_header(name):
-            continue
-        if not credentials and name in CREDENTIAL_HEADERS:
-            continue
-        headers.append((name, value))
-    if streamed and declared:
-        # A streamed body keeps its declared length (so the service need not read chunks).
-        headers.append(("content-length", declared))
-    return headers
-
-
-class _Limited:
-    """A request body passed on as it arrives, cut off past `limit` bytes."""
-
-    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
-        self._chunks = chunks
-        self.limit = limit
-        self.exceeded = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in self._chunks:
-            size += len(chunk)
-            if size > self.limit:
-                self.exceeded = True
-                raise PayloadTooLarge(f"request body exceeds the limit of {self.limit} bytes")
-            yield chunk
 
 
 def _encode_cursor(name: str) -> str:

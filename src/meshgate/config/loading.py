@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
 from meshgate.config.settings import (
     MeshSettings,
@@ -252,12 +253,13 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services", *_SECURITY}):
+    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services", *_SECURITY, *_EDGE}):
         problems.append(
             Problem(
                 f,
                 key,
-                "unknown table; expected mesh, defaults, servers, services, auth, roles or limits",
+                "unknown table; expected mesh, defaults, servers, services, auth, roles, "
+                "limits, routes or edge",
             )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
@@ -281,6 +283,34 @@ def _parse_security(data: dict[str, Any], f: str, problems: list[Problem]) -> Se
     except ValidationError as e:
         problems.extend(_pydantic_problems(f, "", e))
         return SecuritySettings()
+
+
+_EDGE = ("routes", "edge")
+
+
+def _parse_edge(
+    data: dict[str, Any], f: str, static: set[str], problems: list[Problem]
+) -> EdgeSettings:
+    """`[[routes]]` and `[edge]`; a route to a service neither `[[mesh.services]]` nor a
+    `[services.NAME]` table names is a warning (it may register at run time)."""
+    raw = {k: data[k] for k in _EDGE if k in data}
+    try:
+        edge = EdgeSettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "", e))
+        return EdgeSettings()
+    for n, route in enumerate(edge.routes):
+        if route.service not in static:
+            problems.append(
+                Problem(
+                    f,
+                    f"routes.{n}.service",
+                    f"no [[mesh.services]] entry or [services.{route.service}] table names "
+                    f"{route.service!r}; its requests answer 404 until it registers",
+                    "warning",
+                )
+            )
+    return edge
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -372,12 +402,17 @@ def collect(
     per_server: dict[str, dict[str, Any]] = {}
     per_service: dict[str, dict[str, Any]] = {}
     security = SecuritySettings()
+    edge = EdgeSettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
         if toml is not None:
             mesh_raw, defaults_raw, per_server, per_service = _parse_policy(toml, pf, problems)
             security = _parse_security(toml, pf, problems)
+            static = {
+                str(r.get("name")) for r in (mesh_raw.get("services") or []) if isinstance(r, dict)
+            }
+            edge = _parse_edge(toml, pf, static | set(per_service), problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -436,6 +471,7 @@ def collect(
             default_policy=ServerPolicy(**defaults_raw),
             service_policies=service_policies,
             security=security,
+            edge=edge,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

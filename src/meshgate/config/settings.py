@@ -24,6 +24,7 @@ from pydantic import (
 
 from meshgate.balancer import STRATEGIES
 from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
+from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
 from meshgate.crypto import check_key, read_key_file
 from meshgate.errors import ConfigError
@@ -652,6 +653,7 @@ class Settings:
     default_policy: ServerPolicy = field(default_factory=ServerPolicy)  # [defaults]
     service_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)  # [services.*]
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
+    edge: EdgeSettings = field(default_factory=EdgeSettings)  # [[routes]], [edge]
     config_path: str | None = None
     policy_path: str | None = None
 

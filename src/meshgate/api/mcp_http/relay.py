@@ -29,8 +29,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from meshgate.api.mcp_http.checks import Reject
-from meshgate.api.mesh import HOP_BY_HOP
 from meshgate.api.problems import read_body
+from meshgate.api.proxying import HOP_BY_HOP
 from meshgate.errors import InvalidArguments, MeshgateError, PayloadTooLarge
 from meshgate.router.call import HOPS_HEADER, TIMEOUT_HEADER, parse_hops, parse_timeout
 from meshgate.router.cluster import Cluster
