@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshgate.testing.gateway import create_key
 from tests.gateway import Gateway, Seen, recording_service, run_gateway
-from tests.integration.test_auth_keys import bearer, make_key
+from tests.integration.test_auth_keys import bearer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,7 +170,7 @@ def test_auth_is_enforced_on_the_edge(tmp_path: Path) -> None:
         port = {k: u.rsplit(":", 1)[1] for k, u in (("a", a), ("b", b), ("c", c))}
         policy = imported(tmp_path, KONG.format(**port)) + AUTH
         with run_gateway(tmp_path, {}, policy) as gw:
-            key = make_key(tmp_path / "data", "shop", "--role", "orders")
+            key = create_key(tmp_path / "data", "shop", "--role", "orders")
             r = gw.get("/orders/x")
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
             r = gw.get("/orders/x", headers=bearer(key))
