@@ -25,6 +25,7 @@ from pydantic import (
 from meshgate.balancer import STRATEGIES
 from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
 from meshgate.config.security import SecuritySettings
+from meshgate.config.topics import TaskSettings
 from meshgate.crypto import check_key, read_key_file
 from meshgate.errors import ConfigError
 from meshgate.urls import redact_url
@@ -652,6 +653,7 @@ class Settings:
     default_policy: ServerPolicy = field(default_factory=ServerPolicy)  # [defaults]
     service_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)  # [services.*]
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
+    tasks: TaskSettings = field(default_factory=TaskSettings)  # [tasks.topics.*]
     config_path: str | None = None
     policy_path: str | None = None
 
