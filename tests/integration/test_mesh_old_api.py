@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from meshgate.testing.redis_server import RedisServer
 from tests.gateway import Gateway, Seen, fault_server, recording_service, run_gateway
 from tests.integration.test_auth_keys import bearer, make_key
 
@@ -359,3 +360,28 @@ def test_configure_needs_admin_and_a_restart_keeps_it(tmp_path: Path) -> None:
             server = gw.http.get("/api/v1/mcp/servers/fault", headers=admin).json()
             assert server["strategy"] == "weighted"
             assert Counter(picked(gw.http, 8, reader)) == {ids[0]: 6, ids[1]: 2}
+
+
+def test_nodes_of_a_shared_registry_keep_and_follow_the_run_time_policy(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {"MESHGATE_REGISTRY": redis_server.url}
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir()
+    lb = f"{API}/configure/load-balancer"
+    with run_gateway(tmp_path / "a", {"f": fault_server()}, env=env, node="a") as a:
+        assert a.http.post(lb, params={"strategy": "weighted"}).status_code == 200
+        # A node that starts later reads what was set before it.
+        with run_gateway(tmp_path / "b", {"f": fault_server()}, env=env, node="b") as b:
+            assert b.get(f"{API}/health").json()["runtime_policy"] == {"strategy": "weighted"}
+            assert b.server("f")["strategy"] == "weighted"
+            # A change on one node reaches the others while they run.
+            r = a.http.post(f"{API}/configure/circuit-breaker", params={"failure_threshold": 7})
+            assert r.status_code == 200
+            assert a.http.post(lb, params={"strategy": "round_robin"}).status_code == 200
+            end = time.monotonic() + 20
+            want = {"strategy": "round_robin", "failure_threshold": 7, "recovery_timeout": 60}
+            while b.get(f"{API}/health").json()["runtime_policy"] != want:
+                assert time.monotonic() < end, b.get(f"{API}/health").json()["runtime_policy"]
+                time.sleep(0.05)
+            assert b.server("f")["strategy"] == "round_robin"
