@@ -109,6 +109,7 @@ def register_two(http: httpx.Client, a_url: str, b_url: str, headers: Any = None
             "port": port_of(b_url),
             "tags": ["v1"],
             "metadata": {"weight": 1},
+            "protocol": "http",  # a field the older API ignored: ignored here too
         },
         headers=headers,
     )

@@ -256,7 +256,7 @@ def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_pa
                     ("writer", "fault", "observed"),
                 }
                 mermaid = gw.get(f"{API}/topology", params={"format": "mermaid"}).text
-                assert mermaid.startswith("flowchart LR") and "writer (ok)" in mermaid
+                assert mermaid.startswith("flowchart LR") and "writer (healthy)" in mermaid
                 assert "-.->" in mermaid and "-->" in mermaid
                 dot = gw.get(f"{API}/topology", params={"format": "dot"}).text
                 assert '"writer" -> "researcher" [style=dashed]' in dot

@@ -45,7 +45,7 @@ RESULTS_PAGE = 1000
 class OldCall(BaseModel):
     """`POST /call`: one request to an HTTP service, its answer in the response body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as the older API did
 
     service_name: str = Field(pattern=SERVICE_NAME)
     method: str = "GET"

@@ -44,7 +44,7 @@ def _refused(what: str, loc: list[str | int], msg: str) -> InvalidArguments:
 class OldRegistration(BaseModel):
     """`POST /register` of the older API: a service instance at `address`:`port`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as the older API did
 
     service_name: str = Field(pattern=SERVICE_NAME)
     service_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -141,7 +141,7 @@ def listed_instances(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class OldTopicTask(BaseModel):
     """`POST /enqueue` of the older API: `{"topic", "task"}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as the older API did
 
     topic: str = Field(pattern=TOPIC_NAME)
     task: dict[str, Any]
@@ -150,7 +150,7 @@ class OldTopicTask(BaseModel):
 class OldTypedTask(BaseModel):
     """`POST /enqueue` as some older scripts send it: `{"task_type", "payload", "priority"}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as the older API did
 
     task_type: str = Field(pattern=TOPIC_NAME)
     payload: dict[str, Any] = Field(default_factory=dict)
