@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from meshgate.testing.redis_server import RedisServer
-from tests.gateway import Gateway, Seen, fault_server, recording_service, run_gateway
+from tests.gateway import Gateway, Seen, fault_server, recording_service, run_gateway, serve_app
 from tests.integration.test_auth_keys import bearer, make_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -386,3 +386,31 @@ def test_nodes_of_a_shared_registry_keep_and_follow_the_run_time_policy(
                 assert time.monotonic() < end, b.get(f"{API}/health").json()["runtime_policy"]
                 time.sleep(0.05)
             assert b.server("f")["strategy"] == "round_robin"
+
+
+async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An HTTP service whose /health passes and whose every other path answers 503."""
+    if scope["type"] != "http":
+        return
+    status = 200 if scope["path"] == "/health" else 503
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_the_breaker_setting_applies_to_running_instances(tmp_path: Path) -> None:
+    with serve_app(failing_app) as url, run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        http = gw.http
+        body = {"service_name": "flaky", "service_id": "flaky-1", "address": "127.0.0.1"}
+        assert http.post(f"{API}/register", json={**body, "port": port_of(url)}).status_code == 200
+        wait_healthy(http, "flaky", 1)
+        params = {"failure_threshold": 2, "recovery_timeout": 300}
+        assert http.post(f"{API}/configure/circuit-breaker", params=params).status_code == 200
+        # POST is never sent twice: one failure per call; the second opens the breaker.
+        for _ in range(2):
+            answer = old_call(http, service_name="flaky", method="POST", path="/charge")
+            assert answer["status_code"] == 503 and answer["instance_id"] == "flaky-1"
+        err = problem(http.post(f"{API}/call", json={"service_name": "flaky"}), 503)
+        assert "open circuit breaker" in err["detail"]
+        health = http.get(f"{API}/health").json()
+        assert health["open_circuit_breakers"] == 1 and health["status"] == "degraded"
+        assert http.get(f"{API}/topology").json()["circuit_breakers"]["flaky-1"] == "open"

@@ -88,10 +88,7 @@ def build(
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
     trusted = TrustedProxies(trusted_proxies)
-    router = views.router
-
-    services = views.services
-    all_views = views.all
+    router, services, all_views = views.router, views.services, views.all
 
     @api.post(
         "/register",
