@@ -18,13 +18,23 @@ from starlette.routing import Route
 
 from meshgate import __version__
 from meshgate.api import keys as api_keys
-from meshgate.api import mcp_rest, mesh, observability, openapi, problems, tasks
+from meshgate.api import (
+    mcp_rest,
+    mesh,
+    mesh_compat,
+    mesh_status,
+    observability,
+    openapi,
+    problems,
+    tasks,
+)
 from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_hosts
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.api.mcp_http.relay import SessionRelay
+from meshgate.api.mesh_views import MeshViews
 from meshgate.api.proxying import HttpProxy
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
@@ -36,10 +46,12 @@ from meshgate.frontend.tasks import McpTasks
 from meshgate.observability import tracing
 from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
+from meshgate.registry.overrides import open_overrides
 from meshgate.registry.store import RegistrationStore
 from meshgate.router import Router
 from meshgate.router.cluster import SESSION_TAG_SEP, Cluster, session_tag
 from meshgate.router.interceptors import build_chain
+from meshgate.router.overrides import RuntimePolicy
 from meshgate.security.authn import Authenticator
 from meshgate.security.gate import Gate
 from meshgate.security.jwt import JwtVerifier
@@ -153,6 +165,14 @@ def build_app(settings: Settings) -> FastAPI:
         max_hops=settings.mesh.max_hops,
     )
     cluster.load = lambda: router.in_flight
+    runtime_policy = RuntimePolicy(
+        router,
+        open_overrides(
+            settings.mesh.registry,
+            path=settings.registrations_path,
+            redis_options=redis_options(settings.mesh.registry, settings.mesh),
+        ),
+    )
     auth = security.auth
     jwt = JwtVerifier(auth.jwt) if auth is not None and auth.jwt is not None else None
     keys = open_key_store(settings)
@@ -216,6 +236,7 @@ def build_app(settings: Settings) -> FastAPI:
         await supervisor.start()
         await workers.start()
         await cluster.start()  # announced once its servers are verified
+        await runtime_policy.start()  # `/configure/...` changes, over every pool now there
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
         # What start-up made (about 130 000 objects: modules, FastAPI's and pydantic's models,
@@ -233,6 +254,7 @@ def build_app(settings: Settings) -> FastAPI:
             await cluster.stop()  # peers stop sending calls here first
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
+            await runtime_policy.stop()
             await mcp_http.close()
             await supervisor.stop()
             await services.stop()
@@ -262,25 +284,37 @@ def build_app(settings: Settings) -> FastAPI:
     openapi.install(
         app, auth_enabled=authenticator.enabled, public_paths=auth.public_paths if auth else ()
     )
-    app.include_router(
-        mesh.build(
-            router,
-            registry,
-            services,
-            node=settings.node_id,
-            max_body_bytes=settings.mesh.max_body_bytes,
-            max_hops=settings.mesh.max_hops,
-            max_json_depth=settings.mesh.max_json_depth,
-            trusted_proxies=settings.mesh.trusted_proxies,
-            queue_status=workers.status,
-        )
-    )
+    views = MeshViews(router, registry, services, settings.node_id)
     limits = {
         "max_body_bytes": settings.mesh.max_body_bytes,
         "max_json_depth": settings.mesh.max_json_depth,
     }
+    app.include_router(
+        mesh.build(
+            views,
+            max_hops=settings.mesh.max_hops,
+            trusted_proxies=settings.mesh.trusted_proxies,
+            **limits,
+        )
+    )
+    app.include_router(
+        mesh_status.build(
+            views, queue_status=workers.status, runtime_policy=lambda: dict(runtime_policy.values)
+        )
+    )
+    # The paths of the older mesh API (its body shapes are told apart on the shared ones).
+    app.include_router(
+        mesh_compat.build(
+            views,
+            workers,
+            runtime_policy,
+            topics=settings.tasks,
+            max_hops=settings.mesh.max_hops,
+            **limits,
+        )
+    )
     app.include_router(mcp_rest.build(router, **limits))
-    app.include_router(tasks.build(router, workers, **limits))
+    app.include_router(tasks.build(router, workers, topics=settings.tasks, **limits))
     app.include_router(api_keys.build(keys, require=operation_check("keys")))
     app.include_router(
         build_metadata(

@@ -187,5 +187,5 @@ def test_health_summary_counts_instances(tmp_path: Path) -> None:
         body = gw.get("/api/v1/mesh/v2/health").json()
         assert body["services"]["a"]["healthy"] == 1
         assert body["services"]["b"]["healthy"] == 0
-        assert body["status"] == "down"
+        assert body["status"] == "unhealthy"
         assert body["registry"]["backend"] == "embedded"

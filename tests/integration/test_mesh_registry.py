@@ -226,7 +226,7 @@ def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_pa
         with agent("writer", gw.url, "--depends-on", "researcher"):
             wait_service(gw, "writer", lambda v: v["state"] == "healthy")
             topo = gw.get(f"{API}/topology").json()
-            writer = next(s for s in topo["services"] if s["name"] == "writer")
+            writer = topo["services"]["writer"]
             assert writer["status"] == "degraded" and writer["depends_on"] == ["researcher"]
             with agent("researcher", gw.url):
                 wait_service(gw, "researcher", lambda v: v["state"] == "healthy")
@@ -247,8 +247,8 @@ def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_pa
                 )
                 assert r.status_code == 200
                 topo = gw.get(f"{API}/topology").json()
-                status = {s["name"]: s["status"] for s in topo["services"]}
-                assert status == {"fault": "ok", "researcher": "ok", "writer": "ok"}
+                status = {name: s["status"] for name, s in topo["services"].items()}
+                assert status == {"fault": "healthy", "researcher": "healthy", "writer": "healthy"}
                 edges = {(e["from"], e["to"], e["kind"]) for e in topo["edges"]}
                 assert edges == {
                     ("writer", "researcher", "declared"),
@@ -256,7 +256,7 @@ def test_topology_shows_declared_and_observed_edges_and_degraded_services(tmp_pa
                     ("writer", "fault", "observed"),
                 }
                 mermaid = gw.get(f"{API}/topology", params={"format": "mermaid"}).text
-                assert mermaid.startswith("flowchart LR") and "writer (ok)" in mermaid
+                assert mermaid.startswith("flowchart LR") and "writer (healthy)" in mermaid
                 assert "-.->" in mermaid and "-->" in mermaid
                 dot = gw.get(f"{API}/topology", params={"format": "dot"}).text
                 assert '"writer" -> "researcher" [style=dashed]' in dot

@@ -59,11 +59,15 @@ def _problem(status: int) -> dict[str, Any]:
     return {"description": _REASONS[status], "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
 
 
-def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
-    """`openapi_extra` documenting a JSON request body a route reads and validates itself."""
-    if model not in _MODELS:
-        _MODELS.append(model)
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+def json_body(*models: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON request body a route reads and validates itself:
+    one model, or any of several (a route that tells shapes apart by their keys)."""
+    refs: list[dict[str, Any]] = []
+    for model in models:
+        if model not in _MODELS:
+            _MODELS.append(model)
+        refs.append({"$ref": f"#/components/schemas/{model.__name__}"})
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
     return {
         "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
     }

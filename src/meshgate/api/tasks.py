@@ -8,12 +8,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
-from meshgate.api.openapi import json_body, problems
+from meshgate.api import old_shapes
+from meshgate.api.openapi import json_body, ok, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.responses import json_response
+from meshgate.config.topics import TaskSettings
 from meshgate.errors import InvalidArguments, NotFound, UnknownService, UnknownTool
 from meshgate.observability import tracing
 from meshgate.router import Router
@@ -65,8 +67,10 @@ def build(
     *,
     max_body_bytes: int,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    topics: TaskSettings | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["tasks"])
+    topics = topics or TaskSettings()
     store = workers.store
 
     def check_target(target: ToolTarget | HttpTarget) -> str:
@@ -85,16 +89,17 @@ def build(
         "/enqueue",
         summary="Enqueue a task; 202 once it is durably stored",
         status_code=202,
-        responses=problems(400, 404, 413, 422, 503),
-        openapi_extra=json_body(Enqueue),
+        responses={
+            200: ok("Enqueued, for a body of the older API"),
+            **problems(400, 404, 413, 422, 503),
+        },
+        openapi_extra=json_body(Enqueue, old_shapes.OldTopicTask, old_shapes.OldTypedTask),
     )
     async def enqueue(request: Request) -> Response:
         body = await read_json_object(request, max_body_bytes, max_json_depth)
-        try:
-            req = Enqueue.model_validate(body)
-        except ValidationError as e:
-            errors = [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in e.errors()]
-            raise InvalidArguments("invalid task", extra={"errors": errors}) from None
+        # The older API's bodies name a configured topic instead of a target.
+        old = old_shapes.old_task(body, topics) if old_shapes.is_old_task(body) else None
+        req = old_shapes.validated(Enqueue, old.body if old else body, "invalid task")
         target = req.target.model_dump()
         # Identity and policy are checked when a task is accepted, and again when it runs,
         # with the rights of the principal that enqueued it (kept with the task).
@@ -130,8 +135,11 @@ def build(
             max_attempts=req.max_attempts,
             deadline_s=req.deadline_s,
             idempotency_key=req.idempotency_key,
+            owner=old.owner if old else None,
         )
         workers.wake()
+        if old:
+            return json_response(old.reply(task_id))
         return json_response({"task_id": task_id, "created": created}, 202)
 
     async def own_task(request: Request, task_id: str, operation: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from meshgate.config.settings import (
     ServerSpec,
     Settings,
 )
+from meshgate.config.topics import TaskSettings
 from meshgate.errors import ConfigError
 
 
@@ -253,13 +254,14 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services", *_SECURITY, *_EDGE}):
+    known = {"mesh", "defaults", "servers", "services", "tasks", *_SECURITY, *_EDGE}
+    for key in sorted(set(data) - known):
         problems.append(
             Problem(
                 f,
                 key,
-                "unknown table; expected mesh, defaults, servers, services, auth, roles, "
-                "limits, routes or edge",
+                "unknown table; expected mesh, defaults, servers, services, tasks, auth, "
+                "roles, limits, routes or edge",
             )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
@@ -311,6 +313,27 @@ def _parse_edge(
                 )
             )
     return edge
+
+
+def _parse_tasks(
+    data: dict[str, Any], f: str, servers: set[str], problems: list[Problem]
+) -> TaskSettings:
+    """`[tasks.topics.NAME]`; a topic naming an MCP server the .mcp.json lacks is an error."""
+    raw = data.get("tasks", {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(f, "tasks", "expected a table"))
+        return TaskSettings()
+    try:
+        tasks = TaskSettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "tasks", e))
+        return TaskSettings()
+    for name, topic in sorted(tasks.topics.items()):
+        if topic.server is not None and topic.server not in servers:
+            problems.append(
+                Problem(f, f"tasks.topics.{name}.server", "no server of this name in the .mcp.json")
+            )
+    return tasks
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -403,6 +426,7 @@ def collect(
     per_service: dict[str, dict[str, Any]] = {}
     security = SecuritySettings()
     edge = EdgeSettings()
+    tasks = TaskSettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
@@ -413,6 +437,7 @@ def collect(
                 str(r.get("name")) for r in (mesh_raw.get("services") or []) if isinstance(r, dict)
             }
             edge = _parse_edge(toml, pf, static | set(per_service), problems)
+            tasks = _parse_tasks(toml, pf, {s.name for s in raw_servers}, problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -472,6 +497,7 @@ def collect(
             service_policies=service_policies,
             security=security,
             edge=edge,
+            tasks=tasks,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

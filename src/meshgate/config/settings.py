@@ -26,6 +26,7 @@ from meshgate.balancer import STRATEGIES
 from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
 from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
+from meshgate.config.topics import TaskSettings
 from meshgate.crypto import check_key, read_key_file
 from meshgate.errors import ConfigError
 from meshgate.urls import redact_url
@@ -654,6 +655,7 @@ class Settings:
     service_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)  # [services.*]
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
     edge: EdgeSettings = field(default_factory=EdgeSettings)  # [[routes]], [edge]
+    tasks: TaskSettings = field(default_factory=TaskSettings)  # [tasks.topics.*]
     config_path: str | None = None
     policy_path: str | None = None
 

@@ -27,6 +27,7 @@ EVENTS = (
     "register",
     "deregister",
     "tool_call",
+    "configure",
 )
 """The events there are; the counter's `event` label takes no other value."""
 

@@ -64,7 +64,7 @@ from meshgate.router.picking import (
 )
 from meshgate.security.gate import Gate
 from meshgate.services.http import ServiceResponse
-from meshgate.services.mesh import ServiceMesh
+from meshgate.services.mesh import ServiceInstance, ServiceMesh
 from meshgate.upstream.instance import Instance
 from meshgate.upstream.supervisor import ServerPool, Supervisor
 from meshgate.wire.jsonrpc import JSON
@@ -244,6 +244,7 @@ class Router:
         headers: list[tuple[str, str]] | None = None,
         body: bytes | AsyncIterator[bytes] = b"",
         key: str | None = None,
+        on_instance: Callable[[ServiceInstance], None] | None = None,
     ) -> ServiceResponse:
         """Send one HTTP request to a healthy instance of an HTTP service; retried on another
         instance only when it never reached the first, or the method is idempotent.
@@ -283,6 +284,7 @@ class Router:
                 key=key,
                 retry_safe=method.upper() in IDEMPOTENT_METHODS,
                 unsafe=f"{method} is not idempotent",
+                on_instance=on_instance,
             )
             if response.status_code >= 500:
                 m.outcome = "error"
