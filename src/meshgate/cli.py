@@ -270,10 +270,25 @@ def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, mesh=settings.mesh.model_copy(update={"port": bound_port})
         )
+    sockets = [sock]
+    consul = settings.consul
+    if consul.enabled and consul.port is not None:  # [consul] port: a listener of its own
+        try:
+            sockets.append(_bind(settings.mesh.host, consul.port))
+        except OSError as e:
+            sock.close()
+            print(
+                f"error: cannot listen on consul.port {consul.port}: {e.strerror}", file=sys.stderr
+            )
+            return 2
+        settings = dataclasses.replace(
+            settings, consul=consul.model_copy(update={"port": sockets[1].getsockname()[1]})
+        )
     try:
         app = build_app(settings)  # opens the databases: their problems come before "listening"
     except ConfigError as e:
-        sock.close()
+        for s in sockets:
+            s.close()
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
@@ -283,6 +298,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"[{host}]" if ":" in host else host,
         port,
     )
+    if len(sockets) > 1:
+        logging.getLogger("meshgate").info(
+            "Consul-compatible API listening on %s://%s:%d",
+            "http" if tls is None else "https",
+            f"[{host}]" if ":" in host else host,
+            sockets[1].getsockname()[1],
+        )
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -306,7 +328,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # uvicorn re-raises the signal that stopped it; a no-op handler makes SIGTERM exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
     return 0 if server.started else 1
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from meshgate.config.consul import ConsulSettings
 from meshgate.config.security import SecuritySettings
 from meshgate.config.settings import (
     MeshSettings,
@@ -252,12 +253,15 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    for key in sorted(set(data) - {"mesh", "defaults", "servers", "services", *_SECURITY}):
+    for key in sorted(
+        set(data) - {"mesh", "defaults", "servers", "services", "consul", *_SECURITY}
+    ):
         problems.append(
             Problem(
                 f,
                 key,
-                "unknown table; expected mesh, defaults, servers, services, auth, roles or limits",
+                "unknown table; expected mesh, defaults, servers, services, auth, roles, limits "
+                "or consul",
             )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
@@ -281,6 +285,19 @@ def _parse_security(data: dict[str, Any], f: str, problems: list[Problem]) -> Se
     except ValidationError as e:
         problems.extend(_pydantic_problems(f, "", e))
         return SecuritySettings()
+
+
+def _parse_consul(data: dict[str, Any], f: str, problems: list[Problem]) -> ConsulSettings:
+    """`[consul]`: the Consul-compatible API."""
+    raw = data.get("consul", {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(f, "consul", "expected a table"))
+        return ConsulSettings()
+    try:
+        return ConsulSettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "consul", e))
+        return ConsulSettings()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -372,12 +389,14 @@ def collect(
     per_server: dict[str, dict[str, Any]] = {}
     per_service: dict[str, dict[str, Any]] = {}
     security = SecuritySettings()
+    consul = ConsulSettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
         if toml is not None:
             mesh_raw, defaults_raw, per_server, per_service = _parse_policy(toml, pf, problems)
             security = _parse_security(toml, pf, problems)
+            consul = _parse_consul(toml, pf, problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -436,6 +455,7 @@ def collect(
             default_policy=ServerPolicy(**defaults_raw),
             service_policies=service_policies,
             security=security,
+            consul=consul,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),
