@@ -246,7 +246,9 @@ class Catalog:
             status = inst.reported
         else:
             status = "passing" if state is InstanceState.HEALTHY else "critical"
-        if last is not None and last.error:
+        if reg.check.type == "ttl" and inst.reported_note:
+            output = inst.reported_note
+        elif last is not None and last.error:
             output = last.error
         elif status == "passing":
             output = f"{reg.check.type} check passed"

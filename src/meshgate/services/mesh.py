@@ -79,6 +79,7 @@ class ServiceInstance(LatencyTracked):
         # A ttl check's: what the instance last reported of itself (passing, warning or
         # critical) and when; the status a Consul client reads back.
         self.reported: str | None = None
+        self.reported_note = ""
         self.reported_at = heartbeat_at
         self.registered_at = time.time()
         self.task: asyncio.Task[None] | None = None
@@ -311,6 +312,7 @@ class ServiceMesh:
 
     def _report(self, inst: ServiceInstance, status: str, why: str | None) -> None:
         inst.reported = status
+        inst.reported_note = why or ""
         inst.reported_at = self.clock()
         error = None if status != "critical" else (why or "reported critical")
         if inst.health.observe(error, 0.0) is not None:
