@@ -1,14 +1,22 @@
-"""The Consul-compatible API against a real gateway, driven by a Consul client nobody here
-wrote: py-consul (PyPI) registers a service with a TTL check, passes, warns and fails it,
-discovers it with `health.service(name, passing=True)`, waits in a blocking query that
-returns when the check changes, and deregisters it. MCP servers show as services tagged
-`mcp`. Every bad input gets Consul's plain-text error with the status its clients expect."""
+"""The Consul-compatible API against a real gateway, driven by Consul clients nobody here
+wrote: py-consul 1.8 and python-consul 1.1 (PyPI) each register a service with a TTL check,
+pass and fail it (py-consul warns it too), discover it with `health.service(name,
+passing=True)`, wait in a blocking query that returns when the check changes, and deregister
+it. MCP servers show as services tagged `mcp`. Every bad input gets Consul's plain-text error
+with the status its clients expect."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import consul
@@ -270,3 +278,89 @@ def test_bad_queries_and_unknown_ids_get_consul_errors(env: Env) -> None:
         assert c.health.service("tick", passing=True)[1][0]["Checks"][1]["Output"] == "x"
     finally:
         c.agent.service.deregister("tick-1")
+
+
+# python-consul 1.1.0 (2018), which older code still uses, is also imported as `consul`: it is
+# installed apart, once, into a cache directory, and runs in a process of its own.
+PYTHON_CONSUL = "python-consul==1.1.0"
+LEGACY_SCRIPT = """
+import json, sys, threading
+import consul
+
+assert consul.__version__ == "1.1.0", consul.__file__
+host, port, service_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = consul.Consul(host=host, port=port)
+out = {}
+out["register"] = c.agent.service.register(
+    "legacy", service_id="legacy-1", address="127.0.0.1", port=service_port, tags=["old"],
+    check=consul.Check.ttl("30s"),
+)
+out["before"] = c.health.service("legacy", passing=True)[1]
+out["pass"] = c.agent.check.ttl_pass("service:legacy-1", notes="up")
+index, out["passing"] = c.health.service("legacy", passing=True)
+box = {}
+thread = threading.Thread(
+    target=lambda: box.update(answer=c.health.service("legacy", index=index, wait="90s"))
+)
+thread.start()
+out["fail"] = c.agent.check.ttl_fail("service:legacy-1", notes="down")
+thread.join(60)
+out["index"], out["blocked"] = index, box.get("answer")
+out["services"] = c.catalog.services()[1]
+out["deregister"] = c.agent.service.deregister("legacy-1")
+out["after"] = c.health.service("legacy")[1]
+print(json.dumps(out))
+"""
+
+
+def legacy_client_path() -> Path:
+    """A directory holding python-consul 1.1.0 and its dependencies (installed once)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = cache / "meshgate-tests" / PYTHON_CONSUL.replace("==", "-")
+    if (target / "consul" / "__init__.py").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(staging),
+            PYTHON_CONSUL,
+        ],
+        check=True,
+        timeout=100,
+    )
+    try:
+        staging.rename(target)  # whole or not at all: a concurrent install may have won
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@pytest.mark.timeout(240)
+def test_python_consul_1_1_registers_updates_discovers_blocks_and_deregisters(env: Env) -> None:
+    path = legacy_client_path()
+    run = subprocess.run(
+        [sys.executable, "-c", LEGACY_SCRIPT, env.host, str(env.port), str(env.service_port)],
+        env={**os.environ, "PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["register"] is True and out["pass"] is True and out["fail"] is True
+    assert out["before"] == []
+    assert [e["Service"]["ID"] for e in out["passing"]] == ["legacy-1"]
+    assert out["passing"][0]["Checks"][1]["Output"] == "up"
+    assert out["blocked"] is not None, "the blocking query did not return on the change"
+    new_index, entries = out["blocked"]
+    assert int(new_index) > int(out["index"])
+    assert statuses(entries) == ["critical"]
+    assert out["services"]["legacy"] == ["old"]
+    assert out["deregister"] is True and out["after"] == []
