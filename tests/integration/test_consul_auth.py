@@ -85,7 +85,7 @@ def test_tokens_are_meshgate_credentials_in_each_of_consuls_places(keyed: Keyed)
         {"params": {"token": keyed.reader}},
         {"headers": {"Authorization": f"Bearer {keyed.reader}"}},
     ):
-        r = gw.get("/v1/catalog/services", **request)  # type: ignore[arg-type]
+        r = gw.get("/v1/catalog/services", **request)
         assert r.status_code == 200, r.text
         assert "fault" in r.json()
 

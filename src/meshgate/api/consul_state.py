@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -53,6 +53,55 @@ class NoPathToDatacenter(MeshgateError):
     """A query for a datacenter other than this one: Consul answers it so (500)."""
 
 
+class CriticalReaper:
+    """Deregisters this node's instances critical for longer than their check's
+    DeregisterCriticalServiceAfter, as Consul's agent does; told of every state by the
+    registry."""
+
+    def __init__(
+        self, services: ServiceMesh, *, node: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.services = services
+        self.node = node
+        self.clock = clock
+        self.critical_since: dict[str, float] = {}
+
+    def followed(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
+        if record.node != self.node or record.kind != "http":
+            return
+        if record.state in (InstanceState.HEALTHY, InstanceState.STOPPED):
+            self.critical_since.pop(record.id, None)
+        else:  # Consul counts a check critical from its registration until it first passes
+            self.critical_since.setdefault(record.id, self.clock())
+
+    def reap(self) -> list[str]:
+        """Deregister every instance past its bound; their ids."""
+        now = self.clock()
+        reaped = []
+        for inst in list(self.services.instances.values()):
+            after = inst.reg.metadata.get(DEREGISTER_AFTER)
+            since = self.critical_since.get(inst.id)
+            if after is None or since is None or now - since <= float(after):
+                continue
+            log.warning(
+                "%s: critical for %.1fs, past DeregisterCriticalServiceAfter (%ss); deregistered",
+                inst.id,
+                now - since,
+                after,
+            )
+            if self.services.deregister(inst.service, inst.id):
+                audit(
+                    "deregister",
+                    principal=None,
+                    outcome="ok",
+                    service=inst.service,
+                    instance=inst.id,
+                    reason="critical past DeregisterCriticalServiceAfter",
+                )
+                reaped.append(inst.id)
+        return reaped
+
+
 class ConsulApi:
     """The API's state: the change index and its blocked queries, and the reaper of
     instances critical past their DeregisterCriticalServiceAfter."""
@@ -79,7 +128,7 @@ class ConsulApi:
         self.catalog = Catalog(router, services, node=node, url=url)
         self.held: Counter[str] = Counter()
         self.held_total = 0
-        self.critical_since: dict[str, float] = {}
+        self.reaper = CriticalReaper(services, node=node)
         self._reaper: asyncio.Task[None] | None = None
         self._rng = random.Random()
         registry.subscribe(self._followed)
@@ -98,49 +147,14 @@ class ConsulApi:
         """Answer every blocked query now (the server is stopping)."""
         self.index.close()
 
-    # -- the registry followed -----------------------------------------------------------------
-
     def _followed(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
         self.index.followed(record, previous)
-        if record.node != self.node or record.kind != "http":
-            return
-        if record.state in (InstanceState.HEALTHY, InstanceState.STOPPED):
-            self.critical_since.pop(record.id, None)
-        else:  # Consul counts a check critical from its registration until it first passes
-            self.critical_since.setdefault(record.id, time.monotonic())
+        self.reaper.followed(record, previous)
 
     async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(REAP_EVERY_S)
-            self.reap()
-
-    def reap(self) -> list[str]:
-        """Deregister every instance of this node critical for longer than its check's
-        DeregisterCriticalServiceAfter; their ids."""
-        now = time.monotonic()
-        reaped = []
-        for inst in list(self.services.instances.values()):
-            after = inst.reg.metadata.get(DEREGISTER_AFTER)
-            since = self.critical_since.get(inst.id)
-            if after is None or since is None or now - since <= float(after):
-                continue
-            log.warning(
-                "%s: critical for %.1fs, past DeregisterCriticalServiceAfter (%ss); deregistered",
-                inst.id,
-                now - since,
-                after,
-            )
-            if self.services.deregister(inst.service, inst.id):
-                audit(
-                    "deregister",
-                    principal=None,
-                    outcome="ok",
-                    service=inst.service,
-                    instance=inst.id,
-                    reason="critical past DeregisterCriticalServiceAfter",
-                )
-                reaped.append(inst.id)
-        return reaped
+            self.reaper.reap()
 
     # -- blocking queries ----------------------------------------------------------------------
 
