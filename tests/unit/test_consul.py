@@ -124,7 +124,7 @@ def test_checks_map_onto_meshgates_executed_checks() -> None:
     tcp = read_definition(
         {**base, "Check": {"TCP": "127.0.0.1:9000", "Interval": "5s"}}, peer=None
     ).registration
-    assert tcp.check.type == "tcp" and tcp.check.timeout_s == 5
+    assert tcp.check.type == "tcp" and tcp.check.timeout_s == 10  # Consul's default
     # No check: a TCP connect every 10 s, not "passing" forever.
     bare = read_definition(base, peer=None).registration
     assert (bare.check.type, bare.check.interval_s) == ("tcp", 10)

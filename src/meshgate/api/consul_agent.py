@@ -35,7 +35,7 @@ RESERVED_PREFIX = "consul-"
 # A registration without a check gets a TCP connect to its address and port: meshgate lists
 # nothing as passing that nobody checked (Consul would call it passing forever).
 DEFAULT_INTERVAL_S = 10.0
-DEFAULT_TIMEOUT_S = 5.0  # also Consul's HTTP and TCP checks' default when none is given
+DEFAULT_TIMEOUT_S = 10.0  # an HTTP or TCP check's Timeout when none is given, as in Consul
 Status = Literal["passing", "warning", "critical"]
 CHECK_STATUSES: tuple[Status, ...] = ("passing", "warning", "critical")
 MAX_OUTPUT = 4096  # Consul's default output_max_size

@@ -37,6 +37,7 @@ from meshgate.api.routing import unless_disconnected
 from meshgate.config.consul import ConsulSettings
 from meshgate.errors import InvalidInput, MeshgateError, NotFound, TooManyRequests
 from meshgate.observability.audit import audit
+from meshgate.observability.metrics import count_rate_limited
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.router import Router
 from meshgate.security import principal_of
@@ -162,12 +163,14 @@ class ConsulApi:
     def _held(self, who: str) -> Iterator[None]:
         s = self.settings
         if self.held_total >= s.max_blocking_queries:
+            count_rate_limited("consul_blocking_queries")
             raise TooManyRequests(
                 f"Too many blocking queries: {s.max_blocking_queries} are held on this node "
                 "(consul.max_blocking_queries)",
                 retry_after=1,
             )
         if self.held[who] >= s.max_blocking_queries_per_principal:
+            count_rate_limited("consul_blocking_queries_per_principal")
             raise TooManyRequests(
                 f"Too many blocking queries: {who} holds "
                 f"{s.max_blocking_queries_per_principal} "
