@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +177,39 @@ def test_blocking_queries_are_bounded_per_principal_and_in_all(keyed: Keyed) -> 
         headers={"X-Consul-Token": keyed.reader},
     )
     assert r.status_code == 200, r.text
+
+
+def test_a_client_that_leaves_frees_its_blocking_query_at_once(keyed: Keyed) -> None:
+    gw = keyed.gw
+    index = keyed.client(keyed.admin).catalog.services()[0]
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    # One held query of the reader (its bound is 1), then its connection closed.
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /v1/catalog/services?index={index}&wait=50s HTTP/1.1\r\n"
+            f"Host: {host}\r\nX-Consul-Token: {keyed.reader}\r\n\r\n".encode()
+        )
+        deadline = time.monotonic() + 20
+        while True:  # held once another query of the reader's is refused
+            r = _short(gw, keyed.reader, index)
+            if r.status_code == 429:
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+    deadline = time.monotonic() + 20  # well within the 50 s it would otherwise be held
+    while (r := _short(gw, keyed.reader, index)).status_code == 429:
+        assert time.monotonic() < deadline, "the slot of a client that left was kept"
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+
+
+def _short(gw: Gateway, token: str, index: str) -> httpx.Response:
+    """A blocking query that waits a millisecond: refused (429) while the bound is reached."""
+    return gw.get(
+        "/v1/catalog/services",
+        params={"index": index, "wait": "1ms"},
+        headers={"X-Consul-Token": token},
+    )
 
 
 def test_the_consul_port_serves_the_consul_api_alone(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -33,7 +33,6 @@ from meshgate.api.consul_views import (
 )
 from meshgate.api.problems import CONSUL_PREFIX
 from meshgate.api.responses import json_response
-from meshgate.api.routing import unless_disconnected
 from meshgate.config.consul import ConsulSettings
 from meshgate.errors import InvalidInput, MeshgateError, NotFound, TooManyRequests
 from meshgate.observability.audit import audit
@@ -266,15 +265,24 @@ class ConsulApi:
         return Response(status_code=200)
 
 
-async def _unless_gone(request: Request, wait: Any) -> None:
-    """Wait, unless the client leaves first (its slot is freed then, not at the wait's end)."""
-    task = asyncio.current_task()
+async def _unless_gone(request: Request, wait: Coroutine[Any, Any, None]) -> None:
+    """Wait, unless the client leaves first: its slot is freed then, not at the wait's end.
+    (routing.unless_disconnected reads one message, which for a GET is its empty body.)"""
+    waiting = asyncio.ensure_future(wait)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await unless_disconnected(request, wait)
-    except asyncio.CancelledError:
-        if task is not None and task.cancelling():
-            raise  # this request itself is cancelled: not ours to swallow
-        # the client left: the answer goes nowhere
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (waiting, gone):
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await future
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class OwnPort:
