@@ -232,7 +232,7 @@ def build(state: ConsulApi) -> APIRouter:
         nodes = {n.name: n for n in state.catalog.nodes()}
         body = [
             catalog_service_json(e, state.node_of(e, nodes), dc, index)
-            for e in state.visible(request, name)
+            for e in state.visible(request, name, nodes)
             if _tags_match(e.tags, wanted)
         ]
         return state.answer(body, index)
@@ -252,7 +252,7 @@ def build(state: ConsulApi) -> APIRouter:
                 "Service": service_json(e, index),
                 "Checks": [serf_json(e.node, index), check_json(e, index)],
             }
-            for e in state.visible(request, name)
+            for e in state.visible(request, name, nodes)
             if _tags_match(e.tags, wanted) and (not only_passing or e.check.status == "passing")
         ]
         return state.answer(body, index)

@@ -227,13 +227,18 @@ class ConsulApi:
         """Refuse (403) a caller who may not discover the mesh; count its rate limits."""
         await self.router.gate.admit(principal_of(request.scope), Action.mesh("discover"))
 
-    def visible(self, request: Request, service: str | None = None) -> list[Entry]:
+    def visible(
+        self,
+        request: Request,
+        service: str | None = None,
+        nodes: dict[str, NodeView] | None = None,
+    ) -> list[Entry]:
         """The entries (of `service`) the caller may discover (admitted already)."""
         principal = principal_of(request.scope)
         gate = self.router.gate
         return [
             e
-            for e in self.catalog.entries(service)
+            for e in self.catalog.entries(service, nodes)
             if gate.allows(principal, Action.mesh("discover", e.name))
         ]
 

@@ -168,28 +168,27 @@ class Catalog:
         self.url = url
 
     def nodes(self) -> list[NodeView]:
-        out = []
+        """This node, then every other node with a live record (read from the records
+        themselves: the cluster's own views list every tool of every server)."""
+        host, port = host_port(self.url)
+        out = [NodeView(self.node, host, port, self.url, {})]
         cluster = self.router.cluster
-        views = cluster.nodes() if cluster is not None else []
-        for v in views:
-            url = str(v.get("url") or "")
-            if not url:
-                continue
-            host, port = host_port(url)
-            servers = {
-                name: (int(s.get("healthy", 0)), int(s.get("total", 0)))
-                for name, s in (v.get("servers") or {}).items()
-                if isinstance(s, dict)
-            }
-            out.append(NodeView(str(v["id"]), host, port, url, servers, str(v.get("version"))))
-        if not any(n.name == self.node for n in out):
-            host, port = host_port(self.url)
-            out.insert(0, NodeView(self.node, host, port, self.url, {}))
+        for record in cluster.node_records() if cluster is not None else []:
+            if record.address:
+                host, port = host_port(record.address)
+                version = str(record.metadata.get("version") or "")
+                out.append(
+                    NodeView(record.node, host, port, record.address, _servers(record), version)
+                )
         return out
 
-    def entries(self, service: str | None = None) -> list[Entry]:
-        """Every service instance (of `service`), this node's first."""
-        nodes = {n.name: n for n in self.nodes()}
+    def entries(
+        self, service: str | None = None, nodes: dict[str, NodeView] | None = None
+    ) -> list[Entry]:
+        """Every service instance (of `service`), this node's first; `nodes`: as `nodes()`
+        gives them, by name, when the caller has them already."""
+        if nodes is None:
+            nodes = {n.name: n for n in self.nodes()}
         out: list[Entry] = []
         own = nodes[self.node]
         pools = self.router.supervisor.pools
