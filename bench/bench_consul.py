@@ -112,10 +112,10 @@ def main() -> None:
             print("| read | concurrency | requests/s | p50 ms | p99 ms |")
             print("| --- | ---: | ---: | ---: | ---: |")
             for path in READS:
-                for c, r in run_wrk(gw.url + path, "", args.duration, [1, 16]).items():
+                for c, row in run_wrk(gw.url + path, "", args.duration, [1, 16]).items():
                     print(
-                        f"| `{path}` | {c} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} | "
-                        f"{r['p99_ms']:.2f} |"
+                        f"| `{path}` | {c} | {row['calls_per_s']:.0f} | {row['p50_ms']:.2f} | "
+                        f"{row['p99_ms']:.2f} |"
                     )
             print(
                 "\n| held | RSS MiB | KiB each | update ms | first woken ms | p50 ms | last ms | "
