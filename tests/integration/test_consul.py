@@ -364,3 +364,25 @@ def test_python_consul_1_1_registers_updates_discovers_blocks_and_deregisters(en
     assert statuses(entries) == ["critical"]
     assert out["services"]["legacy"] == ["old"]
     assert out["deregister"] is True and out["after"] == []
+
+
+def test_a_ttl_checks_status_holds_for_a_new_instance_only(env: Env) -> None:
+    c = env.client()
+    body = {
+        "Name": "boot",
+        "ID": "boot-1",
+        "Address": "127.0.0.1",
+        "Port": env.service_port,
+        "Check": {"TTL": "30s", "Status": "passing"},
+    }
+    assert put(env, REGISTER, body).status_code == 200
+    try:
+        assert statuses(c.health.service("boot")[1]) == ["passing"]
+        assert c.agent.check.ttl_fail("service:boot-1")
+        assert put(env, REGISTER, body).status_code == 200  # the same again: nothing changes
+        assert statuses(c.health.service("boot")[1]) == ["critical"]
+        changed = {**body, "Tags": ["v2"]}  # a changed registration: a new instance
+        assert put(env, REGISTER, changed).status_code == 200
+        assert statuses(c.health.service("boot")[1]) == ["passing"]
+    finally:
+        c.agent.service.deregister("boot-1")

@@ -134,7 +134,9 @@ def build(state: ConsulApi) -> APIRouter:
                 **where,
             )
             raise
-        if created and definition.status is not None and reg.check.type == "ttl":
+        # A TTL check's Status holds for a new instance (a changed registration is one), not
+        # for the same registration sent again: its last update stands.
+        if definition.status is not None and reg.check.type == "ttl" and inst.reported is None:
             services.report(reg.name, inst.id, definition.status, "")
         audit(
             "register",
