@@ -242,7 +242,8 @@ def test_bad_registrations_get_consul_errors(env: Env) -> None:
 
 def test_bad_queries_and_unknown_ids_get_consul_errors(env: Env) -> None:
     gw = env.gw
-    refused(gw.get("/v1/catalog/services?index=abc"), 400, "Invalid index")
+    for index in ("abc", "-1", "²", "9" * 5000):
+        refused(gw.get("/v1/catalog/services", params={"index": index}), 400, "Invalid index")
     refused(gw.get("/v1/catalog/services?index=5&wait=forever"), 400, "Invalid wait time")
     refused(gw.get("/v1/health/service/web?dc=elsewhere"), 500, "No path to datacenter")
     refused(gw.get("/v1/health/service/web?filter=Service.Port==1"), 400, "Invalid filter")

@@ -199,8 +199,9 @@ class ConsulApi:
                 raise InvalidInput(f"Invalid {name}: meshgate does not evaluate ?{name}")
         raw = q.get("index")
         if raw is not None:
-            if not raw.isdigit():
-                raise InvalidInput(f"Invalid index: {raw!r}")
+            # A uint64, as Consul's: ASCII digits (int() takes others) and at most 20 of them.
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+                raise InvalidInput(f"Invalid index: {raw[:40]!r}")
             index = int(raw)
             cap = self.settings.max_wait_s
             wait = min(duration(q["wait"], "wait time"), cap) if q.get("wait") else cap
