@@ -43,14 +43,16 @@ redis-server:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
 
-# The monitoring tests run promtool and a real Prometheus (Debian's package).
+# The monitoring tests run promtool and a real Prometheus (Debian's package); the Consul
+# discovery test VictoriaMetrics too (Debian's Prometheus is built without consul_sd_configs).
 prometheus:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-		echo "installing prometheus"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+		&& command -v victoria-metrics >/dev/null || { \
+		echo "installing prometheus and victoria-metrics"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-			prometheus; }
+			prometheus victoria-metrics; }
 
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from meshgate import __version__
-from meshgate.api import keys as api_keys
 from meshgate.api import (
+    consul,
     mcp_rest,
     mesh,
     mesh_compat,
@@ -28,6 +28,7 @@ from meshgate.api import (
     problems,
     tasks,
 )
+from meshgate.api import keys as api_keys
 from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_hosts
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
@@ -223,6 +224,20 @@ def build_app(settings: Settings) -> FastAPI:
     mcp_http.attach(supervisor)
     cluster.watchers.append(mcp_http.relay)
     mcp_tasks.notify = mcp_http.notify_session
+    consul_api = (
+        consul.ConsulApi(
+            router,
+            services,
+            registry,
+            settings=settings.consul,
+            node=settings.node_id,
+            url=cluster.url,
+            max_body_bytes=mesh_settings.max_body_bytes,
+            max_json_depth=mesh_settings.max_json_depth,
+        )
+        if settings.consul.enabled
+        else None
+    )
 
     started = asyncio.Event()
 
@@ -237,6 +252,8 @@ def build_app(settings: Settings) -> FastAPI:
         await workers.start()
         await cluster.start()  # announced once its servers are verified
         await runtime_policy.start()  # `/configure/...` changes, over every pool now there
+        if consul_api is not None:
+            await consul_api.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
         # What start-up made (about 130 000 objects: modules, FastAPI's and pydantic's models,
@@ -252,6 +269,8 @@ def build_app(settings: Settings) -> FastAPI:
             started.clear()
             log.info("shutting down: draining %d calls in flight", router.in_flight)
             await cluster.stop()  # peers stop sending calls here first
+            if consul_api is not None:
+                await consul_api.stop()
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
             await runtime_policy.stop()
@@ -277,9 +296,15 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.router = router
     app.state.settings = settings
     app.state.keys = keys
+
     # Called when the server stops accepting, before it waits for open responses: streams that
     # never end by themselves (GET streams, subscriptions) end here so shutdown is not held up.
-    app.state.before_shutdown = mcp_http.end_standing_streams
+    def before_shutdown() -> None:
+        mcp_http.end_standing_streams()
+        if consul_api is not None:  # blocked Consul queries answer now, not after their wait
+            consul_api.release()
+
+    app.state.before_shutdown = before_shutdown
     problems.install(app)
     openapi.install(
         app, auth_enabled=authenticator.enabled, public_paths=auth.public_paths if auth else ()
@@ -353,6 +378,11 @@ def build_app(settings: Settings) -> FastAPI:
             _outer_layers(side, settings, authenticator)
         if edge.edge.on_main_port:
             main_route = EdgeRoute(table, proxy, everything=False)
+    if consul_api is not None:
+        app.include_router(consul.build(consul_api))
+        if settings.consul.port is not None:
+            services.registration.listen_ports.add(settings.consul.port)
+            app.add_middleware(consul.OwnPort, port=settings.consul.port)
     _outer_layers(app, settings, authenticator)
     hosts = allowed_hosts(settings.mesh.allowed_hosts, settings.mesh.host)
     suffixes: tuple[str, ...] = ()

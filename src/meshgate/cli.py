@@ -288,6 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
             settings, mesh=settings.mesh.model_copy(update={"port": bound_port})
         )
     sockets = [sock]
+    labels = [""]  # what each socket serves, in its "listening" line
     edge = settings.edge.edge
     if settings.edge.enabled and edge.port is not None:
         try:
@@ -298,9 +299,25 @@ def _serve(args: argparse.Namespace) -> int:
                 f"error: cannot listen on the edge port {edge.port}: {e.strerror}", file=sys.stderr
             )
             return 2
-        edge = edge.model_copy(update={"port": sockets[1].getsockname()[1]})
+        labels.append("edge routes ")
+        edge = edge.model_copy(update={"port": sockets[-1].getsockname()[1]})
         settings = dataclasses.replace(
             settings, edge=settings.edge.model_copy(update={"edge": edge})
+        )
+    consul = settings.consul
+    if consul.enabled and consul.port is not None:  # [consul] port: a listener of its own
+        try:
+            sockets.append(_bind(settings.mesh.host, consul.port))
+        except OSError as e:
+            for s in sockets:
+                s.close()
+            print(
+                f"error: cannot listen on consul.port {consul.port}: {e.strerror}", file=sys.stderr
+            )
+            return 2
+        labels.append("Consul-compatible API ")
+        settings = dataclasses.replace(
+            settings, consul=consul.model_copy(update={"port": sockets[-1].getsockname()[1]})
         )
     try:
         app = build_app(settings)  # opens the databases: their problems come before "listening"
@@ -309,11 +326,11 @@ def _serve(args: argparse.Namespace) -> int:
             s.close()
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
-    for n, s in enumerate(sockets):  # the main port first: tests wait for its line
+    for s, label in zip(sockets, labels, strict=True):  # the main port first: tests wait
         host, port = s.getsockname()[:2]
         logging.getLogger("meshgate").info(
             "meshgate %slistening on %s://%s:%d",
-            "edge routes " if n else "",
+            label,
             "http" if tls is None else "https",
             f"[{host}]" if ":" in host else host,
             port,

@@ -195,11 +195,15 @@ mode = "exclusive"
 """,
     )
     text = "\n".join(str(p) for p in check_file(pol))
-    assert "mesh.registry: backend 'consul://127.0.0.1:8500' is not available" in text
+    # Consul: meshgate serves Consul's API rather than keeping its registry there.
+    assert "mesh.registry: 'consul://127.0.0.1:8500': meshgate does not keep its registry" in text
+    assert "Consul-compatible HTTP API" in text
     assert "defaults.mode: unknown mode 'exclusive'; expected shared, sticky or dedicated" in text
     for mode in ("shared", "sticky", "dedicated"):
         ok = write(tmp_path / f"{mode}.toml", f'[defaults]\nmode = "{mode}"\n')
         assert check_file(ok) == []
+    _, problems = collect(None, None, environ={"MESHGATE_REGISTRY": "etcd://x"})
+    assert "backend 'etcd://x' is not available; use embedded, sqlite:///PATH" in problems[0].reason
     _, problems = collect(None, None, environ={"MESHGATE_QUEUE": "kafka://x"})
     assert [p.file for p in problems] == ["environment MESHGATE_QUEUE"]
     assert "not available; use embedded, redis:// or redis+sentinel://" in problems[0].reason

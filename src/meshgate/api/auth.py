@@ -5,20 +5,23 @@ resource metadata (RFC 9728) MCP clients discover the authorization server by.
 route runs, and leaves it in the scope (`meshgate.security.principal_of`). Without `[auth]`
 every request runs as the local principal (the gateway then serves loopback only). With it, a
 request without a valid credential gets 401 with `WWW-Authenticate: Bearer
-resource_metadata=...`, except on public paths.
+resource_metadata=...`, except on public paths. On the Consul-compatible API (`/v1/...`) a
+Consul token (`X-Consul-Token`, `?token=`) is read as a bearer credential, and a refusal is
+Consul's plain-text 403.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshgate.api.openapi import problems
-from meshgate.api.problems import problem_response
+from meshgate.api.problems import CONSUL_PREFIX, problem_response
 from meshgate.api.responses import json_response
 from meshgate.errors import MeshgateError, NotFound, Unauthenticated
 from meshgate.observability.audit import audit
@@ -39,6 +42,19 @@ _CREDENTIAL_HEADERS = (
     b"x-api-key",
     *(h.encode() for h in NODE_HEADERS),
 )
+CONSUL_TOKEN = "x-consul-token"
+
+
+def consul_token(scope: Scope) -> str | None:
+    """The token a Consul client sent: `X-Consul-Token`, else `?token=` (Consul's own two
+    ways besides `Authorization: Bearer`)."""
+    for name, value in scope["headers"]:
+        if name == CONSUL_TOKEN.encode():
+            return value.decode("latin-1").strip() or None
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+        if key == "token":
+            return value.strip() or None
+    return None
 
 
 def base_url(scope: Scope, resource: str | None) -> str:
@@ -100,6 +116,11 @@ class Authentication:
             for name, value in scope["headers"]
             if name in _CREDENTIAL_HEADERS
         }
+        consul = path.startswith(CONSUL_PREFIX)
+        if consul and "authorization" not in headers:
+            token = consul_token(scope)
+            if token is not None:
+                headers["authorization"] = f"Bearer {token}"
         cert = self.certificate(scope)
         try:
             scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate(headers, cert, path)
@@ -113,6 +134,9 @@ class Authentication:
                 client=client[0] if client else None,
                 reason=e.detail,
             )
+            if consul:  # Consul's clients read a plain-text 403, not a challenge
+                await problem_response(e, path)(scope, receive, send)
+                return
             metadata = base_url(scope, self.resource) + metadata_path(_resource_path(path))
             error = e.extra.pop("error", "invalid_token")
             e.headers["WWW-Authenticate"] = www_authenticate(

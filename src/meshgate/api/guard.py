@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshgate.api.problems import problem_response
+from meshgate.api.problems import CONSUL_PREFIX, problem_response
 from meshgate.errors import HostNotAllowed, MeshgateError, OriginNotAllowed, UnsupportedMediaType
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -74,7 +74,8 @@ def _is_json(content_type: bytes | None) -> bool:
 
 class RequestGuard:
     """ASGI middleware, outermost, on every route: the Host check (421 unless allowed), and
-    for state-changing REST requests the Origin check (403) and a JSON body (415). One pass
+    for state-changing REST requests the Origin check (403) and a JSON body (415); the
+    Consul-compatible API's writes get the Origin check only. One pass
     over the raw headers and a set lookup: cheap on the call paths."""
 
     def __init__(
@@ -132,12 +133,15 @@ class RequestGuard:
         if scope.get("method") not in _STATE_CHANGING:
             return None
         path: str = scope["path"]
-        if not path.startswith(REST_PREFIX):
+        consul = path.startswith(CONSUL_PREFIX)
+        if not path.startswith(REST_PREFIX) and not consul:
             return None  # /mcp and /messages check Origin themselves, answering in JSON-RPC
         if origin is not None:
             text = origin.decode("latin-1")
             if not origin_allowed(text, self.origins):
                 return origin_refusal(text)
+        if consul:  # Consul's clients send their JSON bodies without a Content-Type
+            return None
         has_body = chunked is not None or (length is not None and length.strip() != b"0")
         if has_body and not path.startswith(PROXY_PREFIX) and not _is_json(ctype):
             return UnsupportedMediaType(

@@ -24,11 +24,34 @@ log = logging.getLogger("meshgate.api")
 PROBLEM_JSON = "application/problem+json"
 
 
+CONSUL_PREFIX = "/v1/"
+"""The Consul-compatible API (api/consul.py): its errors are Consul's plain text, not problems."""
+
+
 def problem_response(err: MeshgateError, instance: str | None = None) -> Response:
     headers = dict(err.headers)
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    if instance is not None and instance.startswith(CONSUL_PREFIX):
+        return consul_error(err, headers)
     return json_response(err.to_problem(instance), err.status, headers, media_type=PROBLEM_JSON)
+
+
+def consul_error(err: MeshgateError, headers: dict[str, str]) -> Response:
+    """An error as Consul answers it, which its clients read: a plain-text sentence, 403 for
+    a missing, unknown or insufficient token ("ACL not found", "Permission denied"), 400 for
+    any input refused (meshgate's 422 too)."""
+    status, text = err.status, err.detail
+    if status == 401:
+        headers.pop("WWW-Authenticate", None)
+        missing = err.extra.get("error") == "missing_token"
+        status = 403
+        text = f"Permission denied: {text}" if missing else f"ACL not found: {text}"
+    elif status == 403 and not text.startswith("Permission denied"):
+        text = f"Permission denied: {text}"
+    elif status == 422:
+        status = 400
+    return Response(text, status_code=status, media_type="text/plain", headers=headers)
 
 
 async def _meshgate_error(request: Request, exc: Exception) -> Response:

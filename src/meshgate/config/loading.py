@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from meshgate.config.consul import ConsulSettings
 from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
 from meshgate.config.settings import (
@@ -254,14 +255,14 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    known = {"mesh", "defaults", "servers", "services", "tasks", *_SECURITY, *_EDGE}
+    known = {"mesh", "defaults", "servers", "services", "tasks", "consul", *_SECURITY, *_EDGE}
     for key in sorted(set(data) - known):
         problems.append(
             Problem(
                 f,
                 key,
                 "unknown table; expected mesh, defaults, servers, services, tasks, auth, "
-                "roles, limits, routes or edge",
+                "roles, limits, routes, edge or consul",
             )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
@@ -334,6 +335,19 @@ def _parse_tasks(
                 Problem(f, f"tasks.topics.{name}.server", "no server of this name in the .mcp.json")
             )
     return tasks
+
+
+def _parse_consul(data: dict[str, Any], f: str, problems: list[Problem]) -> ConsulSettings:
+    """`[consul]`: the Consul-compatible API."""
+    raw = data.get("consul", {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(f, "consul", "expected a table"))
+        return ConsulSettings()
+    try:
+        return ConsulSettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "consul", e))
+        return ConsulSettings()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -427,6 +441,7 @@ def collect(
     security = SecuritySettings()
     edge = EdgeSettings()
     tasks = TaskSettings()
+    consul = ConsulSettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
@@ -438,6 +453,7 @@ def collect(
             }
             edge = _parse_edge(toml, pf, static | set(per_service), problems)
             tasks = _parse_tasks(toml, pf, {s.name for s in raw_servers}, problems)
+            consul = _parse_consul(toml, pf, problems)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -498,6 +514,7 @@ def collect(
             security=security,
             edge=edge,
             tasks=tasks,
+            consul=consul,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

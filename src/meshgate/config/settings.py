@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from meshgate.balancer import STRATEGIES
+from meshgate.config.consul import CONSUL_REGISTRY_HINT, ConsulSettings, is_consul_url
 from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
 from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
@@ -276,10 +277,12 @@ SERVICE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 class Check(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["http", "tcp", "mcp"] = "http"
+    type: Literal["http", "tcp", "mcp", "ttl"] = "http"
     path: str = "/health"
     """http: the path to GET; mcp: the MCP endpoint's path (e.g. /mcp)."""
     interval_s: float = Field(5.0, ge=0.05, le=3600)
+    """How often the check runs; ttl (no check is run: the instance reports its own health,
+    as a heartbeat or a Consul TTL update): how long a report holds before it fails."""
     timeout_s: float = Field(2.0, gt=0, le=60)
     unhealthy_after: int = Field(3, ge=1, le=100)
     healthy_after: int = Field(1, ge=1, le=100)
@@ -510,6 +513,8 @@ class MeshSettings(_Model):
             return value
         if is_redis_url(value):
             return _redis_url(value)
+        if is_consul_url(value):
+            raise ValueError(f"{redact_url(value)!r}: {CONSUL_REGISTRY_HINT}")
         raise ValueError(
             f"backend {redact_url(value)!r} is not available; use embedded, sqlite:///PATH, "
             "redis:// or redis+sentinel://"
@@ -656,6 +661,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)  # [auth], [roles.*]...
     edge: EdgeSettings = field(default_factory=EdgeSettings)  # [[routes]], [edge]
     tasks: TaskSettings = field(default_factory=TaskSettings)  # [tasks.topics.*]
+    consul: ConsulSettings = field(default_factory=ConsulSettings)  # [consul]
     config_path: str | None = None
     policy_path: str | None = None
 

@@ -3,10 +3,12 @@
 from collections.abc import Mapping
 from typing import Any
 
+from meshgate.config.consul import CONSUL_REGISTRY_HINT, is_consul_url
 from meshgate.config.redis import is_redis_url
 from meshgate.crypto import PLAIN, Cipher
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.embedded import EmbeddedRegistry
+from meshgate.urls import redact_url
 
 __all__ = ["EmbeddedRegistry", "InstanceRecord", "InstanceState", "Registry", "open_registry"]
 
@@ -30,4 +32,6 @@ def open_registry(
         from meshgate.registry.redis import RedisRegistry
 
         return RedisRegistry(url, node=node, lease_s=lease_s, options=redis_options, cipher=cipher)
+    if is_consul_url(url):
+        raise ConfigError(f"registry backend {redact_url(url)!r}: {CONSUL_REGISTRY_HINT}")
     raise ConfigError(f"registry backend {url!r} is not available; use embedded or redis://")

@@ -6,8 +6,10 @@ and only its checks move it: `healthy_after` passing checks make it `healthy`,
 `unhealthy_after` failing ones `unhealthy`, and back. A check is real: an HTTP GET of its health
 path that must answer 2xx in time, a TCP connect, or an MCP request (`server/discover` or
 `ping`, after discovery or the handshake). An instance registered with a TTL must
-send `PUT .../heartbeat` within it, or it is removed. Every transition is logged and counted
-(`meshgate.health`, as for MCP server processes).
+send `PUT .../heartbeat` within it, or it is removed. A `ttl` check runs nothing: the instance
+reports its own health (a heartbeat, or a Consul TTL update: passing, warning, critical), and
+one that reports nothing within the check's interval turns unhealthy. Every transition is
+logged and counted (`meshgate.health`, as for MCP server processes).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from meshgate.balancer import Balancer, LatencyTracked, make_balancer
@@ -74,6 +76,11 @@ class ServiceInstance(LatencyTracked):
             health_log,
         )
         self.heartbeat_at = heartbeat_at
+        # A ttl check's: what the instance last reported of itself (passing, warning or
+        # critical) and when; the status a Consul client reads back.
+        self.reported: str | None = None
+        self.reported_note = ""
+        self.reported_at = heartbeat_at
         self.registered_at = time.time()
         self.task: asyncio.Task[None] | None = None
         self.mcp: HttpUpstream | None = None  # the MCP check's connection
@@ -284,7 +291,37 @@ class ServiceMesh:
             return None
         inst.heartbeat_at = self.clock()
         self.store.heartbeat(id_)
+        if inst.reg.check.type == "ttl":
+            self._report(inst, "passing", None)
         return inst
+
+    def report(
+        self, service: str, id_: str, status: Literal["passing", "warning", "critical"], why: str
+    ) -> ServiceInstance | None:
+        """A ttl check's result, as the instance tells it: passing and warning keep it
+        healthy and renew its TTL as a heartbeat does; critical makes it unhealthy. None: no
+        such instance with a ttl check."""
+        inst = self.instances.get(id_)
+        if inst is None or inst.service != service or inst.reg.check.type != "ttl":
+            return None
+        if status != "critical":
+            inst.heartbeat_at = self.clock()
+            self.store.heartbeat(id_)
+        self._report(inst, status, why or None)
+        return inst
+
+    def _report(self, inst: ServiceInstance, status: str, why: str | None) -> None:
+        inst.reported = status
+        inst.reported_note = why or ""
+        inst.reported_at = self.clock()
+        error = None if status != "critical" else (why or "reported critical")
+        if inst.health.observe(error, 0.0) is not None:
+            self._moved(inst)
+            return
+        # A report is the instance's own word: it moves it at once, whatever the thresholds.
+        target = InstanceState.HEALTHY if error is None else InstanceState.UNHEALTHY
+        if inst.state in (InstanceState.STARTING, InstanceState.HEALTHY, InstanceState.UNHEALTHY):
+            self._transition(inst, target, f"reported {status}" + (f": {why}" if why else ""))
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -303,7 +340,8 @@ class ServiceMesh:
             pool = self.pools[reg.name] = ServicePool(reg.name, policy, self._rng)
         pool.instances[inst.id] = inst
         self.registry.register(self._record(inst))
-        inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
+        if reg.check.type != "ttl":  # a ttl check is reported, not run
+            inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
         log.info(
             "%s registered at %s (%s check)", inst.id, redact_url(reg.base_url), reg.check.type
         )
@@ -455,6 +493,13 @@ class ServiceMesh:
         now = self.clock()
         expired: list[str] = []
         for inst in list(self.instances.values()):
+            check = inst.reg.check
+            if (
+                check.type == "ttl"
+                and inst.reported != "critical"
+                and now - inst.reported_at > check.interval_s
+            ):
+                self._report(inst, "critical", f"no report within the TTL of {check.interval_s}s")
             ttl = inst.reg.ttl_s
             if ttl is not None and now - inst.heartbeat_at > ttl:
                 log.warning(
