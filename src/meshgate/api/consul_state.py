@@ -33,6 +33,7 @@ from meshgate.api.consul_views import (
 )
 from meshgate.api.problems import CONSUL_PREFIX
 from meshgate.api.responses import json_response
+from meshgate.api.routing import disconnected
 from meshgate.config.consul import ConsulSettings
 from meshgate.errors import InvalidInput, MeshgateError, NotFound, TooManyRequests
 from meshgate.observability.audit import audit
@@ -272,10 +273,10 @@ class ConsulApi:
 
 
 async def _unless_gone(request: Request, wait: Coroutine[Any, Any, None]) -> None:
-    """Wait, unless the client leaves first: its slot is freed then, not at the wait's end.
-    (routing.unless_disconnected reads one message, which for a GET is its empty body.)"""
+    """Wait, unless the client leaves first: its slot is freed then, not at the wait's end
+    (and no error is raised: nobody is left to answer)."""
     waiting = asyncio.ensure_future(wait)
-    gone = asyncio.ensure_future(_disconnected(request))
+    gone = asyncio.ensure_future(disconnected(request))
     try:
         await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -284,11 +285,6 @@ async def _unless_gone(request: Request, wait: Coroutine[Any, Any, None]) -> Non
                 future.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await future
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 class OwnPort:
