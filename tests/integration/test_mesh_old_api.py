@@ -415,3 +415,42 @@ def test_the_breaker_setting_applies_to_running_instances(tmp_path: Path) -> Non
         health = http.get(f"{API}/health").json()
         assert health["open_circuit_breakers"] == 1 and health["status"] == "degraded"
         assert http.get(f"{API}/topology").json()["circuit_breakers"]["flaky-1"] == "open"
+
+
+async def no_health_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A service of the older mesh: it serves `/orders` and nothing else, no health path."""
+    if scope["type"] != "http":
+        return
+    status = 200 if scope["path"] == "/orders" else 404
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def instance_state(http: httpx.Client, service: str, instance_id: str) -> str:
+    found = http.get(f"{API}/discover/{service}").json()
+    state: str = {i["id"]: i for i in found["instances"]}[instance_id]["state"]
+    return state
+
+
+def test_an_old_registration_is_checked_by_tcp_unless_it_names_a_health_path(
+    tmp_path: Path,
+) -> None:
+    with serve_app(no_health_app) as url, run_gateway(tmp_path, {"f": fault_server()}) as gw:
+        http = gw.http
+        body = {"service_name": "orders", "address": "127.0.0.1", "port": port_of(url)}
+        # No health path: a TCP connect checks it, so a service without /health is healthy.
+        plain = {**body, "service_id": "orders-1"}
+        assert http.post(f"{API}/register", json=plain).status_code == 200
+        wait_healthy(http, "orders", 1)
+        assert old_call(http, service_name="orders", path="/orders")["status_code"] == 200
+        # A health path named: GET it, and a 404 there keeps the instance out.
+        checked = {**body, "service_id": "orders-2", "metadata": {"health_check_path": "/ready"}}
+        assert http.post(f"{API}/register", json=checked).status_code == 200
+        end = time.monotonic() + 30
+        while (state := instance_state(http, "orders", "orders-2")) != "unhealthy":
+            assert state == "starting" and time.monotonic() < end, state
+            time.sleep(0.05)
+        assert http.get(f"{API}/discover/orders").json()["healthy"] == 1
+        bad = {**body, "metadata": {"health_check_path": "ready"}}
+        err = problem(http.post(f"{API}/register", json=bad), 422)
+        assert err["errors"][0]["loc"] == ["metadata", "health_check_path"]

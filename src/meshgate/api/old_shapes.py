@@ -67,11 +67,18 @@ def is_old_registration(body: dict[str, Any]) -> bool:
 
 def registration(body: dict[str, Any]) -> Registration:
     """An older registration as meshgate's: `service_id` is the instance id, `metadata.weight`
-    the weight."""
+    the weight. Its check is a TCP connect (services of the older mesh were not asked to
+    serve a health endpoint), or `GET metadata.health_check_path` where the client names one."""
     old = validated(OldRegistration, body, "invalid registration")
     weight = old.metadata.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
         raise _refused("invalid registration", ["metadata", "weight"], "must be 1 to 1000")
+    path = old.metadata.get("health_check_path")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise _refused(
+            "invalid registration", ["metadata", "health_check_path"], "must start with '/'"
+        )
+    check = {"type": "tcp"} if path is None else {"type": "http", "path": path}
     native = {
         "name": old.service_name,
         "id": old.service_id,
@@ -80,6 +87,7 @@ def registration(body: dict[str, Any]) -> Registration:
         "tags": old.tags,
         "metadata": old.metadata,
         "weight": weight,
+        "check": check,
     }
     return validated(Registration, native, "invalid registration")
 
