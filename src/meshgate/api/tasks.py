@@ -202,9 +202,9 @@ def build(
         await own_task(request, task_id, "tasks.cancel")
         if not await store.retry_dead(task_id):
             raise InvalidArguments("only a dead or failed task can be retried")
-        workers.wake()
-        task = await store.get(task_id)
+        task = await store.get(task_id)  # read before waking the workers: still queued, here
         assert task is not None
+        workers.wake()
         return json_response(view(task), 202)
 
     @api.get(
