@@ -1,5 +1,6 @@
-"""Configuration: the settings' shapes (`settings.py`) and how files, the environment and
-flags become them (`loading.py`)."""
+"""Configuration: the settings' shapes (`settings.py`, `policy.py`, `registration.py` and a
+module per table of its own) and how files, the environment and flags become them
+(`loading.py`)."""
 
 from meshgate.config.loading import (
     ConfigProblems,
@@ -8,6 +9,25 @@ from meshgate.config.loading import (
     collect,
     find_command,
     load,
+)
+from meshgate.config.policy import (
+    AutoscaleSettings,
+    BreakerSettings,
+    HealthSettings,
+    InstanceBounds,
+    RestartSettings,
+    RetrySettings,
+    ServerPolicy,
+)
+from meshgate.config.registration import (
+    SERVICE_NAME,
+    CallerInterceptor,
+    Check,
+    HeadersInterceptor,
+    InterceptorSpec,
+    Registration,
+    SizeLimitInterceptor,
+    TraceInterceptor,
 )
 from meshgate.config.security import (
     MESH_OPERATIONS,
@@ -21,24 +41,9 @@ from meshgate.config.security import (
 from meshgate.config.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
-    SERVICE_NAME,
-    AutoscaleSettings,
-    BreakerSettings,
-    CallerInterceptor,
-    Check,
-    HeadersInterceptor,
-    HealthSettings,
-    InstanceBounds,
-    InterceptorSpec,
     MeshSettings,
-    Registration,
-    RestartSettings,
-    RetrySettings,
-    ServerPolicy,
     ServerSpec,
     Settings,
-    SizeLimitInterceptor,
-    TraceInterceptor,
 )
 
 __all__ = [

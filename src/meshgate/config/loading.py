@@ -24,14 +24,10 @@ from pydantic import (
 )
 
 from meshgate.config.consul import ConsulSettings
+from meshgate.config.policy import ServerPolicy
 from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
-from meshgate.config.settings import (
-    MeshSettings,
-    ServerPolicy,
-    ServerSpec,
-    Settings,
-)
+from meshgate.config.settings import MeshSettings, ServerSpec, Settings
 from meshgate.config.topics import TaskSettings
 from meshgate.errors import ConfigError
 

@@ -14,7 +14,7 @@ with an error:
   `max_request_bytes` (413).
 
 Adding one: a class with `before(call)`, a config model for its table in
-`config/settings.py` (added to `InterceptorSpec`), and a line in `build_chain`.
+`config/registration.py` (added to `InterceptorSpec`), and a line in `build_chain`.
 """
 
 from __future__ import annotations
