@@ -9,19 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from meshgate.testing.gateway import create_key
 from tests.gateway import REPO, fault_server, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def meshgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def meshgate(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshgate.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
-        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", **(env or {})},
     )
 
 
@@ -105,3 +108,27 @@ def test_tasks_command(tmp_path: Path) -> None:
         assert r.returncode == 1 and "404" in r.stderr
         r = meshgate("tasks", "show", "--url", gw.url)
         assert r.returncode == 2 and "TASK_ID" in r.stderr
+
+
+def test_client_commands_send_an_api_key_to_a_gateway_with_auth(tmp_path: Path) -> None:
+    policy = '[auth]\n\n[roles.reader]\nallow = ["mcp:f/echo", "mcp:f"]\n'
+    with run_gateway(tmp_path, {"f": fault_server()}, policy) as gw:
+        r = meshgate("services", "--url", gw.url)
+        assert r.returncode == 1
+        assert r.stderr.startswith("error 401") and "set MESHGATE_API_KEY" in r.stderr
+        key = create_key(tmp_path / "data", "cli", "--role", "reader")
+        r = meshgate(
+            "call",
+            "f",
+            "echo",
+            "--args",
+            '{"text": "hi"}',
+            "--url",
+            gw.url,
+            env={"MESHGATE_API_KEY": key},
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "hi"
+        r = meshgate("services", "--url", gw.url, "--api-key", "mgk_wrong")
+        assert r.returncode == 1 and r.stderr.startswith("error 401")
+        assert "hint" not in r.stderr  # a key was given: it is wrong, not missing
