@@ -36,6 +36,7 @@ from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
 from meshgate.api.mcp_http.relay import SessionRelay
 from meshgate.api.mesh_views import MeshViews
+from meshgate.api.node_relay import NodeRelay
 from meshgate.api.proxying import HttpProxy
 from meshgate.config import Settings
 from meshgate.config.tls import redis_options, upstream_context
@@ -222,6 +223,14 @@ def build_app(settings: Settings) -> FastAPI:
         ),
     )
     mcp_http.attach(supervisor)
+    # Operations on an HTTP service instance another node registered go to that node.
+    instance_relay = NodeRelay(
+        cluster,
+        credentials,
+        max_hops=mesh_settings.max_hops,
+        max_body_bytes=mesh_settings.max_body_bytes,
+        tls=upstream_tls,
+    )
     cluster.watchers.append(mcp_http.relay)
     mcp_tasks.notify = mcp_http.notify_session
     consul_api = (
@@ -275,6 +284,7 @@ def build_app(settings: Settings) -> FastAPI:
             await workers.stop()
             await runtime_policy.stop()
             await mcp_http.close()
+            await instance_relay.close()
             await supervisor.stop()
             await services.stop()
             services.store.close()
@@ -319,6 +329,7 @@ def build_app(settings: Settings) -> FastAPI:
             views,
             max_hops=settings.mesh.max_hops,
             trusted_proxies=settings.mesh.trusted_proxies,
+            relay=instance_relay,
             **limits,
         )
     )
@@ -335,6 +346,7 @@ def build_app(settings: Settings) -> FastAPI:
             runtime_policy,
             topics=settings.tasks,
             max_hops=settings.mesh.max_hops,
+            relay=instance_relay,
             **limits,
         )
     )

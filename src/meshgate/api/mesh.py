@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from meshgate.api import old_shapes
 from meshgate.api.auth import requires
 from meshgate.api.forwarding import forward_path
 from meshgate.api.mesh_views import MeshViews
+from meshgate.api.node_relay import NodeRelay, Relayed
 from meshgate.api.openapi import header_parameters, json_body, ok, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.proxying import HttpProxy
@@ -27,6 +29,7 @@ from meshgate.errors import (
     UnknownService,
 )
 from meshgate.observability.audit import audit
+from meshgate.registry.base import InstanceRecord
 from meshgate.router.call import CALLER_HEADER, HOPS_HEADER, SESSION_HEADER, TIMEOUT_HEADER
 from meshgate.security import principal_of
 from meshgate.security.policy import Action
@@ -39,6 +42,7 @@ def build(
     max_hops: int = 8,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     trusted_proxies: Sequence[str] = (),
+    relay: NodeRelay | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
     router, services, all_views = views.router, views.services, views.all
@@ -54,7 +58,7 @@ def build(
         "/register",
         summary="Register an HTTP service instance (idempotent); 201 new, 200 unchanged",
         status_code=201,
-        responses={200: ok("Registered before, unchanged"), **problems(400, 413, 422)},
+        responses={200: ok("Registered before, unchanged"), **problems(400, 413, 422, 503)},
         openapi_extra=json_body(Registration, old_shapes.OldRegistration),
     )
     async def register(request: Request) -> Response:
@@ -64,6 +68,14 @@ def build(
         who = principal_of(request.scope).name
         await router.gate.admit(principal_of(request.scope), Action.mesh("register", reg.name))
         where = {"service": reg.name, "instance": reg.instance_id, "url": reg.base_url}
+        owned = None
+        if reg.instance_id not in services.instances:
+            owned = owner_elsewhere(relay, request, reg.instance_id)
+        if relay is not None and owned is not None:
+            # One owner per instance id: the registration goes to the node that has it, so
+            # a service re-registering through any node updates that node's registration.
+            audit("register", principal=who, outcome="relayed", node=owned[0].node, **where)
+            return Relayed(relay, request, owned[1], json.dumps(body).encode())
         try:
             if reg.name in router.supervisor.pools:
                 raise InvalidArguments(f"{reg.name!r} is an MCP server of this gateway")
@@ -84,21 +96,24 @@ def build(
         "/services/{name}/instances/{instance_id}",
         summary="Deregister an HTTP service instance",
         status_code=204,
-        responses=problems(404, 422),
+        responses=problems(404, 422, 503),
     )
     async def deregister(request: Request, name: str, instance_id: str) -> Response:
-        await remove_instance(request, views, name, instance_id)
-        return Response(status_code=204)
+        relayed = await remove_instance(request, views, name, instance_id, relay)
+        return relayed or Response(status_code=204)
 
     @api.put(
         "/services/{name}/instances/{instance_id}/heartbeat",
         summary="Renew the TTL of an HTTP service instance",
-        responses=problems(404),
+        responses=problems(404, 503),
     )
     async def heartbeat(request: Request, name: str, instance_id: str) -> Response:
         await router.gate.admit(principal_of(request.scope), Action.mesh("register", name))
         inst = services.heartbeat(name, instance_id)
         if inst is None:
+            owned = owner_elsewhere(relay, request, instance_id, name)
+            if relay is not None and owned is not None:
+                return Relayed(relay, request, owned[1])
             raise NotFound(
                 f"no instance {instance_id!r} of service {name!r} (expired? register again)"
             )
@@ -200,8 +215,25 @@ def build(
     return api
 
 
-async def remove_instance(request: Request, views: MeshViews, name: str, instance_id: str) -> None:
-    """Deregister an HTTP service instance of this node, if the caller may; audited."""
+def owner_elsewhere(
+    relay: NodeRelay | None, request: Request, instance_id: str, service: str | None = None
+) -> tuple[InstanceRecord, str] | None:
+    """The record and node URL of another live node's HTTP instance `instance_id`, when a
+    request for it may be relayed there (not one a peer relayed here)."""
+    if relay is None or relay.relayed(request):
+        return None
+    return relay.cluster.instance_owner(instance_id, service)
+
+
+async def remove_instance(
+    request: Request,
+    views: MeshViews,
+    name: str,
+    instance_id: str,
+    relay: NodeRelay | None = None,
+) -> Response | None:
+    """Deregister an HTTP service instance, if the caller may; audited. One another live node
+    owns is deregistered there: its answer, relayed, is returned."""
     router, services = views.router, views.services
     await router.gate.admit(principal_of(request.scope), Action.mesh("deregister", name))
     who = principal_of(request.scope).name
@@ -212,9 +244,14 @@ async def remove_instance(request: Request, views: MeshViews, name: str, instanc
             f"{instance_id!r} is defined in meshgate.toml ([[mesh.services]]); remove it there"
         )
     if not services.deregister(name, instance_id):
+        owned = owner_elsewhere(relay, request, instance_id, name)
+        if relay is not None and owned is not None:
+            audit("deregister", principal=who, outcome="relayed", node=owned[0].node, **where)
+            return Relayed(relay, request, owned[1])
         audit("deregister", principal=who, outcome="not_found", **where)
         raise NotFound(f"no instance {instance_id!r} of service {name!r}")
     audit("deregister", principal=who, outcome="ok", **where)
+    return None
 
 
 def _encode_cursor(name: str) -> str:

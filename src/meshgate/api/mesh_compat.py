@@ -17,8 +17,9 @@ from starlette.responses import Response
 from meshgate.api import old_shapes
 from meshgate.api.auth import requires
 from meshgate.api.forwarding import climbs, is_forwarding_header
-from meshgate.api.mesh import remove_instance
+from meshgate.api.mesh import owner_elsewhere, remove_instance
 from meshgate.api.mesh_views import MeshViews
+from meshgate.api.node_relay import NodeRelay
 from meshgate.api.openapi import json_body, problems
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH, read_json_object
 from meshgate.api.proxying import CREDENTIAL_HEADERS, NOT_FORWARDED
@@ -80,6 +81,7 @@ def build(
     max_body_bytes: int,
     max_hops: int = 8,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    relay: NodeRelay | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
     router, services = views.router, views.services
@@ -87,11 +89,16 @@ def build(
     @api.delete(
         "/deregister/{service_id}",
         summary="Deregister an HTTP service instance by its id (the older API's form)",
-        responses=problems(404, 422),
+        responses=problems(404, 422, 503),
     )
     async def deregister(request: Request, service_id: str) -> Response:
         inst = services.instances.get(service_id)
         if inst is None:
+            owned = owner_elsewhere(relay, request, service_id)
+            if owned is not None:  # another node's: deregistered there, its answer relayed
+                relayed = await remove_instance(request, views, owned[0].service, service_id, relay)
+                if relayed is not None:
+                    return relayed
             await router.gate.admit(principal_of(request.scope), Action.mesh("deregister"))
             raise NotFound(f"no instance {service_id!r} registered at this node")
         await remove_instance(request, views, inst.service, service_id)

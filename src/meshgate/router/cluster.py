@@ -284,6 +284,17 @@ class Cluster:
                 return r
         return None
 
+    def instance_owner(
+        self, instance_id: str, service: str | None = None
+    ) -> tuple[InstanceRecord, str] | None:
+        """Another live node's HTTP service instance `instance_id` (of `service`, when given):
+        its record and that node's URL; None when no other node with a live record has it."""
+        live = {r.node: r.address for r in self.node_records() if r.address}
+        for r in sorted(self.registry.instances(service), key=lambda r: r.node):
+            if r.kind == "http" and r.id == instance_id and r.node in live:
+                return r, live[r.node]
+        return None
+
     def owns(self, session_id: str) -> bool:
         """Whether a session id was made by this node (ids without a tag are nobody's)."""
         tag, sep, _ = session_id.partition(SESSION_TAG_SEP)
