@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshgate.cli_client import add_client_commands, call, default_url, services, tasks
+from meshgate.cli_client import (
+    add_client_commands,
+    add_export_command,
+    call,
+    default_url,
+    services,
+    tasks,
+)
 
 if TYPE_CHECKING:
     from meshgate.config import Settings
@@ -111,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("kind", choices=["kong"])
     i.add_argument("file", metavar="FILE", help="kong.yml, kong.yaml or kong.json")
     i.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    add_export_command(sub)
 
     sub.add_parser("encryption-key", help="print a new key for encryption at rest")
     r = sub.add_parser(
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys": _keys,
         "check-config": _check_config,
         "import": _import,
+        "export": _export,
         "encryption-key": _encryption_key,
         "reencrypt": _reencrypt,
     }[args.command]
@@ -390,6 +399,28 @@ def _import(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from meshgate.cli_client import export
+    from meshgate.config import collect
+    from meshgate.errors import ConfigError
+
+    if args.url:
+        return export(args, set(), set(), args.url)
+    config, policy = _files(args)
+    settings, problems = collect(config, policy, check_commands=False)
+    if settings is None:
+        for p in problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        return 2
+    try:
+        node = settings.advertise_url()
+    except ConfigError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    services = {r.name for r in settings.mesh.services} | set(settings.service_policies)
+    return export(args, services, set(settings.servers), node)
 
 
 def _encryption_key(args: argparse.Namespace) -> int:
