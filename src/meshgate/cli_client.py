@@ -244,9 +244,7 @@ def _listed(args: argparse.Namespace, path: str) -> list[dict[str, Any]]:
             return items
 
 
-def export(
-    args: argparse.Namespace, services: set[str], servers: set[str], node_url: str
-) -> int:
+def export(args: argparse.Namespace, services: set[str], servers: set[str], node_url: str) -> int:
     """`meshgate export kong`: `services` and `servers` of the configuration behind the
     gateway at `node_url`; with --url, those the gateway knows, behind its cluster's nodes."""
     from pathlib import Path

@@ -149,7 +149,8 @@ def export(services: Iterable[str], servers: Iterable[str], node_urls: Sequence[
     """The Kong declarative file (YAML) for these HTTP `services` and MCP `servers` behind the
     gateways at `node_urls`; ExportError when it cannot be made."""
     nodes = [Node.of(u) for u in node_urls]
-    return yaml.safe_dump(document(services, servers, nodes), sort_keys=False)
+    text: str = yaml.safe_dump(document(services, servers, nodes), sort_keys=False)
+    return text
 
 
 __all__ = ["CALL_PATH", "READY_PATH", "UPSTREAM", "ExportError", "Node", "document", "export"]
