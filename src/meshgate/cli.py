@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --tls-client-ca: refuse clients without a certificate (required, the "
         "default) or let them in to authenticate otherwise (optional)",
     )
+    s.add_argument(
+        "--kong-admin",
+        metavar="URL",
+        help="keep this Kong Admin API's upstreams and targets in step with the HTTP services "
+        "([kong] admin_url)",
+    )
 
     add_client_commands(sub)
 
@@ -211,6 +217,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args, overrides)
     if settings is None:
         return 2
+    if args.kong_admin:
+        try:
+            settings = dataclasses.replace(
+                settings, kong=settings.kong.with_admin_url(args.kong_admin)
+            )
+        except ValueError as e:
+            print(f"error: --kong-admin: {e}", file=sys.stderr)
+            return 2
     log_format = settings.mesh.log_format
     configure(
         settings.mesh.log_level,
@@ -403,24 +417,8 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from meshgate.cli_client import export
-    from meshgate.config import collect
-    from meshgate.errors import ConfigError
 
-    if args.url:
-        return export(args, set(), set(), args.url)
-    config, policy = _files(args)
-    settings, problems = collect(config, policy, check_commands=False)
-    if settings is None:
-        for p in problems:
-            print(f"{p.severity}: {p}", file=sys.stderr)
-        return 2
-    try:
-        node = settings.advertise_url()
-    except ConfigError as e:
-        print(f"error: {e.detail}", file=sys.stderr)
-        return 2
-    services = {r.name for r in settings.mesh.services} | set(settings.service_policies)
-    return export(args, services, set(settings.servers), node)
+    return export(args, *_files(args))
 
 
 def _encryption_key(args: argparse.Namespace) -> int:

@@ -244,15 +244,19 @@ def _listed(args: argparse.Namespace, path: str) -> list[dict[str, Any]]:
             return items
 
 
-def export(args: argparse.Namespace, services: set[str], servers: set[str], node_url: str) -> int:
-    """`meshgate export kong`: `services` and `servers` of the configuration behind the
-    gateway at `node_url`; with --url, those the gateway knows, behind its cluster's nodes."""
+def export(args: argparse.Namespace, config: str | None, policy: str | None) -> int:
+    """`meshgate export kong`: with --url, the services and servers the gateway knows behind
+    its cluster's nodes; else those of the configuration files behind the address `serve`
+    would advertise."""
     from pathlib import Path
 
+    from meshgate.config import collect
     from meshgate.config.kong_export import ExportError
     from meshgate.config.kong_export import export as to_kong
+    from meshgate.errors import ConfigError
 
-    nodes: list[str] = []
+    services: set[str] = set()
+    servers: set[str] = set()
     if args.url:
         for item in _listed(args, f"{API}/services?limit=1000"):
             (servers if item.get("kind") == "mcp" else services).add(str(item.get("name")))
@@ -260,7 +264,19 @@ def export(args: argparse.Namespace, services: set[str], servers: set[str], node
         nodes = [str(n["url"]) for n in _listed(args, f"{API}/nodes") if n.get("url")]
         nodes = nodes or [args.url]  # a gateway without a cluster is its own one node
     else:
-        nodes = [node_url]
+        # Commands need not exist here: only the servers' names are exported.
+        settings, problems = collect(config, policy, check_commands=False)
+        if settings is None:
+            for p in problems:
+                print(f"{p.severity}: {p}", file=sys.stderr)
+            return 2
+        try:
+            nodes = [settings.advertise_url()]
+        except ConfigError as e:
+            print(f"error: {e.detail}", file=sys.stderr)
+            return 2
+        services = {r.name for r in settings.mesh.services} | set(settings.service_policies)
+        servers = set(settings.servers)
     try:
         text = to_kong(services, servers, nodes)
     except ExportError as e:
