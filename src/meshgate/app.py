@@ -248,6 +248,12 @@ def build_app(settings: Settings) -> FastAPI:
         else None
     )
 
+    kong_sync = None
+    if settings.kong.enabled:
+        from meshgate.services.kong_sync import KongSync
+
+        kong_sync = KongSync(settings.kong, services, registry)
+
     started = asyncio.Event()
 
     @asynccontextmanager
@@ -263,6 +269,8 @@ def build_app(settings: Settings) -> FastAPI:
         await runtime_policy.start()  # `/configure/...` changes, over every pool now there
         if consul_api is not None:
             await consul_api.start()
+        if kong_sync is not None:
+            await kong_sync.start()
         for pool in supervisor.pools.values():
             log.info("%s: %s, %d tools", pool.name, pool.state.value, len(pool.tools))
         # What start-up made (about 130 000 objects: modules, FastAPI's and pydantic's models,
@@ -280,6 +288,8 @@ def build_app(settings: Settings) -> FastAPI:
             await cluster.stop()  # peers stop sending calls here first
             if consul_api is not None:
                 await consul_api.stop()
+            if kong_sync is not None:
+                await kong_sync.stop()
             await router.drain(settings.mesh.shutdown_grace_s)
             await workers.stop()
             await runtime_policy.stop()
@@ -335,7 +345,10 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.include_router(
         mesh_status.build(
-            views, queue_status=workers.status, runtime_policy=lambda: dict(runtime_policy.values)
+            views,
+            queue_status=workers.status,
+            runtime_policy=lambda: dict(runtime_policy.values),
+            kong_sync=kong_sync.view if kong_sync is not None else None,
         )
     )
     # The paths of the older mesh API (its body shapes are told apart on the shared ones).

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshgate.cli_client import add_client_commands, call, default_url, services, tasks
+from meshgate.cli_client import (
+    add_client_commands,
+    add_export_command,
+    call,
+    default_url,
+    services,
+    tasks,
+)
 
 if TYPE_CHECKING:
     from meshgate.config import Settings
@@ -57,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["required", "optional"],
         help="with --tls-client-ca: refuse clients without a certificate (required, the "
         "default) or let them in to authenticate otherwise (optional)",
+    )
+    s.add_argument(
+        "--kong-admin",
+        metavar="URL",
+        help="keep this Kong Admin API's upstreams and targets in step with the HTTP services "
+        "([kong] admin_url)",
     )
 
     add_client_commands(sub)
@@ -111,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("kind", choices=["kong"])
     i.add_argument("file", metavar="FILE", help="kong.yml, kong.yaml or kong.json")
     i.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    add_export_command(sub)
 
     sub.add_parser("encryption-key", help="print a new key for encryption at rest")
     r = sub.add_parser(
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys": _keys,
         "check-config": _check_config,
         "import": _import,
+        "export": _export,
         "encryption-key": _encryption_key,
         "reencrypt": _reencrypt,
     }[args.command]
@@ -202,6 +217,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args, overrides)
     if settings is None:
         return 2
+    if args.kong_admin:
+        try:
+            settings = dataclasses.replace(
+                settings, kong=settings.kong.with_admin_url(args.kong_admin)
+            )
+        except ValueError as e:
+            print(f"error: --kong-admin: {e}", file=sys.stderr)
+            return 2
     log_format = settings.mesh.log_format
     configure(
         settings.mesh.log_level,
@@ -390,6 +413,12 @@ def _import(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from meshgate.cli_client import export
+
+    return export(args, *_files(args))
 
 
 def _encryption_key(args: argparse.Namespace) -> int:

@@ -201,3 +201,105 @@ def tasks(args: argparse.Namespace) -> int:
         )
     _table(rows)
     return 0
+
+
+def add_export_command(sub: Any) -> None:
+    """The `export` subcommand: meshgate as another gateway's configuration."""
+    e: argparse.ArgumentParser = sub.add_parser(
+        "export",
+        help="write another gateway's configuration that routes through meshgate",
+        description="Write Kong's declarative configuration (_format_version 3.0): a Kong "
+        "service and route per HTTP service (/NAME) and MCP server (/mcp/NAME), sent to an "
+        "upstream of meshgate's gateway nodes checked on /readyz. With --url, the services, "
+        "servers and nodes of that running gateway; else those of the configuration.",
+    )
+    e.add_argument("kind", choices=["kong"])
+    e.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    e.add_argument(
+        "--url",
+        default="",
+        help="a running gateway: export its services, servers and cluster nodes",
+    )
+    e.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="an API key or bearer token for --url (default: MESHGATE_API_KEY)",
+    )
+    e.add_argument("--config", help="a .mcp.json file (as for serve)")
+    e.add_argument("--policy", help="a meshgate.toml file (as for serve)")
+
+
+def _listed(args: argparse.Namespace, path: str) -> list[dict[str, Any]]:
+    """Every item of a paged listing of the gateway at --url; SystemExit(1) on an error."""
+    items: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        sep = "&" if "?" in path else "?"
+        status, body = _request(args, "GET", path + (f"{sep}cursor={cursor}" if cursor else ""))
+        if status != 200 or not isinstance(body, dict):
+            raise SystemExit(_fail(args, status, body))
+        items.extend(i for i in body.get("items") or [] if isinstance(i, dict))
+        cursor = body.get("next_cursor") or ""
+        if not cursor:
+            return items
+
+
+def export(args: argparse.Namespace, config: str | None, policy: str | None) -> int:
+    """`meshgate export kong`: with --url, the services and servers the gateway knows behind
+    its cluster's nodes; else those of the configuration files behind the address `serve`
+    would advertise."""
+    from pathlib import Path
+
+    from meshgate.config import collect
+    from meshgate.config.kong_export import ExportError
+    from meshgate.config.kong_export import export as to_kong
+    from meshgate.errors import ConfigError
+
+    services: set[str] = set()
+    servers: set[str] = set()
+    if args.url:
+        for item in _listed(args, f"{API}/services?limit=1000"):
+            (servers if item.get("kind") == "mcp" else services).add(str(item.get("name")))
+        # Every node with a record, reachable from this one or not: Kong checks each itself.
+        nodes = [str(n["url"]) for n in _listed(args, f"{API}/nodes") if n.get("url")]
+        nodes = nodes or [args.url]  # a gateway without a cluster is its own one node
+    else:
+        # Commands need not exist here: only the servers' names are exported.
+        settings, problems = collect(config, policy, check_commands=False)
+        if settings is None:
+            for p in problems:
+                print(f"{p.severity}: {p}", file=sys.stderr)
+            return 2
+        try:
+            nodes = [settings.advertise_url()]
+        except ConfigError as e:
+            print(f"error: {e.detail}", file=sys.stderr)
+            return 2
+        services = {r.name for r in settings.mesh.services} | set(settings.service_policies)
+        servers = set(settings.servers)
+    try:
+        text = to_kong(services, servers, nodes)
+    except ExportError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(text)
+    for url in nodes:
+        host = url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if host in ("127.0.0.1", "::1", "localhost"):
+            print(
+                f"note: node {url} is on loopback: Kong reaches it only on the same machine "
+                "(set advertise_url to the address Kong reaches meshgate at)",
+                file=sys.stderr,
+            )
+    print(
+        f"{len(services)} service(s), {len(servers)} MCP server(s), {len(nodes)} node(s)",
+        file=sys.stderr,
+    )
+    return 0

@@ -27,6 +27,7 @@ def build(
     *,
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     runtime_policy: Callable[[], dict[str, Any]] | None = None,
+    kong_sync: Callable[[], dict[str, Any]] | None = None,
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1/mesh/v2", tags=["mesh"])
     router, services = views.router, views.services
@@ -155,6 +156,8 @@ def build(
             "queue": await queue_status() if queue_status is not None else None,
             "services": summary,
         }
+        if kong_sync is not None:  # `[kong]`: how Kong's upstreams keep up with the registry
+            body["kong_sync"] = kong_sync()
         return json_response(for_caller(request, body))
 
     return api

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from meshgate.config.consul import ConsulSettings
+from meshgate.config.kong_sync import KongSyncSettings
 from meshgate.config.policy import ServerPolicy
 from meshgate.config.routes import EdgeSettings
 from meshgate.config.security import SecuritySettings
@@ -251,14 +252,18 @@ def _parse_policy(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Split meshgate.toml into mesh settings, default policy, and the policy tables of MCP
     servers (`[servers.NAME]`) and of HTTP services (`[services.NAME]`)."""
-    known = {"mesh", "defaults", "servers", "services", "tasks", "consul", *_SECURITY, *_EDGE}
+    known = {
+        *("mesh", "defaults", "servers", "services", "tasks", "consul", "kong"),
+        *_SECURITY,
+        *_EDGE,
+    }
     for key in sorted(set(data) - known):
         problems.append(
             Problem(
                 f,
                 key,
                 "unknown table; expected mesh, defaults, servers, services, tasks, auth, "
-                "roles, limits, routes, edge or consul",
+                "roles, limits, routes, edge, consul or kong",
             )
         )
     tables = {k: data.get(k, {}) for k in ("mesh", "defaults", "servers", "services")}
@@ -344,6 +349,19 @@ def _parse_consul(data: dict[str, Any], f: str, problems: list[Problem]) -> Cons
     except ValidationError as e:
         problems.extend(_pydantic_problems(f, "consul", e))
         return ConsulSettings()
+
+
+def _parse_kong(data: dict[str, Any], f: str, problems: list[Problem]) -> KongSyncSettings:
+    """`[kong]`: keeping a running Kong in step."""
+    raw = data.get("kong", {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(f, "kong", "expected a table"))
+        return KongSyncSettings()
+    try:
+        return KongSyncSettings(**raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(f, "kong", e))
+        return KongSyncSettings()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -438,6 +456,7 @@ def collect(
     edge = EdgeSettings()
     tasks = TaskSettings()
     consul = ConsulSettings()
+    kong = KongSyncSettings()
     pf = str(policy) if policy else "meshgate.toml"
     if policy:
         toml = _read_toml(Path(policy), problems)
@@ -450,6 +469,8 @@ def collect(
             edge = _parse_edge(toml, pf, static | set(per_service), problems)
             tasks = _parse_tasks(toml, pf, {s.name for s in raw_servers}, problems)
             consul = _parse_consul(toml, pf, problems)
+            kong = _parse_kong(toml, pf, problems)
+    kong = kong.with_environment(environ)
 
     env_mesh = {k: environ[v] for k, v in _ENV_FIELDS.items() if environ.get(v)}
     cli_mesh = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -511,6 +532,7 @@ def collect(
             edge=edge,
             tasks=tasks,
             consul=consul,
+            kong=kong,
             config_path=str(config) if config else None,
             policy_path=str(policy) if policy else None,
         ),

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from meshgate.config.consul import CONSUL_REGISTRY_HINT, ConsulSettings, is_consul_url
+from meshgate.config.kong_sync import KongSyncSettings
 from meshgate.config.policy import FrozenModel, ServerPolicy
 from meshgate.config.redis import RedisUrlError, check_redis_url, is_redis_url
 from meshgate.config.registration import InterceptorSpec, Registration
@@ -349,6 +350,7 @@ class Settings:
     edge: EdgeSettings = field(default_factory=EdgeSettings)  # [[routes]], [edge]
     tasks: TaskSettings = field(default_factory=TaskSettings)  # [tasks.topics.*]
     consul: ConsulSettings = field(default_factory=ConsulSettings)  # [consul]
+    kong: KongSyncSettings = field(default_factory=KongSyncSettings)  # [kong]
     config_path: str | None = None
     policy_path: str | None = None
 
