@@ -8,7 +8,8 @@ CONFIG ?= examples/mcp.json
 POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest bench bench-peers redis-server prometheus clean
+.PHONY: setup run fleet fleet-servers fleet-apt test lint typecheck pytest bench bench-peers \
+	redis-server prometheus clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -57,6 +58,45 @@ prometheus:
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
 
+# The older mesh's fleet (examples/sutazai.mcp.json): npm servers pinned in
+# examples/fleet/package.json, Python ones in a venv of their own, Debian's Chromium for
+# playwright and Debian's PostgreSQL for the postgres server. Nothing is fetched at run time.
+FLEET_VENV := .tools/fleet/venv
+FLEET_PATH := $(CURDIR)/examples/fleet/node_modules/.bin:$(PATH):$(CURDIR)/$(FLEET_VENV)/bin
+FLEET_PG_DIR ?= $(or $(TMPDIR),/tmp)/meshgate-fleet-postgres
+FLEET_PG_PORT ?= 55432
+
+# mcp-server-fetch simplifies pages with readabilipy, which runs Readability.js under Node and,
+# finding no node_modules beside its script, runs `npm install` at the first fetch. Its modules
+# are pinned in examples/fleet/package.json instead, and linked there.
+fleet-servers: setup fleet-apt examples/fleet/node_modules/.installed $(FLEET_VENV)/.installed
+	ln -sfn $(CURDIR)/examples/fleet/node_modules "$$($(FLEET_VENV)/bin/python -c \
+		'import os, readabilipy; print(os.path.dirname(readabilipy.__file__))')/javascript/node_modules"
+
+examples/fleet/node_modules/.installed: examples/fleet/package.json examples/fleet/package-lock.json
+	npm ci --prefix examples/fleet --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(FLEET_VENV)/.installed: examples/fleet/requirements.txt
+	test -x $(FLEET_VENV)/bin/python || $(PYTHON) -m venv $(FLEET_VENV)
+	$(FLEET_VENV)/bin/pip install --quiet -r examples/fleet/requirements.txt
+	touch $@
+
+fleet-apt:
+	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing chromium and postgresql"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			chromium postgresql; }
+
+# PostgreSQL runs for as long as the gateway does, in FLEET_PG_DIR on 127.0.0.1:FLEET_PG_PORT.
+fleet: fleet-servers
+	url=$$(examples/fleet/postgres.sh start $(FLEET_PG_DIR) $(FLEET_PG_PORT)) && \
+	trap 'examples/fleet/postgres.sh stop $(FLEET_PG_DIR)' EXIT && trap 'exit 130' INT TERM && \
+	FLEET_POSTGRES_URL=$$url PATH=$(FLEET_PATH) \
+		$(BIN)/meshgate serve --config examples/sutazai.mcp.json --policy examples/sutazai.toml
+
 lint: setup
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
@@ -65,7 +105,7 @@ typecheck: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-pytest: setup $(NODE22) redis-server prometheus
+pytest: setup $(NODE22) redis-server prometheus fleet-servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

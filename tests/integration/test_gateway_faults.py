@@ -251,6 +251,20 @@ def test_unhealthy_instance_gets_no_traffic(tmp_path: Path) -> None:
             assert int(r.json()["content"][0]["text"]) != sick
 
 
+def test_ping_answered_with_an_error_keeps_the_instance_healthy(tmp_path: Path) -> None:
+    # Some published servers have no ping handler and answer it with an error: they are alive.
+    server = fault_server("--era", "handshake", "--ping-error")
+    with run_gateway(tmp_path, {"f": server}, FAST_HEALTH) as gw:
+        gw.wait_for("f", lambda v: v["instances"][0]["state"] == "healthy")
+        end = time.monotonic() + 30
+        while _stats(gw, "f")["pings"] < 3:
+            assert time.monotonic() < end, "no health checks"
+            time.sleep(0.05)
+        (inst,) = gw.instances("f")
+        assert inst["state"] == "healthy" and inst["last_health"]["ok"] is True, inst
+        assert inst["era"] == "handshake"
+
+
 def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     with run_gateway(tmp_path, {"f": fault_server()}) as gw:
         result: list[int] = []

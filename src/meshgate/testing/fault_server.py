@@ -202,6 +202,8 @@ class FaultServer:
             }
         if method == "ping" and era != "stateless":
             self.pings += 1
+            if self.args.ping_error:
+                raise RpcError(-32603, "Unknown method: ping")
             if self.faults["hang_health"]:
                 await asyncio.Event().wait()
             return {}
@@ -460,6 +462,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="send list_changed only on subscriptions/listen streams, as 2026-07-28 wants",
     )
     p.add_argument("--stderr-lines", type=int, default=0)
+    p.add_argument(
+        "--ping-error",
+        action="store_true",
+        help="answer ping with an error, as servers without a ping handler do",
+    )
     p.add_argument(
         "--write-log",
         metavar="FILE",

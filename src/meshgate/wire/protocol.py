@@ -9,6 +9,7 @@ Two protocol eras are alive at once (docs/architecture.md, "Protocol eras"). A n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -120,7 +121,11 @@ async def probe(conn: McpConnection, era: Era, *, timeout: float) -> None:
     """A health check: `server/discover` for stateless servers, `ping` for handshake ones."""
     if era is Era.STATELESS:
         await conn.request("server/discover", {}, timeout=timeout, internal=True)
-    else:
+        return
+    # An error answered in time is still an answer: the server reads and replies. Published
+    # servers without a `ping` handler (extended-memory-mcp 0.9 answers -32603) would otherwise
+    # stay unhealthy for good, neither callable nor restarted.
+    with contextlib.suppress(JsonRpcError):
         await conn.request("ping", None, timeout=timeout, internal=True)
 
 
