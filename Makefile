@@ -121,6 +121,8 @@ bench-peers:
 	.tools/peers/venv/bin/pip install --quiet mcp-proxy==0.13.0
 	npm install --prefix .tools/peers/npm --no-audit --no-fund --no-save --loglevel=error \
 		supergateway@4.0.0
+	test -x .tools/peers/cf/bin/python || $(PYTHON) -m venv .tools/peers/cf
+	.tools/peers/cf/bin/pip install --quiet mcp-contextforge-gateway==1.0.7.post20260921
 
 clean:
 	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,11 +1,13 @@
-"""tools/call over MCP Streamable HTTP: meshgate vs. direct stdio vs. mcp-proxy and supergateway.
+"""tools/call over MCP Streamable HTTP: meshgate vs. direct stdio vs. the peer gateways.
 
 Every row calls `echo` of the same stdio server (meshgate's fault server) in the same run:
 
 - direct stdio: a minimal JSON-RPC client on the server's pipe (the ceiling);
 - meshgate `/mcp/s`, a 2025-11-25 session, and the same endpoint stateless (2026-07-28);
-- mcp-proxy (PyPI, stdio -> Streamable HTTP, one session) and supergateway (npm,
-  `--stateful`, one session) fronting the same command.
+- mcp-proxy (PyPI, stdio -> Streamable HTTP, one session), supergateway (npm,
+  `--stateful`, one session) and ContextForge's stdio bridge (PyPI
+  `mcp-contextforge-gateway`, `python -m mcpgateway.translate --expose-streamable-http`)
+  fronting the same command.
 
     .venv/bin/python bench/bench_mcp.py [--duration 10] [--concurrency 1 16] [--peers DIR]
                                         [--rounds N] [--baseline-rev REV]
@@ -127,12 +129,23 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
-def start_peer(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
+CONTEXTFORGE = "1.0.7.post20260921"
+# ContextForge refuses to start without these; its stdio bridge uses none of them.
+CONTEXTFORGE_ENV = {
+    "JWT_SECRET_KEY": "bench-only-jwt-secret-0123456789abcdef0123456789",
+    "AUTH_ENCRYPTION_SECRET": "bench-only-encryption-secret-0123456789abcdef",
+    "PLATFORM_ADMIN_PASSWORD": "Bench-only-Admin-pass-123!",
+}
+
+
+def start_peer(
+    cmd: list[str], port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})},
         start_new_session=True,
     )
     wait_listening(port, proc)
@@ -149,9 +162,14 @@ def stop_peer(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bench_peer(
-    name: str, cmd: list[str], port: int, path: str, args: argparse.Namespace
+    name: str,
+    cmd: list[str],
+    port: int,
+    path: str,
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
 ) -> dict[int, dict[str, float]] | None:
-    proc = start_peer(cmd, port)
+    proc = start_peer(cmd, port, env)
     try:
         url = f"http://127.0.0.1:{port}{path}"
         headers = open_session(url)
@@ -251,6 +269,17 @@ def main() -> int:
             rows["supergateway 4.0.0 --stateful"] = result
     else:
         print(f"supergateway not found at {sgw}: run `make bench-peers`", file=sys.stderr)
+
+    bridge = args.peers / "cf" / "bin" / "python"
+    if bridge.exists():
+        port = free_port()
+        cmd = [str(bridge), "-m", "mcpgateway.translate", "--stdio", " ".join(server_cmd)]
+        cmd += ["--expose-streamable-http", "--port", str(port), "--logLevel", "warning"]
+        result = bench_peer("ContextForge", cmd, port, "/mcp", args, CONTEXTFORGE_ENV)
+        if result:
+            rows[f"ContextForge {CONTEXTFORGE} translate"] = result
+    else:
+        print(f"ContextForge not found at {bridge}: run `make bench-peers`", file=sys.stderr)
 
     print(report(rows, args))
     return 0
