@@ -421,7 +421,9 @@ def build_app(settings: Settings) -> FastAPI:
     )
     if side is not None:  # before every layer of the main port's: the edge port has its own
         app.add_middleware(EdgePort, edge=side, port=edge.edge.port or 0)
-    app.router.routes += [
+    # First: matching a request against every API route before these cost 15 % of the CPU of
+    # a tools/call over /mcp at concurrency 16 (py-spy; bench/RESULTS.md, 2026-11-30).
+    app.router.routes[:0] = [
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
         # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.
