@@ -334,6 +334,8 @@ def build_app(settings: Settings) -> FastAPI:
         "max_body_bytes": settings.mesh.max_body_bytes,
         "max_json_depth": settings.mesh.max_json_depth,
     }
+    # First of the API's routers: the REST tool call is its busiest route.
+    app.include_router(mcp_rest.build(router, **limits))
     app.include_router(
         mesh.build(
             views,
@@ -363,7 +365,6 @@ def build_app(settings: Settings) -> FastAPI:
             **limits,
         )
     )
-    app.include_router(mcp_rest.build(router, **limits))
     app.include_router(tasks.build(router, workers, topics=settings.tasks, **limits))
     app.include_router(api_keys.build(keys, require=operation_check("keys")))
     app.include_router(
