@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -231,3 +232,22 @@ def serve_app(app: Any, *, scheme: str = "http", **config: Any) -> Iterator[str]
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def git_repo(repo: Path, readme: str) -> None:
+    """A git repository at `repo` (made) with one commit of a README, and an untracked file:
+    something for a git MCP server to report on, whatever the user's git configuration."""
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "meshgate",
+        "GIT_AUTHOR_EMAIL": "meshgate@localhost",
+        "GIT_COMMITTER_NAME": "meshgate",
+        "GIT_COMMITTER_EMAIL": "meshgate@localhost",
+    }
+    repo.mkdir()
+    (repo / "README").write_text(readme)
+    for args in (("init", "-q"), ("add", "README"), ("commit", "-q", "-m", "first commit")):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
+    (repo / "notes.txt").write_text("untracked\n")

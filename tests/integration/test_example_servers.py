@@ -5,9 +5,7 @@ over the `/mcp` aggregate."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +16,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.gateway import NODE_BIN, REPO, Gateway, run_gateway
+from tests.gateway import NODE_BIN, REPO, Gateway, git_repo, run_gateway
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.npm]
 
@@ -50,19 +48,6 @@ class Example:
     data: Path  # the gateway's data directory (the memory server's file lives there)
 
 
-def _git(repo: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "meshgate",
-        "GIT_AUTHOR_EMAIL": "meshgate@localhost",
-        "GIT_COMMITTER_NAME": "meshgate",
-        "GIT_COMMITTER_EMAIL": "meshgate@localhost",
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
-
-
 def _example_servers(repo: Path, files: Path) -> dict[str, dict[str, Any]]:
     """examples/mcp.json with only what a test must change: the git repository and the
     filesystem root (both `.` there) point into the test's directory, and `npx` runs from the
@@ -89,12 +74,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
         assert shutil.which(command), f"{command} is not on PATH: run `make setup` first"
     work = tmp_path_factory.mktemp("example")
     repo = work / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "README").write_text("hello\n")
-    _git(repo, "add", "README")
-    _git(repo, "commit", "-q", "-m", "first commit")
-    (repo / "notes.txt").write_text("untracked\n")
+    git_repo(repo, "hello\n")
     files = work / "files"
     files.mkdir()
     policy = (EXAMPLES / "meshgate.toml").read_text()  # its port gives way to --port 0

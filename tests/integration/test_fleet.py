@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway import NODE_BIN, REPO, Gateway, run_gateway
+from tests.gateway import NODE_BIN, REPO, Gateway, git_repo, run_gateway
 
 pytestmark = [pytest.mark.timeout(170), pytest.mark.npm]
 
@@ -53,19 +53,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _git(repo: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "meshgate",
-        "GIT_AUTHOR_EMAIL": "meshgate@localhost",
-        "GIT_COMMITTER_NAME": "meshgate",
-        "GIT_COMMITTER_EMAIL": "meshgate@localhost",
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +118,7 @@ def fleet(
         assert path.exists(), f"{path} is missing: run `make fleet-servers`"
     work = tmp_path_factory.mktemp("fleet")
     root = work / "root"
-    root.mkdir()
-    _git(root, "init", "-q")
-    (root / "README").write_text("the fleet's root\n")
-    _git(root, "add", "README")
-    _git(root, "commit", "-q", "-m", "first commit")
-    (root / "notes.txt").write_text("untracked\n")
+    git_repo(root, "the fleet's root\n")
     env = {
         # As `make fleet` runs it: the project's npm servers and the fleet's on PATH, the
         # fleet's Python venv last.
