@@ -33,9 +33,11 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no cluster here: {R
 SCENARIO_S = 10.0
 RETRY_SAFE_TARGET = 0.999
 # What a caller of a call that is not retry-safe may see when a node dies under it: a clear
-# 502 or 503. (HAProxy closes a kept-alive client connection without an answer instead; the
-# drills' HAProxy gives each client request a connection of its own, docs/operations.md.)
-WRITE_FAILURES = {"502", "503"}
+# 502 or 503 (the drills' HAProxy gives each client request a connection of its own, so it
+# answers 502 rather than closing a kept-alive connection without a word; docs/operations.md),
+# or, rarely, an answer cut short: a node killed after the head of its answer went out leaves
+# a body no proxy can finish (1 write in 185 failures in one run of the forwarding drill).
+WRITE_FAILURES = {"502", "503", "RemoteProtocolError"}
 
 FAULT = chaos.Load()
 
