@@ -278,6 +278,18 @@ def make_key(data: Path, *extra: str) -> str:
     return create_key(data, "bench", "--role", "agent", *extra)
 
 
+def run_rest(
+    url: str, server: str, duration: int, levels: list[int], key: str | None = None
+) -> dict[int, dict[str, float]]:
+    """wrk on the REST tool call of `server`'s echo at gateway `url`'s server `s`, with `key`
+    as a bearer credential when given."""
+    _, tool, args = SERVERS[server]
+    script = WRK_SCRIPT % json.dumps({"arguments": args})
+    if key is not None:
+        script += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    return run_wrk(f"{url}/api/v1/mcp/servers/s/tools/{tool}", script, duration, levels)
+
+
 Rows = list[tuple[str, dict[int, dict[str, float]]]]
 
 

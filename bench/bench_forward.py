@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench_echo import SERVERS, WRK_SCRIPT, make_key, print_rows, run_wrk
+from bench_echo import SERVERS, make_key, print_rows, run_rest, run_wrk
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 from meshgate.testing.redis_server import RedisServer
 
@@ -109,12 +109,10 @@ def run_session(
     return run_wrk(f"{url}/mcp/s", script, duration, levels)
 
 
-def run(url: str, duration: int, levels: list[int], key: str | None) -> dict[int, dict[str, float]]:
-    _, tool, args = SERVERS[SERVER]
-    script = WRK_SCRIPT % json.dumps({"arguments": args})
-    if key is not None:
-        script += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-    return run_wrk(f"{url}/api/v1/mcp/servers/s/tools/{tool}", script, duration, levels)
+def run(
+    url: str, duration: int, levels: list[int], key: str | None = None
+) -> dict[int, dict[str, float]]:
+    return run_rest(url, SERVER, duration, levels, key)
 
 
 def main() -> int:

@@ -15,12 +15,11 @@ each concurrency, on three gateways one after the other:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_echo import SERVERS, WRK_SCRIPT, make_key, print_rows, revision_src, run_wrk
+from bench_echo import SERVERS, make_key, print_rows, revision_src, run_rest
 from meshgate.testing.gateway import GatewayProcess, start_gateway
 
 SERVER = "fault"
@@ -52,11 +51,7 @@ def gateway(workdir: Path, policy: str, src: str | None = None) -> GatewayProces
 def run(
     url: str, duration: int, levels: list[int], key: str | None = None
 ) -> dict[int, dict[str, float]]:
-    _, tool, args = SERVERS[SERVER]
-    script = WRK_SCRIPT % json.dumps({"arguments": args})
-    if key is not None:
-        script += f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-    return run_wrk(f"{url}/api/v1/mcp/servers/s/tools/{tool}", script, duration, levels)
+    return run_rest(url, SERVER, duration, levels, key)
 
 
 def main() -> int:
