@@ -312,6 +312,9 @@ def build_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="A service mesh for MCP servers and the HTTP services around them.",
         lifespan=lifespan,
+        # The gateway traces and measures its requests itself (observability/); the
+        # framework's own telemetry would look its providers up on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.router = router
     app.state.settings = settings
