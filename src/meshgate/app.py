@@ -34,6 +34,7 @@ from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_h
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
+from meshgate.api.mcp_http.entry import McpEntry
 from meshgate.api.mcp_http.relay import SessionRelay
 from meshgate.api.mesh_views import MeshViews
 from meshgate.api.node_relay import NodeRelay
@@ -407,6 +408,9 @@ def build_app(settings: Settings) -> FastAPI:
             _outer_layers(side, settings, authenticator)
         if edge.edge.on_main_port:
             main_route = EdgeRoute(table, proxy, everything=False)
+    # Innermost of the gateway's layers: the MCP endpoints skip the framework's own (its
+    # exception middleware, exit stack and route matching).
+    app.add_middleware(McpEntry, mcp=mcp_http)
     if consul_api is not None:
         app.include_router(consul.build(consul_api))
         if settings.consul.port is not None:
@@ -428,6 +432,8 @@ def build_app(settings: Settings) -> FastAPI:
     # First: matching a request against every API route before these cost 15 % of the CPU of
     # a tools/call over /mcp at concurrency 16 (py-spy; bench/RESULTS.md, 2026-11-30).
     app.router.routes[:0] = [
+        # Answered by McpEntry before routing; here for what routing does around them (a
+        # trailing slash redirected).
         Route("/mcp", mcp_http, methods=None, include_in_schema=False),
         Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
         # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.

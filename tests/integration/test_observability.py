@@ -173,6 +173,40 @@ def test_traces_cross_into_mcp_servers_http_services_and_tasks(tmp_path: Path) -
         assert gw.get(f"{API}/traces", params={"limit": 0}).status_code == 422
 
 
+def test_mcp_requests_are_traced_by_route_and_only_their_paths_reach_mcp(
+    tmp_path: Path,
+) -> None:
+    """/mcp and /mcp/{name} skip the framework's routing: their spans still carry the route,
+    and paths beside them (a trailing slash, a deeper path) are not taken for MCP."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    accept = "application/json, text/event-stream"
+    with run_gateway(tmp_path, {"fault": fault_server()}, env=ALL_TRACES) as gw:
+        names = {}
+        for n, path in enumerate(("/mcp", "/mcp/fault")):
+            trace_id = f"{n + 1:032x}"
+            headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "Accept": accept}
+            r = gw.http.post(path, json=init, headers=headers)
+            assert r.status_code == 200 and "mcp-session-id" in r.headers, r.text
+            server = next(s for s in _trace(gw, trace_id)["spans"] if s["kind"] == "server")
+            names[path] = server["name"]
+        assert names == {"/mcp": "POST /mcp", "/mcp/fault": "POST /mcp/{name}"}
+        r = gw.http.post("/mcp/fault/tools", json=init, headers={"Accept": accept})
+        assert r.status_code == 404, r.text
+        r = gw.http.post("/mcp/nothere", json=init, headers={"Accept": accept})
+        assert r.status_code == 404 and "nothere" in r.json()["error"]["message"]
+        r = gw.http.post("/mcp/", json=init, headers={"Accept": accept})
+        assert r.status_code == 307 and r.headers["location"].endswith("/mcp"), r.text
+
+
 def test_tracing_off_sends_and_keeps_nothing(tmp_path: Path) -> None:
     env = {"MESHGATE_TRACING": "false"}
     with run_gateway(tmp_path, {"fault": fault_server()}, env=env) as gw:
