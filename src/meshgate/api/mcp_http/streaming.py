@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from meshgate.api.responses import dumps, json_response
-from meshgate.api.routing import unless_disconnected
+from meshgate.api.routing import DisconnectWatch
 from meshgate.frontend.context import Emit
 from meshgate.frontend.sessions import ClientSession, EventStream
 from meshgate.wire import jsonrpc
@@ -96,11 +96,14 @@ async def respond(
     task = asyncio.ensure_future(run())
     if session is not None:
         track(session, id_, task)
+    watch = DisconnectWatch(request, channel.first.cancel)
     try:
-        await unless_disconnected(request, channel.first)
-    except asyncio.CancelledError:
+        await channel.first
+    except asyncio.CancelledError:  # the client left, or the server stops
         task.cancel()
         raise
+    finally:
+        watch.stop()
     stream = channel.stream
     if stream is None:
         status, reply = channel.outcome or (200, jsonrpc.error(id_, INTERNAL_ERROR, "no reply"))
