@@ -503,7 +503,7 @@ def bench_tasks(sizes: list[int], tmp: Path) -> None:
         rows += asyncio.run(fill_and_time(redis.url, tmp / "unused", sizes))
     finally:
         redis.stop()
-    table("Tasks queued (store filled in-process)", list(rows[0]), rows, bar="enqueue p50 ms")
+    table("Tasks queued (store filled in-process)", list(rows[0]), rows, bar="claim 1 p50 ms")
 
 
 # ------------------------------------------------------------------------------------------
