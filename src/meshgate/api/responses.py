@@ -8,15 +8,18 @@ from typing import Any
 
 from starlette.responses import Response
 
+from meshgate.wire import jsontext
+
 JSON_MEDIA = "application/json"
-_COMPACT = (",", ":")
 
 
 def dumps(value: Any, *, compact: bool = False) -> str:
     """A value as JSON text. MCP messages are compact, as MCP peers write them, whether they
     go out as a JSON body or as the data of a Server-Sent Event; REST bodies keep
     `json.dumps`' default spacing."""
-    return json.dumps(value, separators=_COMPACT if compact else None)
+    if compact:
+        return jsontext.dumps(value).decode()
+    return json.dumps(value)
 
 
 def json_response(
@@ -28,6 +31,5 @@ def json_response(
     compact: bool = False,
 ) -> Response:
     """A JSON response (RFC 9457 problems pass their own media type)."""
-    return Response(
-        dumps(value, compact=compact), status_code=status, media_type=media_type, headers=headers
-    )
+    body = jsontext.dumps(value) if compact else json.dumps(value).encode()
+    return Response(body, status_code=status, media_type=media_type, headers=headers)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-# The error codes are defined once, in meshgate.errors (the bottom layer, so that errors can
-# carry them); those of JSON-RPC and MCP are re-exported here for whatever speaks the protocol.
 from meshgate.errors import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -21,6 +18,10 @@ from meshgate.errors import (
     RESOURCE_NOT_FOUND,
     UNSUPPORTED_PROTOCOL_VERSION,
 )
+
+# The error codes are defined once, in meshgate.errors (the bottom layer, so that errors can
+# carry them); those of JSON-RPC and MCP are re-exported here for whatever speaks the protocol.
+from meshgate.wire.jsontext import dumps, loads
 
 JSON = dict[str, Any]
 
@@ -47,9 +48,6 @@ __all__ = [
     "sniff_id",
 ]
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
-
 
 class JsonRpcError(Exception):
     """An error response from the peer: it answered, with an error object."""
@@ -63,13 +61,13 @@ class JsonRpcError(Exception):
 
 def encode(message: JSON) -> bytes:
     """One message as a single line of UTF-8 JSON, newline-terminated."""
-    return (_dumps(message) + "\n").encode()
+    return dumps(message) + b"\n"
 
 
 def decode(line: bytes) -> JSON | None:
     """Parse one line; None when it is not a JSON-RPC 2.0 message."""
     try:
-        msg = _loads(line)
+        msg = loads(line)
     except ValueError:
         return None
     if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":

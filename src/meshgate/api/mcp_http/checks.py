@@ -9,7 +9,6 @@ it by.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +20,7 @@ from meshgate.api.responses import json_response
 from meshgate.errors import PayloadTooLarge
 from meshgate.frontend.server import McpFront
 from meshgate.router import hash_key
-from meshgate.wire import jsonrpc
+from meshgate.wire import jsonrpc, jsontext
 from meshgate.wire.jsonrpc import INVALID_REQUEST, JSON, PARSE_ERROR
 
 SESSION_HEADER = "mcp-session-id"
@@ -88,7 +87,7 @@ async def read_json(request: Request, limit: int, max_depth: int) -> Any:
             f"the message nests arrays and objects deeper than {max_depth} levels",
         )
     try:
-        value = json.loads(raw)
+        value = jsontext.loads(raw)
     except (ValueError, RecursionError) as e:
         raise Reject(400, PARSE_ERROR, f"parse error: {e}") from None
     if has_lone_surrogate(raw, value):
