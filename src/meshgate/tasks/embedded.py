@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(status, visible_at, priority, created_at);
+-- The claim's order, so that a claim reads the first ready rows instead of sorting every ready
+-- task; visible_at and target_name are in it so that tasks not yet visible or of a skipped
+-- target are passed over in the index, without reading their rows. Created at open, also in
+-- files of earlier versions.
+CREATE INDEX IF NOT EXISTS tasks_claim
+    ON tasks(status, priority DESC, created_at, visible_at, target_name);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at);
 -- Waiting (queued) tasks per target, kept by triggers in the statements that change them, so
 -- that the bound on enqueue reads one small table instead of counting 10 000 rows.
@@ -92,6 +98,25 @@ COMMIT;
 
 COLUMNS = ", ".join(FIELDS)
 NO_INPUT = "input_requests = NULL, input_responses = NULL"
+
+# The ready tasks of one status (queued; running with an expired lease), best first: the claim
+# runs it once per status and merges the two. With both statuses in one `IN`, SQLite searched
+# tasks_ready by visible_at and sorted every ready task in a temporary B-tree, in every claim
+# (13.6 ms at 100 000 queued). Now each reads its index rows in order and stops at n matches;
+# for `running` that may be every running task (no lease expired), which the workers'
+# concurrency bounds. INDEXED BY keeps the planner from going back to the sort (it prefers
+# tasks_ready's range on visible_at): a claim is made in the event loop. `{marks}` is one `?`
+# per skipped target.
+CLAIM_READY = (
+    f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_claim WHERE status = ? AND visible_at <= ? "
+    "AND target_name NOT IN ({marks}) ORDER BY priority DESC, created_at LIMIT ?"
+)
+CLAIM_TAKE = (
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, "
+    f"visible_at = ?, worker = ?, {NO_INPUT} WHERE id = ?"
+)
+CLAIMED = ("queued", "running")
+PRIORITY, CREATED_AT = FIELDS.index("priority"), FIELDS.index("created_at")
 
 
 class EmbeddedQueue:
@@ -192,22 +217,20 @@ class EmbeddedQueue:
     ) -> list[dict[str, Any]]:
         """Up to `n` ready tasks (queued, or running with an expired lease), now running."""
         now = self._clock()
-        marks = ", ".join("?" * len(skip))
+        select = CLAIM_READY.format(marks=", ".join("?" * len(skip)))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._db.execute(
-                    f"SELECT {COLUMNS} FROM tasks WHERE status IN ('queued', 'running') "
-                    f"AND visible_at <= ? AND target_name NOT IN ({marks}) "
-                    "ORDER BY priority DESC, created_at LIMIT ?",
-                    (now, *sorted(skip), n),
-                ).fetchall()
+                rows = [
+                    row
+                    for status in CLAIMED
+                    for row in self._db.execute(select, (status, now, *sorted(skip), n))
+                ]
+                # The first n of both, in the order of one query over both statuses.
+                rows.sort(key=lambda row: (-row[PRIORITY], row[CREATED_AT]))
+                del rows[n:]
                 for row in rows:
-                    self._db.execute(
-                        "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
-                        f"started_at = ?, visible_at = ?, worker = ?, {NO_INPUT} WHERE id = ?",
-                        (now, now + lease_s, worker, row[0]),
-                    )
+                    self._db.execute(CLAIM_TAKE, (now, now + lease_s, worker, row[0]))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
