@@ -334,15 +334,18 @@ class StdioConnection(asyncio.SubprocessProtocol):
         if not self._write(jsonrpc.request(id_, method, params)):
             self._pending.pop(id_, None)
             raise ConnectionLost(f"{self.label} is not running", sent=False)
+        # A timer that fails the future, not `asyncio.timeout` (which cancels the task and
+        # takes the cancellation back): a third of the cost, on every call.
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
         try:
-            async with asyncio.timeout(timeout):
-                return await fut
+            return await fut
         except (TimeoutError, asyncio.CancelledError):
             if self._pending.pop(id_, None) is not None:
                 reason = "deadline exceeded" if not fut.cancelled() else "caller went away"
                 self.notify("notifications/cancelled", {"requestId": id_, "reason": reason})
             raise
         finally:
+            timer.cancel()
             self._progress.pop(id_, None)
             self._internal.discard(id_)
             self._askers.pop(id_, None)
@@ -378,3 +381,8 @@ class StdioConnection(asyncio.SubprocessProtocol):
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+def _expire(fut: asyncio.Future[JSON]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
