@@ -173,6 +173,7 @@ class Cluster:
         tls: Any = None,
     ) -> None:
         self.node = node
+        self.tag = session_tag(node)  # looked at on every session request
         self.url = url
         self.registry = registry
         self.supervisor = supervisor
@@ -277,7 +278,7 @@ class Cluster:
         """The live record of the other node whose tag a session id begins with; None when
         the id is this node's, or names no node of the cluster (gone, or never was)."""
         tag, sep, _ = session_id.partition(SESSION_TAG_SEP)
-        if not sep or tag == session_tag(self.node):
+        if not sep or tag == self.tag:
             return None
         for r in self.node_records():
             if session_tag(r.node) == tag:
@@ -298,7 +299,7 @@ class Cluster:
     def owns(self, session_id: str) -> bool:
         """Whether a session id was made by this node (ids without a tag are nobody's)."""
         tag, sep, _ = session_id.partition(SESSION_TAG_SEP)
-        return bool(sep) and tag == session_tag(self.node)
+        return bool(sep) and tag == self.tag
 
     def _on_record(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
         if record.kind != NODE_KIND or record.node == self.node:
