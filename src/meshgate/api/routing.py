@@ -16,11 +16,41 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from meshgate.services.http import ServiceBroken, ServiceResponse
+
+
+class IndexedHeaders(Headers):
+    """A request's headers looked up in a dict made once (the first value of a repeated name,
+    as `Headers` answers), not by a scan of the list that raises KeyError for every absent
+    name: a POST to /mcp asks for eight names, most of them absent (8 lookups: 13 -> 3 us)."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        self._index = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self._list)}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._index.get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._index[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._index
+
+
+class IndexedRequest(Request):
+    """A Request whose headers are `IndexedHeaders`."""
+
+    @property
+    def headers(self) -> Headers:
+        if not hasattr(self, "_headers"):
+            self._headers = IndexedHeaders(self.scope)
+        return self._headers
 
 
 class DirectRoute(APIRoute):

@@ -124,7 +124,7 @@ class ClientSession:
     initialized: bool = False
     log_level: str | None = None  # from logging/setLevel
     streams: dict[str, EventStream] = field(default_factory=dict)
-    requests: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    requests: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
     get_connected: int = 0
     asked: dict[str, asyncio.Future[JSON]] = field(default_factory=dict)  # questions to the client
     asks: int = 0

@@ -10,7 +10,6 @@ and the client's POSTed response is handed back to it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Awaitable
@@ -29,7 +28,14 @@ from meshgate.api.mcp_http.checks import (
     obj,
     progress_token,
 )
-from meshgate.api.mcp_http.streaming import Channel, counted, event_stream, follow, respond
+from meshgate.api.mcp_http.streaming import (
+    Channel,
+    counted,
+    event_stream,
+    follow,
+    request_key,
+    respond,
+)
 from meshgate.api.responses import json_response
 from meshgate.api.routing import unless_disconnected
 from meshgate.errors import MeshgateError, SessionInstanceLost
@@ -183,7 +189,7 @@ class HandshakeEra:
         if method == "notifications/initialized":
             session.initialized = True
         elif method == "notifications/cancelled":
-            task = session.requests.get(json.dumps(params.get("requestId")))
+            task = session.requests.get(request_key(params.get("requestId")))
             if task is not None:
                 log.info(
                     "MCP session %s… cancelled request %s", session.id[:8], params.get("requestId")

@@ -10,7 +10,6 @@ priming event, a heartbeat comment in long silences).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -22,7 +21,7 @@ from meshgate.api.responses import dumps, json_response
 from meshgate.api.routing import DisconnectWatch
 from meshgate.frontend.context import Emit
 from meshgate.frontend.sessions import ClientSession, EventStream
-from meshgate.wire import jsonrpc
+from meshgate.wire import jsonrpc, jsontext
 from meshgate.wire.jsonrpc import INTERNAL_ERROR, JSON, REQUEST_CANCELLED
 
 log = logging.getLogger("meshgate.mcp_http")
@@ -114,12 +113,17 @@ async def respond(
 
 def track(session: ClientSession, id_: Any, task: asyncio.Future[Any]) -> None:
     """Keep a session's request in flight findable by its id, to cancel it, until it ends."""
-    key = json.dumps(id_)
+    key = request_key(id_)
     session.requests[key] = task
     task.add_done_callback(lambda t: _untrack(session, key, t))
 
 
-def _untrack(session: ClientSession, key: str, task: asyncio.Future[Any]) -> None:
+def request_key(id_: Any) -> bytes:
+    """A request id as the key of a session's requests in flight (1 and "1" differ)."""
+    return jsontext.dumps(id_)
+
+
+def _untrack(session: ClientSession, key: bytes, task: asyncio.Future[Any]) -> None:
     if session.requests.get(key) is task:
         del session.requests[key]
 

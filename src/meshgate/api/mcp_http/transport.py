@@ -28,6 +28,7 @@ from meshgate.api.mcp_http.relay import Relayed, SessionRelay
 from meshgate.api.mcp_http.stateless import StatelessEra, is_stateless
 from meshgate.api.problems import DEFAULT_MAX_JSON_DEPTH
 from meshgate.api.responses import dumps
+from meshgate.api.routing import IndexedRequest
 from meshgate.errors import UnknownService
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
@@ -115,7 +116,7 @@ class McpHttp:
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = IndexedRequest(scope, receive)
         target: str | None = scope.get("path_params", {}).get("name")
         try:
             check_origin(request, self.allowed_origins)
