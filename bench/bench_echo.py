@@ -191,10 +191,24 @@ end
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(
-    url: str, script: str, duration: int, levels: list[int], *, threads: int = 2
+    url: str,
+    script: str,
+    duration: int,
+    levels: list[int],
+    *,
+    threads: int = 2,
+    cpu_pid: int | None = None,
 ) -> dict[int, dict[str, float]]:
-    """Run wrk with a Lua script (WRK_DONE added) at each concurrency."""
+    """Run wrk with a Lua script (WRK_DONE added) at each concurrency; with `cpu_pid`, also
+    the CPU that process spent per request (`cpu_us_per_call`), a steadier measure than the
+    rate on a machine the load generator shares."""
     out: dict[int, dict[str, float]] = {}
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
         f.write(script + WRK_DONE)
@@ -206,7 +220,11 @@ def run_wrk(
                 timeout=60,
                 check=True,
             )  # warm-up
+            before = cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
             out[c] = wrk_once(url, Path(f.name), c, duration, threads=threads)
+            if cpu_pid is not None and out[c]["requests"]:
+                spent = cpu_seconds(cpu_pid) - before
+                out[c]["cpu_us_per_call"] = spent / out[c]["requests"] * 1e6
             if out[c]["errors"]:
                 print(f"warning: {out[c]['errors']:.0f} errors at concurrency {c}", file=sys.stderr)
     return out

@@ -10,14 +10,17 @@ Every row calls `echo` of the same stdio server (meshgate's fault server) in the
   fronting the same command.
 
     .venv/bin/python bench/bench_mcp.py [--duration 10] [--concurrency 1 16] [--peers DIR]
-                                        [--rounds N] [--baseline-rev REV]
+                                        [--rounds N] [--baseline-rev REV] [--controls]
 
 HTTP load comes from `wrk` (Debian package) with two threads, keep-alive connections and a
 fresh JSON-RPC id per request, all on one MCP session. Peers are looked for in `--peers`
 (default `.tools/peers`, filled by `make bench-peers`); a missing peer is skipped and said so.
 `--baseline-rev` adds a gateway run from another revision of this repository (extracted with
 `git archive` into a temp dir); the two gateways alternate for `--rounds` rounds and each row
-keeps its best.
+keeps its best. `--controls` adds bench/controls.py's two apps on uvicorn: a fixed reply (the
+HTTP server alone) and the least a gateway of this design does (uvicorn and meshgate's
+`StdioConnection`). "CPU us/call" is the serving process's own CPU time per request (not
+its stdio server's; for meshgate the gateway process, for the peers their main process).
 """
 
 from __future__ import annotations
@@ -70,11 +73,16 @@ def _lua_table(headers: dict[str, str]) -> str:
 
 
 def run_mcp_wrk(
-    url: str, headers: dict[str, str], meta: str, duration: int, levels: list[int]
+    url: str,
+    headers: dict[str, str],
+    meta: str,
+    duration: int,
+    levels: list[int],
+    cpu_pid: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """tools/call echo with a fresh id per request (unique across wrk's two threads)."""
     script = WRK_SCRIPT % (_lua_table(headers), meta)
-    return run_wrk(url, script, duration, levels, threads=2)
+    return run_wrk(url, script, duration, levels, threads=2, cpu_pid=cpu_pid)
 
 
 def open_session(url: str, version: str = HANDSHAKE) -> dict[str, str]:
@@ -174,7 +182,7 @@ def bench_peer(
         url = f"http://127.0.0.1:{port}{path}"
         headers = open_session(url)
         check_echo(url, headers, None)
-        return run_mcp_wrk(url, headers, "", args.duration, args.concurrency)
+        return run_mcp_wrk(url, headers, "", args.duration, args.concurrency, proc.pid)
     except (RuntimeError, httpx.HTTPError) as e:
         print(f"{name}: skipped, {e}", file=sys.stderr)
         return None
@@ -182,12 +190,30 @@ def bench_peer(
         stop_peer(proc)
 
 
-def bench_meshgate(base: str, args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
+def bench_control(app: str, args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """The same wrk run against one of bench/controls.py's apps on uvicorn."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), f"controls:{app}"]
+    cmd += ["--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    proc = start_peer([*cmd, "--log-level", "warning"], port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if app == "stdio_floor":
+            check_echo(url, headers, None)
+        return run_mcp_wrk(url, headers, "", args.duration, args.concurrency, proc.pid)
+    finally:
+        stop_peer(proc)
+
+
+def bench_meshgate(
+    base: str, args: argparse.Namespace, pid: int
+) -> dict[str, dict[int, dict[str, float]]]:
     """One round on one gateway: a 2025-11-25 session, then stateless calls."""
     url = f"{base}/mcp/s"
     headers = open_session(url)
     check_echo(url, headers, None)
-    rows = {"/mcp/s session": run_mcp_wrk(url, headers, "", args.duration, args.concurrency)}
+    rows = {"/mcp/s session": run_mcp_wrk(url, headers, "", args.duration, args.concurrency, pid)}
     meta = {
         "io.modelcontextprotocol/protocolVersion": STATELESS,
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -202,7 +228,7 @@ def bench_meshgate(base: str, args: argparse.Namespace) -> dict[str, dict[int, d
     check_echo(url, stateless, meta)
     meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
     rows["/mcp/s stateless"] = run_mcp_wrk(
-        url, stateless, meta_json, args.duration, args.concurrency
+        url, stateless, meta_json, args.duration, args.concurrency, pid
     )
     return rows
 
@@ -215,6 +241,7 @@ def main() -> int:
     p.add_argument("--peers", type=Path, default=REPO / ".tools" / "peers")
     p.add_argument("--rounds", type=int, default=1, help="rounds per gateway (best is kept)")
     p.add_argument("--baseline-rev", help="also run this git revision's gateway")
+    p.add_argument("--controls", action="store_true", help="also run bench/controls.py's two apps")
     args = p.parse_args()
     server_cmd, _, _ = SERVERS["fault"]
     rows: dict[str, dict[int, dict[str, float]]] = {}
@@ -240,7 +267,7 @@ def main() -> int:
             # Gateways of two revisions alternate round by round; each row keeps its best.
             for _ in range(args.rounds):
                 for name, gw in gateways.items():
-                    for label, measured in bench_meshgate(gw.url, args).items():
+                    for label, measured in bench_meshgate(gw.url, args, gw.proc.pid).items():
                         row = rows.setdefault(f"{name} {label}", {})
                         for c, r in measured.items():
                             if c not in row or r["calls_per_s"] > row[c]["calls_per_s"]:
@@ -248,6 +275,10 @@ def main() -> int:
         finally:
             for gw in gateways.values():
                 gw.stop()
+
+    if args.controls:
+        rows["control: uvicorn, fixed reply"] = bench_control("fixed", args)
+        rows["control: uvicorn + StdioConnection"] = bench_control("stdio_floor", args)
 
     proxy = args.peers / "venv" / "bin" / "mcp-proxy"
     if proxy.exists():
@@ -291,15 +322,16 @@ def report(rows: dict[str, dict[int, dict[str, float]]], args: argparse.Namespac
         f"{args.duration} s per row; {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "",
-        "| path | concurrency | p50 ms | p95 ms | p99 ms | calls/s | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| path | concurrency | p50 ms | p95 ms | p99 ms | calls/s | errors | CPU us/call |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in args.concurrency:
         for name, by_level in rows.items():
             r = by_level[c]
+            cpu = f"{r['cpu_us_per_call']:.0f}" if "cpu_us_per_call" in r else ""
             lines.append(
                 f"| {name} | {c} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} "
-                f"| {r['calls_per_s']:.0f} | {r.get('errors', 0):.0f} |"
+                f"| {r['calls_per_s']:.0f} | {r.get('errors', 0):.0f} | {cpu} |"
             )
     lines.append("")
     ours = rows.get("meshgate /mcp/s session")
