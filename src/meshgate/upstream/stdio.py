@@ -64,6 +64,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
         self._askers: dict[int, RequestHandler] = {}  # who answers requests from the server
         self._next_id = 0
         self._buf = bytearray()
+        self._out: list[bytes] = []  # messages written in this turn of the loop, not yet sent
         self._overflow_head: bytes | None = None
         self._err_buf = bytearray()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -292,9 +293,18 @@ class StdioConnection(asyncio.SubprocessProtocol):
     def _write(self, msg: JSON) -> bool:
         if not self.alive:
             return False
-        assert self._stdin is not None
-        self._stdin.write(jsonrpc.encode(msg))
+        # Messages written in one turn of the event loop go out in one write at its end:
+        # calls arriving together (concurrent clients) cost the pipe one system call and the
+        # server one wake-up.
+        self._out.append(jsonrpc.encode(msg))
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(out[0] if len(out) == 1 else b"".join(out))
 
     def notify(self, method: str, params: JSON | None = None) -> None:
         """Send a notification; a dead process drops it."""
@@ -376,6 +386,7 @@ class StdioConnection(asyncio.SubprocessProtocol):
 
     def close_stdin(self) -> None:
         if self._stdin is not None and not self._stdin.is_closing():
+            self._flush()
             self._stdin.close()
 
     @property
