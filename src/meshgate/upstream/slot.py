@@ -84,6 +84,7 @@ class Slot:
                 "breaker": "closed",
                 "in_flight": 0,
                 "restarts": self.restarts,
+                "dedicated": False,  # a session's own process is never a slot's
             }
         if self.last_error:
             view["last_error"] = self.last_error
