@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bench_mcp import ACCEPT, HANDSHAKE, STATELESS, open_session
+from bench_mcp import ACCEPT, HANDSHAKE, open_session, stateless_envelope
 from meshgate.tasks import open_queue
 from meshgate.tasks.base import QueueBounds
 from meshgate.testing import fault_server
@@ -249,16 +249,7 @@ def list_tools(gw: GatewayProcess, per_server: int) -> Row:
 
             wait_for(listed, 30, "the catalog change")
             changed.append(post(c, url, headers, listing)[0])
-        meta = {
-            "io.modelcontextprotocol/protocolVersion": STATELESS,
-            "io.modelcontextprotocol/clientCapabilities": {},
-        }
-        stateless = {
-            "Accept": ACCEPT,
-            "Content-Type": "application/json",
-            "MCP-Protocol-Version": STATELESS,
-            "Mcp-Method": "tools/list",
-        }
+        meta, stateless = stateless_envelope("tools/list")
         msg = rpc("tools/list", {"_meta": meta})
         sl = [post(c, url, stateless, msg) for _ in range(50)]
         result = sl[0][1]["result"]

@@ -45,6 +45,7 @@ from bench_echo import REPO, SERVERS, bench_direct, revision_src, run_wrk
 from meshgate.testing.gateway import start_gateway
 
 STATELESS = "2026-07-28"
+JSONObj = dict[str, Any]
 HANDSHAKE = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 
@@ -106,6 +107,23 @@ def open_session(url: str, version: str = HANDSHAKE) -> dict[str, str]:
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     httpx.post(url, json=note, headers=headers, timeout=30).raise_for_status()
     return headers
+
+
+def stateless_envelope(method: str, name: str | None = None) -> tuple[JSONObj, dict[str, str]]:
+    """The `_meta` envelope and the headers of a 2026-07-28 request."""
+    meta: JSONObj = {
+        "io.modelcontextprotocol/protocolVersion": STATELESS,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    headers = {
+        "Accept": ACCEPT,
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": STATELESS,
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return meta, headers
 
 
 def check_echo(url: str, headers: dict[str, str], meta: dict[str, Any] | None) -> None:
@@ -214,17 +232,7 @@ def bench_meshgate(
     headers = open_session(url)
     check_echo(url, headers, None)
     rows = {"/mcp/s session": run_mcp_wrk(url, headers, "", args.duration, args.concurrency, pid)}
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": STATELESS,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
-    stateless = {
-        "Accept": ACCEPT,
-        "Content-Type": "application/json",
-        "MCP-Protocol-Version": STATELESS,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "echo",
-    }
+    meta, stateless = stateless_envelope("tools/call", "echo")
     check_echo(url, stateless, meta)
     meta_json = ',"_meta":' + json.dumps(meta, separators=(",", ":"))
     rows["/mcp/s stateless"] = run_mcp_wrk(
