@@ -40,6 +40,10 @@ class EmbeddedRegistry:
     def get(self, instance_id: str) -> InstanceRecord | None:
         return self._records.get(instance_id)
 
+    def held_by(self, node: str, instance_id: str) -> InstanceRecord | None:
+        record = self._records.get(instance_id)
+        return record if record is not None and record.node == node else None
+
     def instances(self, service: str | None = None) -> list[InstanceRecord]:
         return [r for r in self._records.values() if service is None or r.service == service]
 

@@ -127,6 +127,9 @@ class RedisRegistry:
     def get(self, instance_id: str) -> InstanceRecord | None:
         return self.own.get(instance_id)
 
+    def held_by(self, node: str, instance_id: str) -> InstanceRecord | None:
+        return self.view.get(f"{node}:{instance_id}")
+
     def instances(self, service: str | None = None) -> list[InstanceRecord]:
         return [r for r in self.view.values() if service is None or r.service == service]
 

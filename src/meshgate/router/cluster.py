@@ -290,10 +290,13 @@ class Cluster:
     ) -> tuple[InstanceRecord, str] | None:
         """Another live node's HTTP service instance `instance_id` (of `service`, when given):
         its record and that node's URL; None when no other node with a live record has it."""
-        live = {r.node: r.address for r in self.node_records() if r.address}
-        for r in sorted(self.registry.instances(service), key=lambda r: r.node):
-            if r.kind == "http" and r.id == instance_id and r.node in live:
-                return r, live[r.node]
+        # One lookup per live node, not a sort of every record: every registration of a new id
+        # asks, and that sort made registering n instances quadratic (bench/RESULTS.md).
+        for node in self.node_records():
+            address = node.address
+            r = self.registry.held_by(node.node, instance_id) if address else None
+            if address and r is not None and r.kind == "http" and service in (None, r.service):
+                return r, address
         return None
 
     def owns(self, session_id: str) -> bool:
