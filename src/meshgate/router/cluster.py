@@ -192,6 +192,11 @@ class Cluster:
         self._http: aiohttp.ClientSession | None = None
         for pool in supervisor.pools.values():
             pool.peers = self._peers_of(pool.name)
+        # The other nodes' records, kept from the registry's events: finding them by a scan of
+        # every record made registering n instances quadratic (each new id asks who holds it).
+        self._nodes: dict[str, InstanceRecord] = {}
+        for r in registry.instances(NODE_SERVICE):
+            self._keep_node(r)
         registry.subscribe(self._on_record)
 
     # -- this node's record --------------------------------------------------------------------
@@ -265,14 +270,16 @@ class Cluster:
     # -- the other nodes -----------------------------------------------------------------------
 
     def node_records(self) -> list[InstanceRecord]:
-        return sorted(
-            (
-                r
-                for r in self.registry.instances(NODE_SERVICE)
-                if r.kind == NODE_KIND and r.node != self.node
-            ),
-            key=lambda r: r.node,
-        )
+        """The other nodes' records in the registry, by node id."""
+        return [self._nodes[node] for node in sorted(self._nodes)]
+
+    def _keep_node(self, record: InstanceRecord) -> None:
+        if record.kind != NODE_KIND or record.service != NODE_SERVICE or record.node == self.node:
+            return
+        if record.state is InstanceState.STOPPED:  # how every registry says a record is gone
+            self._nodes.pop(record.node, None)
+        else:
+            self._nodes[record.node] = record
 
     def owner_of(self, session_id: str) -> InstanceRecord | None:
         """The live record of the other node whose tag a session id begins with; None when
@@ -305,6 +312,7 @@ class Cluster:
         return bool(sep) and tag == self.tag
 
     def _on_record(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
+        self._keep_node(record)
         if record.kind != NODE_KIND or record.node == self.node:
             return
         if record.state is InstanceState.STOPPED:
