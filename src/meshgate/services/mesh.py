@@ -34,6 +34,7 @@ from meshgate.observability.metrics import metrics
 from meshgate.registry.base import InstanceRecord, InstanceState, Registry
 from meshgate.registry.store import RegistrationStore
 from meshgate.resilience import BackoffPolicy, CircuitBreaker, RetryBudget, Signal
+from meshgate.services.deadlines import Deadlines
 from meshgate.services.http import ServiceBroken, ServiceClient, Unreachable
 from meshgate.services.policy import RegistrationPolicy, check_address
 from meshgate.upstream.http import HttpUpstream
@@ -185,6 +186,7 @@ class ServiceMesh:
         self.policy = policy or ServerPolicy()  # [defaults]
         self.policies = dict(policies or {})  # [services.NAME]
         self.instances: dict[str, ServiceInstance] = {}  # this node's, by id
+        self._deadlines: Deadlines[str] = Deadlines()  # when each TTL runs out, by id
         self.remote: dict[str, ServiceInstance] = {}  # other nodes', by "<node>/<id>"
         self.pools: dict[str, ServicePool] = {}
         self.static: set[str] = set()  # ids of [[mesh.services]]: config-owned, not stored
@@ -293,6 +295,7 @@ class ServiceMesh:
         self.store.heartbeat(id_)
         if inst.reg.check.type == "ttl":
             self._report(inst, "passing", None)
+        self._schedule(inst)
         return inst
 
     def report(
@@ -314,6 +317,7 @@ class ServiceMesh:
         inst.reported = status
         inst.reported_note = why or ""
         inst.reported_at = self.clock()
+        self._schedule(inst)
         error = None if status != "critical" else (why or "reported critical")
         if inst.health.observe(error, 0.0) is not None:
             self._moved(inst)
@@ -339,6 +343,7 @@ class ServiceMesh:
         if pool is None:
             pool = self.pools[reg.name] = ServicePool(reg.name, policy, self._rng)
         pool.instances[inst.id] = inst
+        self._schedule(inst)
         self.registry.register(self._record(inst))
         if reg.check.type != "ttl":  # a ttl check is reported, not run
             inst.task = asyncio.create_task(self._check_loop(inst), name=f"check {inst.id}")
@@ -347,8 +352,23 @@ class ServiceMesh:
         )
         return inst
 
+    def _schedule(self, inst: ServiceInstance) -> None:
+        """When `expire` must next look at an instance: its ttl check's report or its TTL
+        running out, whichever comes first; never, with neither."""
+        reg = inst.reg
+        times = []
+        if reg.check.type == "ttl" and inst.reported != "critical":
+            times.append(inst.reported_at + reg.check.interval_s)
+        if reg.ttl_s is not None:
+            times.append(inst.heartbeat_at + reg.ttl_s)
+        if times:
+            self._deadlines.set(inst.id, min(times))
+        else:
+            self._deadlines.discard(inst.id)
+
     def _remove(self, inst: ServiceInstance, *, reason: str) -> None:
         self.instances.pop(inst.id, None)
+        self._deadlines.discard(inst.id)
         if inst.mcp is not None:
             inst.mcp.close_stdin()
         self._unpool(inst.service, inst.id)
@@ -492,7 +512,11 @@ class ServiceMesh:
         """Remove every instance whose TTL passed without a heartbeat; their ids."""
         now = self.clock()
         expired: list[str] = []
-        for inst in list(self.instances.values()):
+        for id_ in self._deadlines.due(now):
+            inst = self.instances.get(id_)
+            if inst is None:
+                continue
+            self._schedule(inst)  # its next deadline, if neither below applies yet
             check = inst.reg.check
             if (
                 check.type == "ttl"
