@@ -70,7 +70,12 @@ class CriticalReaper:
     def followed(self, record: InstanceRecord, previous: InstanceRecord | None) -> None:
         if record.node != self.node or record.kind != "http":
             return
-        if record.state in (InstanceState.HEALTHY, InstanceState.STOPPED):
+        inst = self.services.instances.get(record.id)
+        if (
+            record.state in (InstanceState.HEALTHY, InstanceState.STOPPED)
+            or inst is None
+            or DEREGISTER_AFTER not in inst.reg.metadata  # (only these are ever reaped)
+        ):
             self.critical_since.pop(record.id, None)
         else:  # Consul counts a check critical from its registration until it first passes
             self.critical_since.setdefault(record.id, self.clock())
@@ -79,10 +84,11 @@ class CriticalReaper:
         """Deregister every instance past its bound; their ids."""
         now = self.clock()
         reaped = []
-        for inst in list(self.services.instances.values()):
-            after = inst.reg.metadata.get(DEREGISTER_AFTER)
-            since = self.critical_since.get(inst.id)
-            if after is None or since is None or now - since <= float(after):
+        # Only the critical instances, not every one: the reaper runs every second.
+        for id_, since in list(self.critical_since.items()):
+            inst = self.services.instances.get(id_)
+            after = inst.reg.metadata.get(DEREGISTER_AFTER) if inst is not None else None
+            if inst is None or after is None or now - since <= float(after):
                 continue
             log.warning(
                 "%s: critical for %.1fs, past DeregisterCriticalServiceAfter (%ss); deregistered",
