@@ -38,10 +38,17 @@ class Channel:
     def __init__(self, id_: Any, session: ClientSession | None, *, sse: bool) -> None:
         self.id = id_
         self.session = session
-        self.emit: Emit | None = self._emit if sse else None
+        self.sse = sse
         self.stream: EventStream | None = None
         self.outcome: tuple[int, JSON] | None = None
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def emit(self) -> Emit | None:
+        """Where the request's notifications go; None when its client takes no stream. (Made
+        on each use: a bound method kept on the channel would be a reference cycle, garbage
+        for the collector on every request.)"""
+        return self._emit if self.sse else None
 
     def _emit(self, note: JSON) -> None:
         if self.stream is None:
