@@ -46,6 +46,7 @@ from meshgate.errors import ConfigError
 from meshgate.frontend.server import McpFront
 from meshgate.frontend.sessions import SessionStore
 from meshgate.frontend.tasks import McpTasks
+from meshgate.memory import FrozenSurvivors
 from meshgate.observability import tracing
 from meshgate.observability.metrics import set_node
 from meshgate.registry import open_registry
@@ -256,6 +257,7 @@ def build_app(settings: Settings) -> FastAPI:
         kong_sync = KongSync(settings.kong, services, registry)
 
     started = asyncio.Event()
+    survivors = FrozenSurvivors()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -280,6 +282,7 @@ def build_app(settings: Settings) -> FastAPI:
         # loop for 190-390 ms, several times a minute (bench/bench_proxy.py, concurrency 16).
         gc.collect()
         gc.freeze()
+        survivors.start()  # and what lives long from now on (a registry as it grows)
         started.set()
         try:
             yield
@@ -292,6 +295,7 @@ def build_app(settings: Settings) -> FastAPI:
             if kong_sync is not None:
                 await kong_sync.stop()
             await router.drain(settings.mesh.shutdown_grace_s)
+            await survivors.stop()
             await workers.stop()
             await runtime_policy.stop()
             await mcp_http.close()
