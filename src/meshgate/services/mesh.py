@@ -294,8 +294,9 @@ class ServiceMesh:
         inst.heartbeat_at = self.clock()
         self.store.heartbeat(id_)
         if inst.reg.check.type == "ttl":
-            self._report(inst, "passing", None)
-        self._schedule(inst)
+            self._report(inst, "passing", None)  # (which schedules its next deadline)
+        else:
+            self._schedule(inst)
         return inst
 
     def report(
