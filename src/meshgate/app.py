@@ -8,7 +8,6 @@ terminate every child process group.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -280,9 +279,8 @@ def build_app(settings: Settings) -> FastAPI:
         # OpenTelemetry) lives as long as the process; frozen, the collector no longer walks
         # it in every full collection. Before, under load, each full collection paused the
         # loop for 190-390 ms, several times a minute (bench/bench_proxy.py, concurrency 16).
-        gc.collect()
-        gc.freeze()
-        survivors.start()  # and what lives long from now on (a registry as it grows)
+        # And so is, from now on, what survives a full collection (a registry as it grows).
+        survivors.start()
         started.set()
         try:
             yield

@@ -28,6 +28,9 @@ class FrozenSurvivors:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Collect and freeze what exists now (start-up's modules, models and the like: it
+        lives as long as the process), then each full collection's survivors."""
+        self.thaw()
         gc.callbacks.append(self._after_collection)
         self._task = asyncio.create_task(self._thaw_loop(), name="gc thaw")
 
