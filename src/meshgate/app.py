@@ -33,7 +33,7 @@ from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_h
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
-from meshgate.api.mcp_http.entry import McpEntry
+from meshgate.api.mcp_http.entry import McpEntry, mcp_routes
 from meshgate.api.mcp_http.relay import SessionRelay
 from meshgate.api.mesh_views import MeshViews
 from meshgate.api.node_relay import NodeRelay
@@ -412,7 +412,8 @@ def build_app(settings: Settings) -> FastAPI:
             main_route = EdgeRoute(table, proxy, everything=False)
     # Innermost of the gateway's layers: the MCP endpoints skip the framework's own (its
     # exception middleware, exit stack and route matching).
-    app.add_middleware(McpEntry, mcp=mcp_http)
+    mcp_every, mcp_one = mcp_routes(mcp_http)
+    app.add_middleware(McpEntry, mcp=mcp_http, every=mcp_every, one=mcp_one)
     if consul_api is not None:
         app.include_router(consul.build(consul_api))
         if settings.consul.port is not None:
@@ -436,8 +437,8 @@ def build_app(settings: Settings) -> FastAPI:
     app.router.routes[:0] = [
         # Answered by McpEntry before routing; here for what routing does around them (a
         # trailing slash redirected).
-        Route("/mcp", mcp_http, methods=None, include_in_schema=False),
-        Route("/mcp/{name}", mcp_http, methods=None, include_in_schema=False),
+        mcp_every,
+        mcp_one,
         # The HTTP+SSE transport of protocol 2024-11-05, for clients that still use it.
         Route("/sse", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),
         Route("/sse/{name}", mcp_http.legacy_sse, methods=["GET"], include_in_schema=False),

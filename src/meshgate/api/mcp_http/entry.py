@@ -17,16 +17,25 @@ from meshgate.api.mcp_http.transport import McpHttp
 PREFIX = "/mcp/"
 
 
+def mcp_routes(mcp: McpHttp) -> tuple[Route, Route]:
+    """`/mcp` and `/mcp/{name}`: for McpEntry, and for the route table (what routing does
+    around them, such as redirecting `/mcp/`)."""
+    return (
+        Route("/mcp", mcp, methods=None, include_in_schema=False),
+        Route("/mcp/{name}", mcp, methods=None, include_in_schema=False),
+    )
+
+
 class McpEntry:
     """ASGI middleware: `/mcp` and `/mcp/{name}` go straight to `McpHttp`."""
 
-    def __init__(self, app: ASGIApp, mcp: McpHttp) -> None:
+    def __init__(self, app: ASGIApp, mcp: McpHttp, every: Route, one: Route) -> None:
         self.app = app
         self.mcp = mcp
         # What the framework's routing would have left in the scope: tracing names its span
         # after the route's path.
-        self.every = Route("/mcp", mcp, include_in_schema=False)
-        self.one = Route("/mcp/{name}", mcp, include_in_schema=False)
+        self.every = every
+        self.one = one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
