@@ -74,9 +74,9 @@ def _is_json(content_type: bytes | None) -> bool:
 
 class RequestGuard:
     """ASGI middleware, outermost, on every route: the Host check (421 unless allowed), and
-    for state-changing REST requests the Origin check (403) and a JSON body (415); the
-    Consul-compatible API's writes get the Origin check only. One pass
-    over the raw headers and a set lookup: cheap on the call paths."""
+    for state-changing REST requests the Origin check (403; the gateway's own origin passes)
+    and a JSON body (415); the Consul-compatible API's writes get the Origin check only. One
+    pass over the raw headers and a set lookup: cheap on the call paths."""
 
     def __init__(
         self,
@@ -114,6 +114,18 @@ class RequestGuard:
         else:
             await problem_response(err, scope["path"])(scope, receive, send)
 
+    def _same_origin(self, origin: str, host: bytes | None) -> bool:
+        """Whether a page of this gateway's own (the dashboard) sent the request: its Origin
+        names the Host the request was sent to. Only where Host is checked: with any Host
+        answered, a page whose name was rebound to the gateway would pass as its own."""
+        if self.hosts is None or host is None:
+            return False
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:
+            return False
+        return netloc.lower() == host.decode("latin-1").strip().lower()
+
     def _refusal(
         self,
         scope: Scope,
@@ -138,7 +150,7 @@ class RequestGuard:
             return None  # /mcp and /messages check Origin themselves, answering in JSON-RPC
         if origin is not None:
             text = origin.decode("latin-1")
-            if not origin_allowed(text, self.origins):
+            if not origin_allowed(text, self.origins) and not self._same_origin(text, host):
                 return origin_refusal(text)
         if consul:  # Consul's clients send their JSON bodies without a Content-Type
             return None
