@@ -18,6 +18,7 @@ from starlette.routing import Route
 from meshgate import __version__
 from meshgate.api import (
     consul,
+    dashboard,
     mcp_rest,
     mesh,
     mesh_compat,
@@ -30,6 +31,7 @@ from meshgate.api import (
 from meshgate.api import keys as api_keys
 from meshgate.api.auth import Authentication, build_metadata, operation_check
 from meshgate.api.edge import EdgePort, EdgeRoute, RouteTable, edge_app, route_hosts
+from meshgate.api.etag import ConditionalGet
 from meshgate.api.forwarding import TrustedForwarding, TrustedProxies
 from meshgate.api.guard import RequestGuard, allowed_hosts
 from meshgate.api.mcp_http import McpHttp
@@ -410,6 +412,10 @@ def build_app(settings: Settings) -> FastAPI:
             _outer_layers(side, settings, authenticator)
         if edge.edge.on_main_port:
             main_route = EdgeRoute(table, proxy, everything=False)
+    if settings.mesh.dashboard:
+        app.router.routes.extend(dashboard.routes())
+    # Inside McpEntry: MCP requests never pass it.
+    app.add_middleware(ConditionalGet)
     # Innermost of the gateway's layers: the MCP endpoints skip the framework's own (its
     # exception middleware, exit stack and route matching).
     mcp_every, mcp_one = mcp_routes(mcp_http)
@@ -419,7 +425,7 @@ def build_app(settings: Settings) -> FastAPI:
         if settings.consul.port is not None:
             services.registration.listen_ports.add(settings.consul.port)
             app.add_middleware(consul.OwnPort, port=settings.consul.port)
-    _outer_layers(app, settings, authenticator)
+    _outer_layers(app, settings, authenticator, ui=settings.mesh.dashboard)
     hosts = allowed_hosts(settings.mesh.allowed_hosts, settings.mesh.host)
     suffixes: tuple[str, ...] = ()
     if edge.enabled and edge.edge.on_main_port and hosts is not None:
@@ -449,9 +455,12 @@ def build_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _outer_layers(app: FastAPI, settings: Settings, authenticator: Authenticator) -> None:
+def _outer_layers(
+    app: FastAPI, settings: Settings, authenticator: Authenticator, *, ui: bool = False
+) -> None:
     """The layers every request passes before its route, innermost first: tracing, the
-    principal, the real client behind a trusted proxy."""
+    principal, the real client behind a trusted proxy. `ui`: the dashboard's files are served
+    here (to anyone: they are its sign-in page)."""
     auth = settings.security.auth
     if settings.mesh.tracing:  # off: not even a layer to pass through
         app.add_middleware(tracing.TracingMiddleware)
@@ -459,7 +468,8 @@ def _outer_layers(app: FastAPI, settings: Settings, authenticator: Authenticator
     app.add_middleware(
         Authentication,
         authenticator=authenticator,
-        public_paths=auth.public_paths if auth else (),
+        public_paths=(*(auth.public_paths if auth else ()), *((dashboard.PATH,) if ui else ())),
+        public_prefixes=(dashboard.PREFIX,) if ui else (),
         resource=auth.resource if auth else None,
     )
     if settings.mesh.trusted_proxies:  # outermost: every layer sees the real client

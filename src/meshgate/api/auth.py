@@ -89,12 +89,16 @@ class Authentication:
         *,
         authenticator: Authenticator,
         public_paths: Sequence[str] = (),
+        public_prefixes: Sequence[str] = (),
         resource: str | None = None,
         certificate: Callable[[Scope], ClientCert | None] = client_certificate,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public = frozenset(public_paths)
+        # Whole trees served to anyone: the metadata, and the dashboard's files (the sign-in
+        # page itself; they hold no data).
+        self.public_prefixes = (WELL_KNOWN, *public_prefixes)
         self.resource = resource
         self.certificate = certificate
 
@@ -107,7 +111,7 @@ class Authentication:
             scope[PRINCIPAL_SCOPE_KEY] = await self.authenticator.authenticate({})
             await self.app(scope, receive, send)
             return
-        if path in self.public or path.startswith(WELL_KNOWN):
+        if path in self.public or path.startswith(self.public_prefixes):
             scope[PRINCIPAL_SCOPE_KEY] = NOBODY
             await self.app(scope, receive, send)
             return

@@ -387,6 +387,7 @@ _ENV_FIELDS = {
     "log_level": "MESHGATE_LOG_LEVEL",
     "log_format": "MESHGATE_LOG_FORMAT",
     "tracing": "MESHGATE_TRACING",
+    "dashboard": "MESHGATE_DASHBOARD",
     "trace_sample_ratio": "MESHGATE_TRACE_SAMPLE_RATIO",
     "max_body_bytes": "MESHGATE_MAX_BODY_BYTES",
     "min_call_timeout_s": "MESHGATE_MIN_CALL_TIMEOUT_S",

@@ -301,6 +301,11 @@ class MeshSettings(FrozenModel):
             raise ValueError("must be at least 16 characters")
         return value
 
+    # the dashboard
+    dashboard: bool = True
+    """Serve the dashboard at `/ui` (static files; its data comes from the API with the
+    signed-in person's credential). MESHGATE_DASHBOARD."""
+
     def encryption_key_list(self) -> list[str]:
         """Every configured key, `encryption_keys` first, then those of the key file;
         ConfigError when the file cannot be read or holds a malformed key."""
