@@ -48,7 +48,7 @@ class Example:
     data: Path  # the gateway's data directory (the memory server's file lives there)
 
 
-def _example_servers(repo: Path, files: Path) -> dict[str, dict[str, Any]]:
+def example_servers(repo: Path, files: Path) -> dict[str, dict[str, Any]]:
     """examples/mcp.json with only what a test must change: the git repository and the
     filesystem root (both `.` there) point into the test's directory, and `npx` runs from the
     repository so that it finds the servers `make setup` installed in node_modules."""
@@ -80,7 +80,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
     policy = (EXAMPLES / "meshgate.toml").read_text()  # its port gives way to --port 0
     # Offline: npx uses the installed servers and fails rather than fetch one from a registry.
     env = {"npm_config_offline": "true"}
-    with run_gateway(work, _example_servers(repo, files), policy, env=env) as gw:
+    with run_gateway(work, example_servers(repo, files), policy, env=env) as gw:
         yield Example(gw, repo, files, work / "data")
 
 

@@ -73,7 +73,7 @@ const LOOKS = {
   starting: ["info", "◌"], queued: ["info", "◌"], running: ["info", "▶"], draining: ["info", "◐"],
   "half-open": ["warn", "◐"], half_open: ["warn", "◐"], degraded: ["warn", "▲"],
   unhealthy: ["bad", "▲"], warning: ["warn", "▲"], cancelled: ["none", "■"],
-  stopped: ["bad", "✖"], failed: ["bad", "✖"], dead: ["bad", "✖"], open: ["bad", "✖"],
+  stopped: ["bad", "✖"], restarting: ["bad", "↻"], failed: ["bad", "✖"], dead: ["bad", "✖"], open: ["bad", "✖"],
   critical: ["bad", "✖"], unreachable: ["bad", "✖"],
 };
 
@@ -199,8 +199,14 @@ function sparkline(series, key, cls = "") {
   return `<svg class="spark" width="${w}" height="${h}" aria-hidden="true"><polyline class="${cls}" points="${pts.join(" ")}"/></svg>`;
 }
 
+// A crashed instance being started again is shown as the fault it is until it is healthy.
+function shownState(inst) {
+  return inst.state === "starting" && inst.restarts > 0 ? "restarting" : inst.state;
+}
+
 function instanceRow(inst) {
-  const failed = ["failed", "stopped", "unhealthy"].includes(inst.state);
+  const state = shownState(inst);
+  const failed = ["failed", "stopped", "unhealthy", "restarting"].includes(state);
   const health = inst.last_health;
   const check = health
     ? `${health.ok ? "passed" : "failed"} at ${timeOfDay(health.at)}${health.latency_ms != null ? `, ${fmtMs(health.latency_ms)}` : ""}`
@@ -212,7 +218,7 @@ function instanceRow(inst) {
   }
   return `<tr class="${failed ? "failed" : ""}" data-instance="${esc(inst.id)}">
     <td class="mono">${esc(inst.id)}</td>
-    <td>${badge(inst.state)}</td>
+    <td class="state">${badge(state)}</td>
     <td class="num">${esc(inst.pid ?? (inst.address || inst.url || "–"))}</td>
     <td>${esc(inst.node ?? "–")}${inst.remote ? " (remote)" : ""}</td>
     <td>${badge(inst.breaker || "closed", `breaker ${inst.breaker || "closed"}`)}</td>
@@ -228,7 +234,7 @@ function serviceCard(svc, stats) {
   const instances = svc.instances || [];
   const healthy = instances.filter((i) => i.state === "healthy").length;
   const state = svc.state || (healthy ? "healthy" : "unhealthy");
-  const bad = instances.some((i) => ["failed", "stopped"].includes(i.state)) || state !== "healthy";
+  const bad = instances.some((i) => ["failed", "stopped", "restarting"].includes(shownState(i))) || state !== "healthy";
   const scaling = svc.scaling && svc.scaling.min !== svc.scaling.max
     ? `<span class="stat">scale <b>${esc(svc.scaling.min)}–${esc(svc.scaling.max)}</b>, wants <b>${esc(svc.scaling.desired)}</b></span>` : "";
   const rows = instances.map(instanceRow).join("") ||
