@@ -1,6 +1,6 @@
-"""The mesh's state (`/api/v1/mesh/v2/health`, `/topology`): one answer for every client, with
-the keys of the older API of these paths beside meshgate's own (docs/api.md, "The older mesh
-API"). Statuses use one vocabulary everywhere: `healthy`, `degraded`, `unhealthy`."""
+"""The mesh's state (`/api/v1/mesh/v2/health`, `/topology`, `/stats`): one answer for every
+client, with the keys of the older API of these paths beside meshgate's own (docs/api.md, "The
+older mesh API"). Statuses use one vocabulary everywhere: `healthy`, `degraded`, `unhealthy`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,24 @@ def build(
             "edges": edges,
         }
         return json_response(body)
+
+    @api.get(
+        "/stats",
+        summary="Calls, calls/s, error rate and latency per service over the last minutes",
+        dependencies=[requires("discover")],
+        responses=problems(422),
+    )
+    async def stats(window_s: int | None = None) -> Response:
+        window = router.window
+        wanted = window.span_s if window_s is None else window_s
+        if not window.bucket_s <= wanted <= window.span_s:
+            raise InvalidArguments(
+                f"window_s must be between {window.bucket_s} and {window.span_s}",
+                extra={"minimum": window.bucket_s, "maximum": window.span_s},
+            )
+        # Every service this node can route to is listed, with zeros when it had no call.
+        names = [*router.pools(), *services.pools]
+        return json_response(window.summary(wanted, names))
 
     @api.get("/health", summary="Mesh status: registry and per-service instance counts")
     async def health(request: Request) -> Response:

@@ -44,6 +44,9 @@ TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: Prometheus does not need them
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 OUTCOMES = ("ok", "error", "timeout", "unavailable", "crashed", "cancelled", "invalid")
+FAILED_OUTCOMES = frozenset(("error", "timeout", "unavailable", "crashed"))
+"""The outcomes an error rate counts: not `invalid` (the caller's own mistake) nor `cancelled`
+(the caller gave up). deploy/prometheus/alerts.yml's error rate counts the same."""
 
 
 def outcome_of(error: BaseException | None) -> str:

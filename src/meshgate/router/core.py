@@ -38,6 +38,7 @@ from meshgate.observability.audit import audit
 from meshgate.observability.measure import Measure
 from meshgate.observability.metrics import metrics, outcome_of
 from meshgate.observability.topology import EdgeLog
+from meshgate.observability.window import CallWindow
 from meshgate.registry.base import InstanceState
 from meshgate.resilience import Deadline, backoff_delay
 from meshgate.router.attempts import (
@@ -93,6 +94,7 @@ class Router:
         self.supervisor = supervisor
         self.services = services
         self.edges = EdgeLog()
+        self.window = CallWindow()  # what /stats reads
         self.interceptors = interceptors or Chain()
         self.gate = gate or Gate()
         self.min_timeout_s = min_timeout_s
@@ -100,6 +102,11 @@ class Router:
         self.accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _record(self, service: str, tool: str, outcome: str, seconds: float) -> None:
+        """Where every routed call's outcome goes: the call histogram and the rolling window."""
+        metrics.call(service, tool, outcome, seconds)
+        self.window.record(service, outcome, seconds)
 
     def pool(self, service: str) -> ServerPool:
         pool = self.supervisor.pools.get(service)
@@ -219,7 +226,7 @@ class Router:
             credentials=self.cluster.credentials if self.cluster is not None else None,
             peer_down_s=self.cluster.lease_s / 3 if self.cluster is not None else 5.0,
         )
-        with Measure(partial(metrics.call, service, tool), outcome_of, span):
+        with Measure(partial(self._record, service, tool), outcome_of, span):
             return await self._route(
                 pool,
                 attempt,
@@ -276,7 +283,7 @@ class Router:
             body=body,
             hops=call.hops,
         )
-        with Measure(partial(metrics.call, service, ""), outcome_of, span) as m:
+        with Measure(partial(self._record, service, ""), outcome_of, span) as m:
             response = await self._route(
                 pool,
                 attempt,
