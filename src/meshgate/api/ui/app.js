@@ -207,23 +207,25 @@ function shownState(inst) {
 function instanceRow(inst) {
   const state = shownState(inst);
   const failed = ["failed", "stopped", "unhealthy", "restarting"].includes(state);
-  const health = inst.last_health;
+  const health = inst.last_health || inst.last_check; // MCP instances, HTTP instances
   const check = health
     ? `${health.ok ? "passed" : "failed"} at ${timeOfDay(health.at)}${health.latency_ms != null ? `, ${fmtMs(health.latency_ms)}` : ""}`
     : "–";
+  const where = inst.pid != null ? String(inst.pid) : (inst.url || inst.address || "–").replace(/^https?:\/\//, "");
   let detail = "";
-  if (failed && (inst.last_error || (inst.last_stderr && inst.last_stderr.length))) {
-    const lines = Array.isArray(inst.last_stderr) ? inst.last_stderr.join("\n") : (inst.last_stderr || "");
-    detail = `<tr class="failed"><td colspan="9">${inst.last_error ? `<span class="error">${esc(inst.last_error)}</span>` : ""}${lines ? `<pre class="stderr" aria-label="Last lines ${esc(inst.id)} wrote to stderr">${esc(lines)}</pre>` : ""}</td></tr>`;
+  const why = inst.last_error || (failed && health && !health.ok ? health.error : null);
+  const lines = Array.isArray(inst.last_stderr) ? inst.last_stderr.join("\n") : (inst.last_stderr || "");
+  if (failed && (why || lines)) {
+    detail = `<tr class="failed"><td colspan="9">${why ? `<span class="error">${esc(why)}</span>` : ""}${lines ? `<pre class="stderr" aria-label="Last lines ${esc(inst.id)} wrote to stderr">${esc(lines)}</pre>` : ""}</td></tr>`;
   }
   return `<tr class="${failed ? "failed" : ""}" data-instance="${esc(inst.id)}">
-    <td class="mono">${esc(inst.id)}</td>
+    <td class="mono" title="${esc(inst.id)}">${esc(inst.id)}</td>
     <td class="state">${badge(state)}</td>
-    <td class="num">${esc(inst.pid ?? (inst.address || inst.url || "–"))}</td>
+    <td class="num mono" title="${esc(inst.url || inst.address || "")}">${esc(where)}</td>
     <td>${esc(inst.node ?? "–")}${inst.remote ? " (remote)" : ""}</td>
     <td>${badge(inst.breaker || "closed", `breaker ${inst.breaker || "closed"}`)}</td>
     <td class="num">${esc(inst.in_flight ?? 0)}</td>
-    <td class="num">${esc(inst.restarts ?? 0)}</td>
+    <td class="num">${esc(inst.restarts ?? "–")}</td>
     <td>${esc(check)}</td>
     <td class="num">${inst.uptime_s != null ? esc(duration(inst.uptime_s)) : "–"}</td>
   </tr>${detail}`;
@@ -253,7 +255,7 @@ function serviceCard(svc, stats) {
     <div class="table-wrap flush">
     <table class="instances">
       <caption class="muted" hidden>Instances of ${esc(svc.name)}</caption>
-      <thead><tr><th scope="col">Instance</th><th scope="col">State</th><th scope="col" class="num">PID / address</th><th scope="col">Node</th><th scope="col">Breaker</th><th scope="col" class="num">In flight</th><th scope="col" class="num">Restarts</th><th scope="col">Last health check</th><th scope="col" class="num">Up</th></tr></thead>
+      <thead><tr><th scope="col">Instance</th><th scope="col">State</th><th scope="col" class="num">PID or URL</th><th scope="col">Node</th><th scope="col">Breaker</th><th scope="col" class="num">In flight</th><th scope="col" class="num">Restarts</th><th scope="col">Last health check</th><th scope="col" class="num">Up</th></tr></thead>
       <tbody>${rows}</tbody>
     </table></div>
   </section>`;
