@@ -19,7 +19,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from meshgate.testing.gateway import create_key
+from meshgate.testing.redis_server import RedisServer
 from tests.gateway import NODE_BIN, REPO, Gateway, fault_server, git_repo, run_gateway
+from tests.integration.test_cluster import node, wait_until
 from tests.integration.test_example_servers import EXAMPLES, NPM_BINS, example_servers
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.npm]
@@ -121,13 +123,14 @@ def test_a_killed_instance_turns_red_then_green(example: Gateway, page: Page) ->
     pid = example.instances("time")[0]["pid"]
     killed_at = page.evaluate("performance.now()")
     os.kill(pid, signal.SIGKILL)
-    # Red within two seconds of the kill.
+    # Red within two seconds of the kill (the page's own clock; the timeline on failure).
     red = row.locator("td.state .badge.bad")
-    expect(red).to_be_visible(timeout=2_000)
+    expect(red).to_be_visible(timeout=10_000)
     shot(page, "overview-instance-killed")
     seen: list[list[Any]] = page.evaluate("window.seen")
     first_red = next(t for state, t in seen if state in ("stopped", "restarting", "failed"))
-    assert first_red - killed_at <= 2_000, seen
+    timeline = [(state, round(t - killed_at)) for state, t in seen]
+    assert first_red - killed_at <= 2_000, f"states after the kill (state, ms): {timeline}"
     # A badge with its word, not a colour alone.
     assert red.inner_text().split()[-1] in ("stopped", "restarting", "failed")
     # And back once the supervisor has replaced it.
@@ -223,3 +226,66 @@ def test_signing_in_with_an_api_key(tmp_path: Path, page: Page) -> None:
         expect(dialog).to_be_visible()
         assert page.evaluate("sessionStorage.getItem('meshgate.token')") is None
         assert gw.get(f"{API}/services").status_code == 401  # the page's data needs the key
+
+
+def test_the_pages_work_from_the_keyboard_and_every_control_has_a_label(
+    example: Gateway, page: Page
+) -> None:
+    page.goto(f"{example.url}/ui/")
+    expect(page.locator("section.svc[data-service]")).to_have_count(6)
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Skip to content")
+    for name in ("Overview", "Topology"):
+        page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text(name)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{example.url}/ui/#/topology")
+    expect(page.locator("svg g.node")).to_have_count(6)
+    expect(page.locator("nav a[aria-current=page]")).to_have_text("Topology")
+    for view in ("tasks", "traces"):
+        page.goto(f"{example.url}/ui/#/{view}")
+        expect(page.locator("form.toolbar")).to_be_visible()
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll("input, select, button")]
+                 .filter((el) => el.offsetParent !== null)
+                 .filter((el) => !(el.labels && el.labels.length) && !el.textContent.trim()
+                                 && !el.getAttribute("aria-label"))
+                 .map((el) => el.outerHTML)"""
+        )
+        assert not unlabelled, f"{view}: controls without a label: {unlabelled}"
+    # The status filter is a labelled select a keyboard can change.
+    target = {"server": "time", "tool": "get_current_time", "arguments": {"timezone": "UTC"}}
+    task = example.http.post(f"{API}/enqueue", json={"target": target}).json()["task_id"]
+    assert example.get(f"{API}/task/{task}?wait_s=30").json()["status"] == "succeeded"
+    page.goto(f"{example.url}/ui/#/tasks")
+    status = page.get_by_label("Status")
+    status.focus()
+    status.select_option("succeeded")
+    expect(page.locator(f'tr[data-task="{task}"] .badge')).to_have_attribute(
+        "data-state", "succeeded"
+    )
+    expect(page.locator("tbody .badge:not([data-state=succeeded])")).to_have_count(0)
+
+
+def test_the_nodes_of_a_cluster_are_listed(
+    tmp_path: Path, redis_server: RedisServer, page: Page
+) -> None:
+    url = redis_server.url
+    with node(tmp_path, "gw-a", url, {"fault": fault_server()}) as a:
+        with node(tmp_path, "gw-b", url, {"other": fault_server()}) as b:
+            wait_until(
+                "both nodes see each other", lambda: len(a.get(f"{API}/nodes").json()["items"]) == 2
+            )
+            page.goto(f"{a.url}/ui/")
+            rows = page.locator("tr[data-node]")
+            expect(rows).to_have_count(2)
+            expect(page.locator('tr[data-node="gw-a"]')).to_contain_text("(this one)")
+            expect(page.locator('tr[data-node="gw-b"]')).to_contain_text("reachable")
+            expect(page.locator('tr[data-node="gw-b"]')).to_contain_text(
+                "other 1/1", timeout=15_000
+            )
+            shot(page, "overview-cluster")
+            # A node that stops leaves: one node is no mesh to list.
+            b.process.stop()
+            expect(rows).to_have_count(0, timeout=15_000)
+            expect(page.locator(".card", has_text="node")).to_contain_text("1")
