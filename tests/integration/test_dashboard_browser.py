@@ -289,3 +289,39 @@ def test_the_nodes_of_a_cluster_are_listed(
             b.process.stop()
             expect(rows).to_have_count(0, timeout=15_000)
             expect(page.locator(".card", has_text="node")).to_contain_text("1")
+
+
+def test_a_failed_server_shows_why_and_a_role_without_cancel_is_refused(
+    tmp_path: Path, page: Page
+) -> None:
+    policy = '[auth]\n\n[roles.viewer]\nallow = ["mesh:discover", "mesh:tasks.read"]\n'
+    servers = {"fault": fault_server(), "broken": fault_server("--exit-immediately", "3")}
+    with run_gateway(tmp_path, servers, policy) as gw:
+        data = tmp_path / "data"
+        admin = {"Authorization": f"Bearer {create_key(data, 'ops', '--role', 'admin')}"}
+        viewer = create_key(data, "viewer", "--role", "viewer")
+        target = {"server": "fault", "tool": "sleep", "arguments": {"seconds": 60}}
+        r = gw.http.post(f"{API}/enqueue", json={"target": target}, headers=admin)
+        assert r.status_code == 202, r.text
+        task = r.json()["task_id"]
+        page.goto(f"{gw.url}/ui/")
+        page.get_by_label("API key or bearer token").fill(viewer)
+        page.get_by_label("API key or bearer token").press("Enter")
+        # The crash loop ends in `failed`, with the server's own last words.
+        broken = page.locator('section.svc[data-service="broken"]')
+        expect(broken.locator("td.state .badge")).to_have_attribute(
+            "data-state", "failed", timeout=30_000
+        )
+        expect(broken.locator("pre.stderr")).to_contain_text("exiting at once with code 3")
+        expect(broken.locator(".error")).to_contain_text("exited during startup")
+        shot(page, "overview-server-failed")
+        # The viewer may read the task but not cancel it: the page says so, the task runs on.
+        page.goto(f"{gw.url}/ui/#/tasks/{task}")
+        expect(page.locator("h1 .badge")).to_have_attribute("data-state", "running", timeout=15_000)
+        page.get_by_role("button", name="Cancel task").click()
+        expect(page.locator(".notice.error")).to_have_text(
+            "Refused: your roles do not allow changing this task."
+        )
+        shot(page, "task-cancel-refused")
+        assert gw.get(f"{API}/task/{task}", headers=admin).json()["status"] == "running"
+        gw.http.delete(f"{API}/task/{task}", headers=admin)

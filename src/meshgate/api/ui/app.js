@@ -501,7 +501,10 @@ function taskDetail(id) {
           notice = { text: done };
         } catch (e) {
           if (e instanceof Unauthorized) { await signIn("Sign in to do that."); return; }
-          notice = { text: `Refused: ${e.message}`, error: true };
+          // Someone else's task answers 404 to whoever may not change it: the page can see
+          // the task, so the missing right is what the answer means.
+          const why = e.status === 404 ? "your roles do not allow changing this task" : e.message;
+          notice = { text: `Refused: ${why}.`.replace(/\.\.$/, "."), error: true };
         }
         refresh(true);
       };
