@@ -55,7 +55,14 @@ def _binds(service: dict[str, Any]) -> dict[str, Path]:
 def test_the_compose_file_has_the_cluster_and_mounts_what_exists() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"redis", *GATEWAYS, "haproxy", "prometheus", "grafana"}
+    assert set(services) == {
+        "redis",
+        *GATEWAYS,
+        "prometheus-key",
+        "haproxy",
+        "prometheus",
+        "grafana",
+    }
     for name, service in services.items():
         for target, source in _binds(service).items():
             assert source.exists(), f"{name} mounts {source} on {target}: missing"
@@ -95,19 +102,20 @@ def test_the_gateways_settings_load_as_meshgate_reads_them(
         hosts = set(settings.mesh.allowed_hosts or ())
         # Peers and Prometheus by service name, HAProxy's check and the image's by 127.0.0.1.
         assert {*GATEWAYS, "127.0.0.1", "localhost"} <= hosts
-        assert "/metrics" in auth.public_paths
+        assert "/metrics" not in auth.public_paths
+        # Prometheus' key (the prometheus-key service) may read /metrics and no more.
+        assert settings.security.roles["metrics"].allow == ("mesh:discover",)
         haproxy_ip = services["haproxy"]["networks"]["mesh"]["ipv4_address"]
         assert settings.mesh.trusted_proxies == [f"{haproxy_ip}/32"]
         assert set(settings.servers) == {"time"}
 
 
-def test_haproxy_balances_the_gateways_and_refuses_metrics() -> None:
+def test_haproxy_balances_the_gateways() -> None:
     cfg = (DEPLOY / "compose" / "haproxy.cfg").read_text()
     servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.M)
     assert servers == [(gw, f"{gw}:8800") for gw in GATEWAYS]
     assert re.search(r"^\s*balance roundrobin$", cfg, re.M)
     assert "uri /readyz" in cfg
-    assert "deny deny_status 404 if { path /metrics }" in cfg
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is missing (.ci/run installs Debian's package)")
@@ -123,10 +131,22 @@ def test_prometheus_scrapes_both_gateways_and_grafana_is_provisioned() -> None:
     assert job["job_name"] == "meshgate"  # the alerts and the dashboard select on it
     assert job["static_configs"][0]["targets"] == [f"{gw}:8800" for gw in GATEWAYS]
     assert "--config.file=/etc/prometheus/compose.yml" in services["prometheus"]["command"]
+    # Prometheus reads the key the prometheus-key service writes into their shared volume.
+    key = Path(job["authorization"]["credentials_file"])
+    (volume,) = [v for v in services["prometheus"]["volumes"] if v.startswith("prometheus-key:")]
+    assert volume == f"prometheus-key:{key.parent}:ro"
+    maker = services["prometheus-key"]
+    (mount,) = [v for v in maker["volumes"] if v.startswith("prometheus-key:")]
+    assert f"key={mount.split(':')[1]}/{key.name}\n" in maker["command"][0]
+    assert maker["restart"] == "no"
+    condition = services["prometheus"]["depends_on"]["prometheus-key"]["condition"]
+    assert condition == "service_completed_successfully"
     promtool = shutil.which("promtool")
-    if promtool is not None:  # the rule file is found beside it, as in the container
-        r = subprocess.run([promtool, "check", "config", "compose.yml"], cwd=DEPLOY / "prometheus",
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    if promtool is not None:  # the key file exists only in the container: syntax only
+        r = subprocess.run(
+            [promtool, "check", "config", "--syntax-only", "compose.yml"],
+            cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
 
     provisioning = DEPLOY / "grafana" / "provisioning"
