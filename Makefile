@@ -9,7 +9,7 @@ POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
 .PHONY: setup run fleet fleet-servers fleet-apt test lint typecheck pytest bench bench-peers \
-	redis-server prometheus clean
+	redis-server prometheus image clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -123,6 +123,13 @@ bench-peers:
 		supergateway@4.0.0
 	test -x .tools/peers/cf/bin/python || $(PYTHON) -m venv .tools/peers/cf
 	.tools/peers/cf/bin/pip install --quiet mcp-contextforge-gateway==1.0.7.post20260921
+
+# The container image (docs/operations.md, "Containers"), tagged IMAGE. Its base is Debian
+# bookworm made here with mmdebstrap, or BASE (python:3.11-slim-bookworm, say) from a registry.
+IMAGE ?= meshgate:latest
+BASE ?=
+image:
+	IMAGE=$(IMAGE) BASE=$(BASE) deploy/image/build.sh
 
 clean:
 	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache
