@@ -64,8 +64,12 @@ if [ -z "$BASE" ]; then
   fi
 fi
 
-# pip in the build trusts what pip here trusts (a TLS-inspecting proxy's CA, say).
-CA_BUNDLE=${CA_BUNDLE:-${PIP_CERT:-}}
+# pip in the build trusts what pip here trusts (a TLS-inspecting proxy's CA, say): PIP_CERT,
+# else this machine's own bundle.
+CA_BUNDLE=${CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-}}}
+if [ -z "$CA_BUNDLE" ] && [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+  CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+fi
 if [ -n "$CA_BUNDLE" ]; then
   cp "$CA_BUNDLE" deploy/image/ca/bundle.pem
   copied_ca=1
