@@ -20,7 +20,15 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from meshgate.testing.gateway import create_key
 from meshgate.testing.redis_server import RedisServer
-from tests.gateway import NODE_BIN, REPO, Gateway, fault_server, git_repo, run_gateway
+from tests.gateway import (
+    NODE_BIN,
+    REPO,
+    Gateway,
+    fault_server,
+    git_repo,
+    recording_service,
+    run_gateway,
+)
 from tests.integration.test_cluster import node, wait_until
 from tests.integration.test_example_servers import EXAMPLES, NPM_BINS, example_servers
 
@@ -325,3 +333,50 @@ def test_a_failed_server_shows_why_and_a_role_without_cancel_is_refused(
         shot(page, "task-cancel-refused")
         assert gw.get(f"{API}/task/{task}", headers=admin).json()["status"] == "running"
         gw.http.delete(f"{API}/task/{task}", headers=admin)
+
+
+def test_the_map_of_thirty_services_is_drawn_without_overlaps(tmp_path: Path, page: Page) -> None:
+    """Five tiers of services, each calling two of the next; two of the bottom tier down, so
+    the services that depend on them are degraded. Every box is drawn apart from every other
+    and inside the map; callers sit left of what they call."""
+    tiers = [[f"t{t}-s{i}" for i in range(n)] for t, n in enumerate((3, 6, 8, 10, 3))]
+    down = {"t3-s0", "t3-s1"}
+    with recording_service() as (url, _), run_gateway(tmp_path, {}) as gw:
+        for t, tier in enumerate(tiers):
+            nxt = tiers[t + 1] if t + 1 < len(tiers) else []
+            for i, name in enumerate(tier):
+                body = {
+                    "name": name,
+                    "url": "http://127.0.0.1:9" if name in down else url,
+                    "check": {"type": "http", "path": "/", "interval_s": 1, "unhealthy_after": 1},
+                    "depends_on": [nxt[i % len(nxt)], nxt[(i + 1) % len(nxt)]] if nxt else [],
+                }
+                r = gw.http.post(f"{API}/register", json=body)
+                assert r.status_code in (200, 201), r.text
+        page.goto(f"{gw.url}/ui/#/topology")
+        nodes = page.locator("svg g.node")
+        expect(nodes).to_have_count(30)
+        expect(page.locator('svg g.node.bad[data-service="t3-s0"]')).to_be_visible(timeout=15_000)
+        expect(page.locator('svg g.node.warn[data-service="t2-s0"]')).to_be_visible()
+        boxes: dict[str, dict[str, float]] = page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll("svg g.node")].map((g) =>
+                 [g.dataset.service, g.querySelector("rect").getBoundingClientRect().toJSON()]))"""
+        )
+        svg = page.locator('svg[role="img"]').bounding_box()
+        assert svg is not None
+        names = sorted(boxes)
+        for i, a in enumerate(names):
+            ba = boxes[a]
+            assert ba["left"] >= svg["x"] - 1 and ba["right"] <= svg["x"] + svg["width"] + 1, a
+            for b in names[i + 1 :]:
+                bb = boxes[b]
+                apart = (
+                    ba["right"] <= bb["left"]
+                    or bb["right"] <= ba["left"]
+                    or ba["bottom"] <= bb["top"]
+                    or bb["bottom"] <= ba["top"]
+                )
+                assert apart, f"{a} and {b} overlap"
+        for t in range(len(tiers) - 1):
+            assert boxes[tiers[t][0]]["left"] < boxes[tiers[t + 1][0]]["left"], t
+        shot(page, "topology-30")
