@@ -316,22 +316,25 @@ const topology = {
     const names = services.map((s) => s.name).sort();
     const out = new Map(names.map((n) => [n, []]));
     edges.forEach((e) => { if (e.from !== e.to) out.get(e.from).push(e.to); });
-    // Column: the longest path from a service with no caller (cycles cut by the visit limit).
-    const depth = new Map(names.map((n) => [n, 0]));
+    // Column: how far a service is from the end of its chains (the longest path to one that
+    // calls nothing; cycles cut by the round limit), so that a tier of services shares a
+    // column and what is called sits right of its callers.
+    const rank = new Map(names.map((n) => [n, 0]));
     for (let round = 0; round < names.length; round++) {
       let moved = false;
       edges.forEach((e) => {
         if (e.from === e.to) return;
-        const d = depth.get(e.from) + 1;
-        if (d > depth.get(e.to) && d < names.length) { depth.set(e.to, d); moved = true; }
+        const h = rank.get(e.to) + 1;
+        if (h > rank.get(e.from) && h < names.length) { rank.set(e.from, h); moved = true; }
       });
       if (!moved) break;
     }
-    // A service nobody calls sits just left of the first thing it calls, not in column 0.
-    const callers = new Set(edges.filter((e) => e.from !== e.to).map((e) => e.to));
+    const tallest = Math.max(0, ...names.map((n) => rank.get(n)));
+    const depth = new Map(names.map((n) => [n, tallest - rank.get(n)]));
+    // A service that calls nothing sits just right of its nearest caller, not at the far end.
     names.forEach((n) => {
-      const targets = out.get(n).map((t) => depth.get(t));
-      if (!callers.has(n) && targets.length) depth.set(n, Math.max(0, Math.min(...targets) - 1));
+      const from = edges.filter((e) => e.to === n && e.from !== n).map((e) => depth.get(e.from));
+      if (!out.get(n).length && from.length) depth.set(n, Math.max(...from) + 1);
     });
     const linked = new Set(edges.flatMap((e) => [e.from, e.to]));
     const columns = [];
