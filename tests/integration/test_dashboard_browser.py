@@ -110,6 +110,16 @@ def test_the_overview_shows_the_six_example_servers_healthy(example: Gateway, pa
     # The words are there for whoever cannot tell the colours apart, and for screen readers.
     expect(page.locator("nav a[aria-current=page]")).to_have_text("Overview")
     shot(page, "overview")
+    # Found by name as it is typed; the filter holds while the page updates itself.
+    page.get_by_label("Service name contains").type("thinking")
+    expect(sections).to_have_count(1)
+    for _ in range(2):  # two more readings of the gateway later: still filtered, focused
+        live = page.locator("#live").inner_text()
+        expect(page.locator("#live")).not_to_have_text(live)
+    expect(sections).to_have_count(1)
+    expect(page.get_by_label("Service name contains")).to_be_focused()
+    page.get_by_label("Service name contains").fill("")
+    expect(sections).to_have_count(6)
 
 
 def test_a_killed_instance_turns_red_then_green(example: Gateway, page: Page) -> None:
@@ -323,6 +333,13 @@ def test_a_failed_server_shows_why_and_a_role_without_cancel_is_refused(
         expect(broken.locator("pre.stderr")).to_contain_text("exiting at once with code 3")
         expect(broken.locator(".error")).to_contain_text("exited during startup")
         shot(page, "overview-server-failed")
+        page.get_by_label("Only services with a problem").check()
+        expect(page.locator("section.svc[data-service]")).to_have_count(1)
+        expect(page.locator("section.svc[data-service]")).to_have_attribute(
+            "data-service", "broken"
+        )
+        page.get_by_label("Only services with a problem").uncheck()
+        expect(page.locator("section.svc[data-service]")).to_have_count(2)
         # The viewer may read the task but not cancel it: the page says so, the task runs on.
         page.goto(f"{gw.url}/ui/#/tasks/{task}")
         expect(page.locator("h1 .badge")).to_have_attribute("data-state", "running", timeout=15_000)

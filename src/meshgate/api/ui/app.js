@@ -261,6 +261,14 @@ function serviceCard(svc, stats) {
   </section>`;
 }
 
+// What the overview lists: a name filter, and only the services with something wrong.
+const serviceFilter = { text: "", problems: false };
+
+function hasProblem(svc) {
+  return svc.state !== "healthy"
+    || (svc.instances || []).some((i) => shownState(i) !== "healthy" || (i.breaker && i.breaker !== "closed"));
+}
+
 const overview = {
   title: "Overview",
   async load() {
@@ -297,9 +305,27 @@ const overview = {
           <td>${esc(n.version)}</td><td>${n.started_at ? esc(duration(Date.now() / 1000 - n.started_at)) : "–"}</td></tr>`).join("")}
         </tbody></table></div>`;
     }
-    html += `<h2>MCP servers</h2>${mcp.map((s) => serviceCard(s, byStats[s.name])).join("") || "<p class=\"muted\">No MCP server is configured.</p>"}`;
-    html += `<h2>HTTP services</h2>${http.map((s) => serviceCard(s, byStats[s.name])).join("") || "<p class=\"muted\">No HTTP service is registered.</p>"}`;
+    const text = serviceFilter.text.toLowerCase();
+    const shown = (list) => list.filter((s) => (!text || s.name.toLowerCase().includes(text))
+      && (!serviceFilter.problems || hasProblem(s)));
+    const section = (list, none) => {
+      const cards = shown(list).map((s) => serviceCard(s, byStats[s.name])).join("");
+      if (cards) return cards;
+      return `<p class="muted">${list.length ? "None matches the filter." : none}</p>`;
+    };
+    html += `<form class="toolbar" id="service-filter">
+        <div class="field"><label for="f-service">Service name contains</label>
+          <input id="f-service" type="search" value="${esc(serviceFilter.text)}"></div>
+        <div class="field"><label><input id="f-problems" type="checkbox"${serviceFilter.problems ? " checked" : ""}> Only services with a problem</label></div>
+      </form>`;
+    html += `<h2>MCP servers</h2>${section(mcp, "No MCP server is configured.")}`;
+    html += `<h2>HTTP services</h2>${section(http, "No HTTP service is registered.")}`;
     return html;
+  },
+  bind(root) {
+    $("#service-filter", root).addEventListener("submit", (e) => e.preventDefault());
+    $("#f-service", root).addEventListener("input", (e) => { serviceFilter.text = e.target.value; refresh(true, "#f-service"); });
+    $("#f-problems", root).addEventListener("change", (e) => { serviceFilter.problems = e.target.checked; refresh(true, "#f-problems"); });
   },
 };
 
