@@ -400,3 +400,17 @@ def test_the_map_of_thirty_services_is_drawn_without_overlaps(tmp_path: Path, pa
         lefts = [boxes[tier[0]]["left"] for tier in tiers]
         assert lefts == sorted(lefts) and len(set(lefts)) == len(tiers), lefts
         shot(page, "topology-30")
+
+
+def test_markup_in_what_servers_say_is_shown_as_text(tmp_path: Path, page: Page) -> None:
+    """A server's answer, a task's arguments and its error are data: markup in them is shown,
+    never run or made into elements."""
+    attack = '<img src=x id=pwned onerror="window.pwned=1"><script>window.pwned=2</script>'
+    with run_gateway(tmp_path, {"fault": fault_server()}) as gw:
+        target = {"server": "fault", "tool": "echo", "arguments": {"text": attack}}
+        task = gw.http.post(f"{API}/enqueue", json={"target": target}).json()["task_id"]
+        assert gw.get(f"{API}/task/{task}?wait_s=30").json()["status"] == "succeeded"
+        page.goto(f"{gw.url}/ui/#/tasks/{task}")
+        expect(page.locator("pre.json").first).to_contain_text("<img src=x id=pwned")
+        assert page.locator("#pwned").count() == 0
+        assert page.evaluate("window.pwned") is None
