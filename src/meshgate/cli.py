@@ -320,6 +320,14 @@ def _serve(args: argparse.Namespace) -> int:
             f"[{host}]" if ":" in host else host,
             port,
         )
+    if settings.mesh.dashboard:
+        host, port = sockets[0].getsockname()[:2]
+        logging.getLogger("meshgate").info(
+            "the dashboard: %s://%s:%d/ui/",
+            "http" if tls is None else "https",
+            f"[{host}]" if ":" in host else host,
+            port,
+        )
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
