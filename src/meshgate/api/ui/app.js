@@ -73,7 +73,7 @@ const LOOKS = {
   starting: ["info", "◌"], queued: ["info", "◌"], running: ["info", "▶"], draining: ["info", "◐"],
   "half-open": ["warn", "◐"], half_open: ["warn", "◐"], degraded: ["warn", "▲"],
   unhealthy: ["bad", "▲"], warning: ["warn", "▲"], cancelled: ["none", "■"],
-  stopped: ["bad", "✖"], restarting: ["bad", "↻"], failed: ["bad", "✖"], dead: ["bad", "✖"], open: ["bad", "✖"],
+  stopped: ["bad", "✖"], restarting: ["bad", "↻"], restarted: ["bad", "↻"], failed: ["bad", "✖"], dead: ["bad", "✖"], open: ["bad", "✖"],
   critical: ["bad", "✖"], unreachable: ["bad", "✖"],
 };
 
@@ -199,14 +199,20 @@ function sparkline(series, key, cls = "") {
   return `<svg class="spark" width="${w}" height="${h}" aria-hidden="true"><polyline class="${cls}" points="${pts.join(" ")}"/></svg>`;
 }
 
-// A crashed instance being started again is shown as the fault it is until it is healthy.
+// A crashed instance being started again is shown as the fault it is, and for its first
+// seconds back too: a replacement quicker than the page's reading would otherwise pass
+// unseen, the crash with it.
+const RESTARTED_SHOWN_S = 5;
+
 function shownState(inst) {
-  return inst.state === "starting" && inst.restarts > 0 ? "restarting" : inst.state;
+  if (inst.restarts > 0 && inst.state === "starting") return "restarting";
+  if (inst.restarts > 0 && inst.state === "healthy" && inst.uptime_s < RESTARTED_SHOWN_S) return "restarted";
+  return inst.state;
 }
 
 function instanceRow(inst) {
   const state = shownState(inst);
-  const failed = ["failed", "stopped", "unhealthy", "restarting"].includes(state);
+  const failed = ["failed", "stopped", "unhealthy", "restarting", "restarted"].includes(state);
   const health = inst.last_health || inst.last_check; // MCP instances, HTTP instances
   const check = health
     ? `${health.ok ? "passed" : "failed"} at ${timeOfDay(health.at)}${health.latency_ms != null ? `, ${fmtMs(health.latency_ms)}` : ""}`
@@ -236,7 +242,7 @@ function serviceCard(svc, stats) {
   const instances = svc.instances || [];
   const healthy = instances.filter((i) => i.state === "healthy").length;
   const state = svc.state || (healthy ? "healthy" : "unhealthy");
-  const bad = instances.some((i) => ["failed", "stopped", "restarting"].includes(shownState(i))) || state !== "healthy";
+  const bad = instances.some((i) => ["failed", "stopped", "restarting", "restarted"].includes(shownState(i))) || state !== "healthy";
   const scaling = svc.scaling && svc.scaling.min !== svc.scaling.max
     ? `<span class="stat">scale <b>${esc(svc.scaling.min)}–${esc(svc.scaling.max)}</b>, wants <b>${esc(svc.scaling.desired)}</b></span>` : "";
   const rows = instances.map(instanceRow).join("") ||
