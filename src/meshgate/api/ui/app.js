@@ -269,6 +269,8 @@ function serviceCard(svc, stats) {
 
 // What the overview lists: a name filter, and only the services with something wrong.
 const serviceFilter = { text: "", problems: false };
+const STATS_EVERY_MS = 5000;
+let statsReadAt = 0;
 
 function hasProblem(svc) {
   return svc.state !== "healthy"
@@ -278,8 +280,18 @@ function hasProblem(svc) {
 const overview = {
   title: "Overview",
   async load() {
+    const reads = ["/mesh/v2/services?limit=1000", "/mesh/v2/nodes"];
+    // The window's buckets are 10 s wide: read it every few seconds, not every second (at 300
+    // services its answer is half a megabyte; bench/RESULTS.md).
     const stats = "/mesh/v2/stats?window_s=300";
-    return getAll(["/mesh/v2/services?limit=1000", "/mesh/v2/nodes", stats], [stats, "/mesh/v2/nodes"]);
+    const fresh = cache.get(`${API}${stats}`);
+    if (!fresh || Date.now() - statsReadAt >= STATS_EVERY_MS) {
+      statsReadAt = Date.now();
+      const { data, changed } = await getAll([...reads, stats], [stats, "/mesh/v2/nodes"]);
+      return { data, changed };
+    }
+    const { data, changed } = await getAll(reads, ["/mesh/v2/nodes"]);
+    return { data: [...data, fresh.data], changed };
   },
   render([services, nodes, stats]) {
     const items = (services && services.items) || [];
