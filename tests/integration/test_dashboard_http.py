@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshgate.api import dashboard
 from meshgate.testing.gateway import create_key
 from tests.gateway import Gateway, fault_server, run_gateway
 
@@ -64,10 +65,19 @@ def test_the_page_and_its_files_are_served_to_anyone_and_hold_no_data(secured: S
     # Everything the page loads comes from here: no other origin, no inline script or style.
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)
     assert "<script>" not in page.text and " style=" not in page.text
-    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    files = dashboard.load()
+    assert {"index.html", "app.js", "app.css"} <= set(files)
+    kinds = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    for name in files:
         asset = http.get(f"/ui/{name}")
-        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
-        assert "http://" not in asset.text and "https://" not in asset.text
+        assert asset.status_code == 200, name
+        kind = kinds.get(Path(name).suffix, "text/html")
+        assert asset.headers["content-type"].startswith(kind), name
+        # Nothing of the page is fetched from elsewhere, whatever file asks for it (an SVG
+        # namespace is a name, not an address).
+        text = asset.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text), name
+        assert "import(" not in asset.text and "eval(" not in asset.text, name
     # The data is not: the same API as every client, with the same credential.
     assert http.get(f"{API}/services").status_code == 401
     assert http.get(f"{API}/services", headers=bearer(secured.viewer)).status_code == 200
