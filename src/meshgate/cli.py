@@ -311,23 +311,16 @@ def _serve(args: argparse.Namespace) -> int:
             s.close()
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
-    for s, label in zip(sockets, labels, strict=True):  # the main port first: tests wait
+    scheme = "http" if tls is None else "https"
+
+    def url(s: socket.socket) -> str:
         host, port = s.getsockname()[:2]
-        logging.getLogger("meshgate").info(
-            "meshgate %slistening on %s://%s:%d",
-            label,
-            "http" if tls is None else "https",
-            f"[{host}]" if ":" in host else host,
-            port,
-        )
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    for s, label in zip(sockets, labels, strict=True):  # the main port first: tests wait
+        logging.getLogger("meshgate").info("meshgate %slistening on %s", label, url(s))
     if settings.mesh.dashboard:
-        host, port = sockets[0].getsockname()[:2]
-        logging.getLogger("meshgate").info(
-            "the dashboard: %s://%s:%d/ui/",
-            "http" if tls is None else "https",
-            f"[{host}]" if ":" in host else host,
-            port,
-        )
+        logging.getLogger("meshgate").info("the dashboard: %s/ui/", url(sockets[0]))
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -14,7 +14,6 @@ Nothing is fetched at run time from anywhere else and there is no build step: th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from meshgate.api.etag import etag, matches
 from meshgate.api.problems import problem_response
 from meshgate.errors import NotFound
 
@@ -55,7 +55,7 @@ class Asset:
 
     body: bytes
     media_type: str
-    etag: str
+    etag: bytes
 
 
 def load(folder: Path = _FILES) -> dict[str, Asset]:
@@ -67,8 +67,7 @@ def load(folder: Path = _FILES) -> dict[str, Asset]:
         if media_type is None or not path.is_file() or not _NAME.fullmatch(path.name):
             continue
         body = path.read_bytes()
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        assets[path.name] = Asset(body, media_type, etag)
+        assets[path.name] = Asset(body, media_type, etag(body))
     return assets
 
 
@@ -80,8 +79,8 @@ def routes(assets: dict[str, Asset] | None = None) -> list[BaseRoute]:
         asset = files.get(name)
         if asset is None:
             return problem_response(NotFound(f"no file {name!r} in the dashboard"), PATH)
-        headers = {**HEADERS, "ETag": asset.etag}
-        if asset.etag in request.headers.get("if-none-match", ""):
+        headers = {**HEADERS, "ETag": asset.etag.decode()}
+        if matches(request.headers.get("if-none-match", "").encode(), asset.etag):
             return Response(status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
 

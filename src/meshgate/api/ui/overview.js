@@ -89,13 +89,12 @@ export const overview = {
     // services its answer is half a megabyte; bench/RESULTS.md).
     const stats = "/mesh/v2/stats?window_s=300";
     const fresh = cache.get(`${API}${stats}`);
-    if (!fresh || Date.now() - statsReadAt >= STATS_EVERY_MS) {
-      statsReadAt = Date.now();
-      const { data, changed } = await getAll([...reads, stats], [stats, "/mesh/v2/nodes"]);
-      return { data, changed };
+    if (fresh && Date.now() - statsReadAt < STATS_EVERY_MS) {
+      const { data, changed } = await getAll(reads, ["/mesh/v2/nodes"]);
+      return { data: [...data, fresh.data], changed };
     }
-    const { data, changed } = await getAll(reads, ["/mesh/v2/nodes"]);
-    return { data: [...data, fresh.data], changed };
+    statsReadAt = Date.now();
+    return getAll([...reads, stats], [stats, "/mesh/v2/nodes"]);
   },
   render([services, nodes, stats]) {
     const items = (services && services.items) || [];
