@@ -173,3 +173,22 @@ def test_the_dashboard_can_be_turned_off(tmp_path: Path) -> None:
         assert gw.http.get("/ui/app.js").status_code == 404
         r = httpx.get(f"{gw.url}{API}/health")
         assert r.status_code == 200
+
+
+def test_the_page_s_paths_take_no_writes_bodies_or_urls(secured: Secured) -> None:
+    """Writes to the page's files, a huge or deeply nested body, another site's origin and a
+    URL naming the gateway itself: each a bounded refusal, never a file other than its own."""
+    http = secured.gw.http
+    huge = b"x" * (2 * 1024 * 1024)
+    nested = b"[" * 100_000 + b"]" * 100_000
+    for body in (huge, nested):
+        r = http.post("/ui/", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code in (405, 413), r.status_code
+    r = http.put("/ui/app.js", content=b"alert(1)", headers={"Origin": "http://evil.example"})
+    assert r.status_code in (403, 405), r.status_code
+    assert http.get("/ui/app.js").text.count("alert(1)") == 0
+    back = f"/ui/{secured.gw.url}/api/v1/mesh/v2/services"
+    r = http.get(back)
+    assert r.status_code in (401, 404) and "items" not in r.text
+    r = http.get("/ui/", params={"next": f"{secured.gw.url}/api/v1/mesh/v2/services"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
