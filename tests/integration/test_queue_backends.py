@@ -297,3 +297,101 @@ def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
         await q.close()
 
     run(main)
+
+
+class _AnswerCutter:
+    """A TCP relay to Redis that, on the first command carrying `marker`, passes it on, holds
+    Redis's answer until `release` is set, then drops the connection without it: a link that
+    broke after Redis ran the command."""
+
+    def __init__(self, redis_port: int, marker: bytes, release: asyncio.Event) -> None:
+        self.redis_port, self.marker, self.release = redis_port, marker, release
+        self.cut = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> _AnswerCutter:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def answers() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        back = asyncio.create_task(answers())
+        try:
+            while data := await reader.read(65536):
+                cutting = not self.cut.is_set() and self.marker in data
+                if cutting:
+                    back.cancel()  # Redis's answer to this command never reaches the client
+                    self.cut.set()
+                up_writer.write(data)
+                await up_writer.drain()
+                if cutting:
+                    await self.release.wait()
+                    return
+        finally:
+            back.cancel()
+            for w in (writer, up_writer):
+                w.close()
+
+
+def test_an_enqueue_sent_again_after_its_answer_was_lost_stores_the_task_once(
+    tmp_path: Path,
+) -> None:
+    """The Redis client sends a command again on a new connection when the one it used broke
+    (a Redis restart, a dropped link). An enqueue that Redis ran but whose answer was lost goes
+    again with the same task id: the task stays as it is, here already run by another node,
+    and is not queued a second time."""
+    server = RedisServer(tmp_path).start()
+
+    async def main() -> None:
+        release = asyncio.Event()
+        cutter = await _AnswerCutter(server.port, b"cut-me", release).start()
+        q = open_queue(f"redis://127.0.0.1:{cutter.port}/0", None)
+        other = open_queue(server.url, None)
+        await other.cancel(await _enqueue(other))  # Redis knows the script: the cut one runs
+        sending = asyncio.ensure_future(
+            q.enqueue(
+                TARGET, "cut-me", priority=0, max_attempts=3, deadline_s=None, idempotency_key=None
+            )
+        )
+        await asyncio.wait_for(cutter.cut.wait(), 10)
+        claimed: list[dict[str, object]] = []
+
+        async def claim() -> bool:
+            claimed.extend(await other.claim("n2", 10, 30))
+            return bool(claimed)
+
+        await _until(claim, "the first sending's task to be claimed")
+        task_id = str(claimed[0]["id"])
+        assert await other.finish(task_id, "succeeded", result={"ok": True})
+        release.set()  # the answer is lost: the client sends the enqueue again
+        id_, created = await asyncio.wait_for(sending, 10)
+        assert (id_, created) == (task_id, True)
+        view = await other.get(task_id)
+        assert view is not None and (view["status"], view["attempts"]) == ("succeeded", 1)
+        assert await other.claim("n3", 10, 30) == []  # not queued again
+        assert (await other.counts()).get("queued", 0) == 0
+        raw = aioredis.from_url(server.url)
+        try:
+            assert await raw.hget(f"{PREFIX}waiting", "cut-me") is None  # nothing counted waiting
+        finally:
+            await raw.aclose()
+        for handle in (q, other):
+            await handle.close()
+        await cutter.close()
+
+    try:
+        run(main)
+    finally:
+        server.stop()

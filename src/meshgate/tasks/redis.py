@@ -122,6 +122,8 @@ class RedisQueue:
         # Wall-clock seconds for retry delays and final times; leases are Redis's own idle time.
         self._clock = clock
         # A pooled connection that a Redis restart closed fails once; a fresh one is tried.
+        # The command is sent again then, so every script is safe to run twice: a change
+        # whose answer was lost with the connection is not made a second time.
         self._r = redis_client(
             url,
             options=options,  # for rediss://: the CA bundle

@@ -63,6 +63,10 @@ end
 
 _ENQUEUE = """
 local id, idem, now = ARGV[2], ARGV[3], ARGV[4]
+-- The id is new to each enqueue: a task already under it is this enqueue's own, stored by a
+-- first sending whose answer was lost (the client sends a command again on a new connection).
+-- Storing it again would queue it anew, one already running or done too.
+if redis.call('EXISTS', P..'task:'..id) == 1 then return {id, 1} end
 if idem ~= '' then
   local seen = redis.call('GET', P..'idem:'..idem)
   if seen and redis.call('EXISTS', P..'task:'..seen) == 1 then return {seen, 0} end
