@@ -83,6 +83,9 @@ class Result:
     tasks_final: dict[str, int]
     tasks_lost: int
     tasks_duplicated: int
+    duplicated_attempts: list[int]
+    """The attempts of each task run twice: a task runs again only when an attempt of it was
+    cut short (its node died, or the call broke after it reached the server), so never 1."""
     errors_before_fault: int
     recovery_s: float | None
     """From the fault's start to the end of the last failed call; None: nothing failed."""
@@ -199,6 +202,24 @@ async def settle(url: str, task_ids: list[str], deadline_s: float) -> dict[str, 
     return status
 
 
+async def _attempts(url: str, task_ids: list[str]) -> list[int]:
+    """How many attempts each task took, as the queue counts them (-1: not known after three
+    tries, a node going away each time)."""
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        for task_id in task_ids:
+            attempts = -1
+            for _ in range(3):
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await client.get(f"/api/v1/mesh/v2/task/{task_id}")
+                    if r.status_code == 200:
+                        attempts = int(r.json()["attempts"])
+                        break
+                await asyncio.sleep(0.2)
+            out.append(attempts)
+    return out
+
+
 def _errors(outcomes: list[Outcome], kind: str) -> dict[str, int]:
     counts = Counter(str(o.status or o.error) for o in outcomes if o.kind == kind and not o.ok)
     return dict(sorted(counts.items()))
@@ -243,6 +264,8 @@ async def run_scenario(
     acked = [o for o in outcomes if o.kind == "enqueue" and o.status == 202]
     final = await settle(cluster.url, [o.task_id for o in acked], settle_s)
     counts = await asyncio.to_thread(cluster.write_counts)
+    twice = [o.task_id for o in acked if counts.get(o.key, 0) > 1]
+    attempts = await _attempts(cluster.url, twice)
     echo = [o for o in outcomes if o.kind == "echo"]
     failed = [o for o in outcomes if not o.ok]
     after = [o.end for o in failed if o.end >= fault_start]
@@ -273,7 +296,8 @@ async def run_scenario(
         tasks_acked=len(acked),
         tasks_final=dict(Counter(final.get(o.task_id, "unknown") for o in acked)),
         tasks_lost=sum(1 for o in acked if final.get(o.task_id) not in FINAL),
-        tasks_duplicated=sum(1 for o in acked if counts.get(o.key, 0) > 1),
+        tasks_duplicated=len(twice),
+        duplicated_attempts=attempts,
         errors_before_fault=sum(1 for o in failed if o.end < fault_start),
         recovery_s=round(max(after) - fault_start, 2) if after else None,
         p50_ms=round(_percentile(latencies, 0.5), 1),
