@@ -9,7 +9,7 @@ POLICY ?= examples/meshgate.toml
 PYTEST_ARGS ?=
 
 .PHONY: setup run fleet fleet-servers fleet-apt test lint typecheck pytest bench bench-peers \
-	redis-server prometheus image clean
+	redis-server prometheus compose image clean
 
 # The MCP conformance suite needs Node.js >= 22; a pinned build comes from the npm registry.
 NODE22_VERSION := 22.23.3
@@ -54,6 +54,20 @@ prometheus:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 			prometheus victoria-metrics; }
+
+# `docker compose config` for deploy/compose.yaml's test: Docker Compose's CLI, pinned by hash
+# in tests/tools/compose.txt (Debian 12 has only Compose 1), in a venv of its own.
+COMPOSE_DIR := .tools/compose
+COMPOSE := $(COMPOSE_DIR)/bin/docker-compose
+export MESHGATE_COMPOSE := $(CURDIR)/$(COMPOSE)
+
+compose: $(COMPOSE)
+
+$(COMPOSE): tests/tools/compose.txt
+	test -x $(COMPOSE_DIR)/bin/python || $(PYTHON) -m venv $(COMPOSE_DIR)
+	$(COMPOSE_DIR)/bin/pip install --quiet --require-hashes -r tests/tools/compose.txt
+	$@ version
+	touch $@
 
 run: setup
 	$(BIN)/meshgate serve --config $(CONFIG) --policy $(POLICY)
@@ -105,7 +119,7 @@ typecheck: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-pytest: setup $(NODE22) redis-server prometheus fleet-servers
+pytest: setup $(NODE22) $(COMPOSE) redis-server prometheus fleet-servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
