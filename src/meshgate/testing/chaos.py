@@ -85,7 +85,8 @@ class Result:
     tasks_duplicated: int
     duplicated_attempts: list[int]
     """The attempts of each task run twice: a task runs again only when an attempt of it was
-    cut short (its node died, or the call broke after it reached the server), so never 1."""
+    cut short (its node died, or the call broke after it reached the server), so never 1
+    (-1: its view was never read)."""
     errors_before_fault: int
     recovery_s: float | None
     """From the fault's start to the end of the last failed call; None: nothing failed."""
@@ -172,9 +173,11 @@ async def drive(
     return out
 
 
-async def settle(url: str, task_ids: list[str], deadline_s: float) -> dict[str, str]:
+async def settle(
+    url: str, task_ids: list[str], deadline_s: float, attempts: dict[str, int] | None = None
+) -> dict[str, str]:
     """Each task's last known status, waiting (long polls) until all are final or the
-    deadline passes."""
+    deadline passes; `attempts`, if given, receives each task's attempts as last read."""
     status: dict[str, str] = {}
     end = time.monotonic() + deadline_s
     gate = asyncio.Semaphore(16)
@@ -191,7 +194,10 @@ async def settle(url: str, task_ids: list[str], deadline_s: float) -> dict[str, 
                         await asyncio.sleep(0.2)  # a node going away; ask another
                         continue
                     if r.status_code == 200:
-                        status[task_id] = str(r.json()["status"])
+                        view = r.json()
+                        status[task_id] = str(view["status"])
+                        if attempts is not None:
+                            attempts[task_id] = int(view["attempts"])
                         if status[task_id] in FINAL:
                             return
                     else:
@@ -200,24 +206,6 @@ async def settle(url: str, task_ids: list[str], deadline_s: float) -> dict[str, 
 
         await asyncio.gather(*(one(t) for t in task_ids))
     return status
-
-
-async def _attempts(url: str, task_ids: list[str]) -> list[int]:
-    """How many attempts each task took, as the queue counts them (-1: not known after three
-    tries, a node going away each time)."""
-    out = []
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        for task_id in task_ids:
-            attempts = -1
-            for _ in range(3):
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(f"/api/v1/mesh/v2/task/{task_id}")
-                    if r.status_code == 200:
-                        attempts = int(r.json()["attempts"])
-                        break
-                await asyncio.sleep(0.2)
-            out.append(attempts)
-    return out
 
 
 def _errors(outcomes: list[Outcome], kind: str) -> dict[str, int]:
@@ -262,10 +250,10 @@ async def run_scenario(
     if fault_task is not None:
         outcomes += await fault_task or []
     acked = [o for o in outcomes if o.kind == "enqueue" and o.status == 202]
-    final = await settle(cluster.url, [o.task_id for o in acked], settle_s)
+    attempts: dict[str, int] = {}
+    final = await settle(cluster.url, [o.task_id for o in acked], settle_s, attempts)
     counts = await asyncio.to_thread(cluster.write_counts)
     twice = [o.task_id for o in acked if counts.get(o.key, 0) > 1]
-    attempts = await _attempts(cluster.url, twice)
     echo = [o for o in outcomes if o.kind == "echo"]
     failed = [o for o in outcomes if not o.ok]
     after = [o.end for o in failed if o.end >= fault_start]
@@ -297,7 +285,7 @@ async def run_scenario(
         tasks_final=dict(Counter(final.get(o.task_id, "unknown") for o in acked)),
         tasks_lost=sum(1 for o in acked if final.get(o.task_id) not in FINAL),
         tasks_duplicated=len(twice),
-        duplicated_attempts=attempts,
+        duplicated_attempts=[attempts.get(t, -1) for t in twice],
         errors_before_fault=sum(1 for o in failed if o.end < fault_start),
         recovery_s=round(max(after) - fault_start, 2) if after else None,
         p50_ms=round(_percentile(latencies, 0.5), 1),
